@@ -1,0 +1,399 @@
+"""Augmentation presets, mosaic, the stop-epoch policy and the batch collator.
+
+Everything works on ``(image, target)`` pairs as produced by
+:class:`~defectfusion.data.coco.CocoDetection`: a ``tv_tensors.Image`` uint8 ``[3, H, W]`` and
+a dict with ``boxes`` (``tv_tensors.BoundingBoxes`` XYXY pixels), ``labels``, ``image_id`` and
+``orig_size``. All geometry goes through ``torchvision.transforms.v2`` so boxes follow the
+pixels.
+
+Training pipeline (DEIMv2's recipe)::
+
+    [mosaic, p=0.5]            dataset level: the sample + 3 random others on one canvas
+    photometric distortion     every sample
+    zoom-out, IoU crop         only samples that did not get a mosaic (DEIM keeps them apart)
+    sanitize
+    horizontal flip
+    resize to image_size (H, W)
+    sanitize                   drop boxes smaller than 1 px
+
+Epoch policy: the "heavy" steps (mosaic, photometric, zoom-out, IoU crop) run for
+``start_epoch <= epoch < stop_epoch``; mosaic additionally stops at ``mosaic_stop_epoch``.
+Outside that window only flip + resize (+ sanitize) remain, so the last epochs see the clean
+data distribution. Call ``dataset.set_epoch(epoch)`` at the start of every epoch (before the
+DataLoader starts its workers; not compatible with ``persistent_workers=True``).
+
+Normalisation is left to :class:`DetectionCollator`, which also converts boxes to the
+normalised ``cx, cy, w, h`` that transformers' DEIMv2 loss expects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torchvision import tv_tensors
+from torchvision.ops import box_convert
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+from defectfusion.data.coco import CocoDetection, CocoIndex
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "DetectionCollator",
+    "MosaicDataset",
+    "TrainAugmentConfig",
+    "TrainTransform",
+    "build_eval_transform",
+    "build_train_dataset",
+    "build_train_transform",
+    "mosaic4",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # DINOv3 variants
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+Sample = tuple[tv_tensors.Image, dict[str, Any]]
+ImageSize = int | Sequence[int]
+
+
+class TrainAugmentConfig(BaseModel):
+    """Training augmentation; defaults follow DEIMv2's recipe (``configs/base/deimv2.yml``)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    photometric_prob: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="p of each photometric step (brightness, contrast, saturation, hue, channel order)",
+    )
+    zoom_out_prob: float = Field(
+        0.5, ge=0, le=1, description="p of zoom-out (image placed on a larger canvas)"
+    )
+    zoom_out_fill: int = Field(0, ge=0, le=255, description="canvas value around a zoomed-out image")
+    zoom_out_side_range: tuple[float, float] = Field(
+        (1.0, 4.0), description="canvas side / image side, min and max"
+    )
+    iou_crop_prob: float = Field(0.8, ge=0, le=1, description="p of an SSD-style IoU crop")
+    flip_prob: float = Field(0.5, ge=0, le=1, description="p of a horizontal flip (kept after stop_epoch)")
+    mosaic_prob: float = Field(0.5, ge=0, le=1, description="p that a sample becomes a 2x2 mosaic")
+    mosaic_output_size: int = Field(
+        640, ge=2, description="side of the square mosaic canvas; each tile fits a quarter"
+    )
+    mosaic_rotation: float = Field(
+        10.0, ge=0, description="random affine after mosaic: max rotation in degrees"
+    )
+    mosaic_translate: tuple[float, float] = Field(
+        (0.1, 0.1), description="random affine: max shift as a fraction of the canvas"
+    )
+    mosaic_scale: tuple[float, float] = Field((0.5, 1.5), description="random affine: scale range")
+    mosaic_fill: int = Field(0, ge=0, le=255, description="value of empty mosaic canvas")
+    start_epoch: int = Field(0, ge=0, description="heavy augmentation starts at this epoch")
+    mosaic_stop_epoch: int | None = Field(
+        None, ge=0, description="mosaic off from this epoch on; default stop_epoch"
+    )
+    stop_epoch: int | None = Field(
+        None,
+        ge=0,
+        description="heavy augmentation (mosaic, photometric, zoom-out, IoU crop) off from this epoch on; None: never",
+    )
+    sanitize: bool = Field(
+        True, description="drop boxes narrower/shorter than sanitize_min_size after geometry"
+    )
+    sanitize_min_size: float = Field(1.0, gt=0, description="minimum box side in pixels")
+
+    @model_validator(mode="after")
+    def _check_ranges(self) -> TrainAugmentConfig:
+        lo, hi = self.zoom_out_side_range
+        if not 1.0 <= lo <= hi:
+            raise ValueError(
+                f"zoom_out_side_range must satisfy 1 <= min <= max, got {self.zoom_out_side_range}"
+            )
+        lo, hi = self.mosaic_scale
+        if not 0 < lo <= hi:
+            raise ValueError(f"mosaic_scale must satisfy 0 < min <= max, got {self.mosaic_scale}")
+        if not all(0 <= t <= 1 for t in self.mosaic_translate):
+            raise ValueError(f"mosaic_translate values must be in [0, 1], got {self.mosaic_translate}")
+        return self
+
+    def heavy_enabled(self, epoch: int) -> bool:
+        """Whether photometric distortion, zoom-out and IoU crop run in ``epoch``."""
+        return self.start_epoch <= epoch and (self.stop_epoch is None or epoch < self.stop_epoch)
+
+    def mosaic_enabled(self, epoch: int) -> bool:
+        """Whether mosaic may run in ``epoch`` (inside the heavy window, before mosaic_stop_epoch)."""
+        stop = self.mosaic_stop_epoch
+        return self.mosaic_prob > 0 and self.heavy_enabled(epoch) and (stop is None or epoch < stop)
+
+
+def _hw(image_size: ImageSize) -> tuple[int, int]:
+    if isinstance(image_size, int):
+        return image_size, image_size
+    h, w = (int(v) for v in image_size)
+    return h, w
+
+
+class _RandomIoUCrop(torch.nn.Module):
+    """``v2.RandomIoUCrop`` with a probability; images without boxes are left alone.
+
+    (torchvision's crop needs a box to measure IoU against; without one it only spins.)
+    """
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+        self.crop = v2.RandomIoUCrop()
+
+    def forward(self, image: tv_tensors.Image, target: dict[str, Any]) -> Sample:
+        if torch.rand(()) >= self.p or target["boxes"].shape[0] == 0:
+            return image, target
+        return self.crop(image, target)
+
+
+class TrainTransform:
+    """The per-sample training pipeline with the epoch policy (see the module docstring).
+
+    Call as ``transform(image, target, mosaic=False)``; ``mosaic=True`` says the sample is
+    already a mosaic, so zoom-out and IoU crop are skipped. :meth:`set_epoch` switches the heavy
+    steps off outside ``[start_epoch, stop_epoch)``.
+    """
+
+    def __init__(self, cfg: TrainAugmentConfig, image_size: ImageSize) -> None:
+        self.cfg = cfg
+        self.image_size = _hw(image_size)
+        self.epoch = 0
+        flip = [v2.RandomHorizontalFlip(cfg.flip_prob)] if cfg.flip_prob > 0 else []
+        resize = [v2.Resize(self.image_size)]
+        sanitize = [v2.SanitizeBoundingBoxes(min_size=cfg.sanitize_min_size)] if cfg.sanitize else []
+        photo = [v2.RandomPhotometricDistort(p=cfg.photometric_prob)] if cfg.photometric_prob > 0 else []
+        zoom = (
+            [
+                v2.RandomZoomOut(
+                    fill=cfg.zoom_out_fill, side_range=cfg.zoom_out_side_range, p=cfg.zoom_out_prob
+                )
+            ]
+            if cfg.zoom_out_prob > 0
+            else []
+        )
+        crop = [_RandomIoUCrop(cfg.iou_crop_prob)] if cfg.iou_crop_prob > 0 else []
+        self.light = v2.Compose([*flip, *resize, *sanitize])
+        self.heavy = v2.Compose([*photo, *zoom, *crop, *sanitize, *flip, *resize, *sanitize])
+        self.after_mosaic = v2.Compose([*photo, *flip, *resize, *sanitize])
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    @property
+    def heavy_active(self) -> bool:
+        return self.cfg.heavy_enabled(self.epoch)
+
+    def __call__(self, image: tv_tensors.Image, target: dict[str, Any], mosaic: bool = False) -> Sample:
+        if not self.heavy_active:
+            return self.light(image, target)
+        return (self.after_mosaic if mosaic else self.heavy)(image, target)
+
+
+def build_train_transform(cfg: TrainAugmentConfig, image_size: ImageSize) -> TrainTransform:
+    """Per-sample training transform; ``image_size`` is an int or ``(H, W)``."""
+    return TrainTransform(cfg, image_size)
+
+
+def build_eval_transform(image_size: ImageSize) -> v2.Transform:
+    """Resize to ``image_size`` (int or ``(H, W)``) and nothing else.
+
+    The target keeps ``orig_size`` (H, W) so predictions can be mapped back to the original.
+    """
+    return v2.Resize(_hw(image_size))
+
+
+# --------------------------------------------------------------------------- mosaic
+
+
+def mosaic4(samples: Sequence[Sample], size: int, fill: int = 0) -> Sample:
+    """Place four samples on a ``size x size`` canvas, one per quadrant, meeting at the centre.
+
+    Each image is resized (aspect kept) to fit its ``size/2`` quadrant and pushed against
+    the centre; its boxes are scaled and shifted with it. The target keeps ``image_id`` and
+    ``orig_size`` of the first sample; ``boxes``/``labels`` are the concatenation of all four.
+
+    Returns:
+        ``(image [3, size, size] uint8, target)``.
+    """
+    if len(samples) != 4:
+        raise ValueError(f"mosaic4 needs 4 samples, got {len(samples)}")
+    half = size // 2
+    canvas = torch.full((3, size, size), fill, dtype=torch.uint8)
+    boxes, labels = [], []
+    for q, (image, target) in enumerate(samples):
+        h, w = image.shape[-2:]
+        scale = min(half / h, half / w)
+        nh, nw = max(1, min(half, round(h * scale))), max(1, min(half, round(w * scale)))
+        tile = F.resize(image, [nh, nw], antialias=True)
+        tile_boxes = F.resize(target["boxes"], [nh, nw])
+        x0 = half - nw if q in (0, 2) else half  # left column sits left of the centre
+        y0 = half - nh if q in (0, 1) else half  # top row sits above it
+        canvas[:, y0 : y0 + nh, x0 : x0 + nw] = tile
+        offset = torch.tensor([x0, y0, x0, y0], dtype=torch.float32)
+        boxes.append(tile_boxes.as_subclass(torch.Tensor).float() + offset)
+        labels.append(target["labels"])
+    merged = dict(samples[0][1])
+    merged["boxes"] = tv_tensors.BoundingBoxes(torch.cat(boxes), format="XYXY", canvas_size=(size, size))
+    merged["labels"] = torch.cat(labels)
+    return tv_tensors.Image(canvas), merged
+
+
+@contextmanager
+def _sample_rng(seed: int | None, epoch: int, index: int) -> Iterator[None]:
+    """Seed torch's CPU RNG from (seed, epoch, index) for one sample, then restore it.
+
+    Makes an epoch's augmentation independent of worker count and order, so a resumed run
+    sees the same samples as an uninterrupted one. ``seed=None`` uses the ambient RNG.
+    """
+    if seed is None:
+        yield
+        return
+    state = np.random.SeedSequence([seed, epoch, index]).generate_state(1, dtype=np.uint64)[0]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(state) & ((1 << 63) - 1))
+        yield
+
+
+class MosaicDataset(torch.utils.data.Dataset):
+    """Training view of a :class:`CocoDetection`: mosaic, the epoch policy, seeded sampling.
+
+    For sample ``i`` it loads the raw sample, with probability ``cfg.mosaic_prob`` (while
+    ``cfg.mosaic_enabled(epoch)``) adds 3 random other samples with :func:`mosaic4` and a
+    random affine (rotation/translation/scale), then applies ``dataset.transform`` (a
+    :class:`TrainTransform` is told whether the sample is a mosaic).
+
+    Deterministic: with an integer ``seed`` every random choice of sample ``i`` in epoch ``e``
+    (mosaic partners and all transforms) depends only on ``(seed, e, i)``.
+    """
+
+    def __init__(self, dataset: CocoDetection, cfg: TrainAugmentConfig, seed: int | None = 0) -> None:
+        self.dataset = dataset
+        self.cfg = cfg
+        self.seed = seed
+        self.epoch = 0
+        translate = tuple(cfg.mosaic_translate)
+        trivial = (
+            cfg.mosaic_rotation == 0 and translate == (0.0, 0.0) and tuple(cfg.mosaic_scale) == (1.0, 1.0)
+        )
+        self.affine = (
+            None
+            if trivial
+            else v2.RandomAffine(
+                degrees=cfg.mosaic_rotation,
+                translate=translate if any(translate) else None,
+                scale=cfg.mosaic_scale,
+                fill=cfg.mosaic_fill,
+            )
+        )
+
+    @property
+    def index(self) -> CocoIndex:
+        return self.dataset.index
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.dataset.class_names
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start epoch ``epoch``: updates the mosaic policy and the wrapped transform's.
+
+        DataLoader workers hold copies of the dataset: call this before iterating, and use
+        ``persistent_workers=False`` (the default), or the workers never see the new epoch.
+        """
+        self.epoch = int(epoch)
+        self.dataset.set_epoch(self.epoch)
+
+    def __getitem__(self, i: int) -> Sample:
+        with _sample_rng(self.seed, self.epoch, i):
+            image, target = self.dataset.load_sample(i)
+            use_mosaic = self.cfg.mosaic_enabled(self.epoch) and bool(torch.rand(()) < self.cfg.mosaic_prob)
+            if use_mosaic:
+                others = torch.randint(len(self.dataset), (3,)).tolist()
+                samples = [(image, target), *(self.dataset.load_sample(j) for j in others)]
+                image, target = mosaic4(samples, self.cfg.mosaic_output_size, self.cfg.mosaic_fill)
+                if self.affine is not None:
+                    image, target = self.affine(image, target)
+            transform = self.dataset.transform
+            if isinstance(transform, TrainTransform):
+                image, target = transform(image, target, mosaic=use_mosaic)
+            elif transform is not None:
+                image, target = transform(image, target)
+        return image, target
+
+
+def build_train_dataset(
+    index: CocoIndex, cfg: TrainAugmentConfig, image_size: ImageSize, seed: int | None = 0
+) -> MosaicDataset:
+    """The training dataset: ``MosaicDataset(CocoDetection(index, build_train_transform(...)))``."""
+    return MosaicDataset(CocoDetection(index, build_train_transform(cfg, image_size)), cfg, seed=seed)
+
+
+# --------------------------------------------------------------------------- collate
+
+
+class DetectionCollator:
+    """Batch ``(image, target)`` samples into the inputs of ``Deimv2ForObjectDetection``.
+
+    Args:
+        image_mean, image_std: per-channel statistics on the ``[0, 1]`` scale. ``(0, 0, 0)``
+            and ``(1, 1, 1)`` (the default) only divide by 255, as the HGNetV2 variants expect;
+            DINOv3 variants use :data:`IMAGENET_MEAN` / :data:`IMAGENET_STD`.
+
+    Returns (from ``__call__``) a dict:
+        - ``pixel_values``: ``[B, 3, H, W]`` float32, ``(uint8 / 255 - mean) / std``.
+        - ``labels``: ``B`` dicts with ``class_labels`` ``[N]`` int64 and ``boxes`` ``[N, 4]``
+          float32 normalised ``cx, cy, w, h`` in ``[0, 1]``.
+        - ``image_ids``: ``[B]`` int64 COCO image ids.
+        - ``orig_sizes``: ``[B, 2]`` int64 ``(H, W)`` of the images before resizing.
+
+    All images of a batch must have the same size (the transforms resize them).
+    """
+
+    def __init__(
+        self, image_mean: Sequence[float] = (0.0, 0.0, 0.0), image_std: Sequence[float] = (1.0, 1.0, 1.0)
+    ) -> None:
+        if len(image_mean) != 3 or len(image_std) != 3 or any(s <= 0 for s in image_std):
+            raise ValueError(f"image_mean/std need 3 values each, std > 0; got {image_mean}, {image_std}")
+        self.image_mean = torch.tensor(image_mean, dtype=torch.float32).view(3, 1, 1)
+        self.image_std = torch.tensor(image_std, dtype=torch.float32).view(3, 1, 1)
+
+    def __call__(self, batch: Sequence[Sample]) -> dict[str, Any]:
+        sizes = {tuple(image.shape[-2:]) for image, _ in batch}
+        if len(sizes) != 1:
+            raise ValueError(
+                f"images in a batch must share one size, got {sorted(sizes)}; resize them in the transform"
+            )
+        pixels = torch.stack([image.as_subclass(torch.Tensor) for image, _ in batch]).float().div_(255.0)
+        pixels = (pixels - self.image_mean) / self.image_std
+        labels = [
+            {"class_labels": target["labels"].to(torch.int64), "boxes": _normalized_cxcywh(target["boxes"])}
+            for _, target in batch
+        ]
+        return {
+            "pixel_values": pixels,
+            "labels": labels,
+            "image_ids": torch.tensor([int(t["image_id"]) for _, t in batch], dtype=torch.int64),
+            "orig_sizes": torch.stack([torch.as_tensor(t["orig_size"], dtype=torch.int64) for _, t in batch]),
+        }
+
+
+def _normalized_cxcywh(boxes: tv_tensors.BoundingBoxes) -> torch.Tensor:
+    """``[N, 4]`` float32 ``cx, cy, w, h`` divided by the canvas width/height."""
+    h, w = boxes.canvas_size
+    xyxy = F.convert_bounding_box_format(boxes, new_format=tv_tensors.BoundingBoxFormat.XYXY)
+    xyxy = xyxy.as_subclass(torch.Tensor).float().reshape(-1, 4)
+    cxcywh = box_convert(xyxy, "xyxy", "cxcywh") / torch.tensor([w, h, w, h], dtype=torch.float32)
+    return cxcywh.clamp_(0.0, 1.0)
