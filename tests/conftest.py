@@ -1,0 +1,68 @@
+"""Shared fixtures: tiny random models and offline text encoders built in temp folders."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import pytest
+import torch
+
+SIX_CLASSES = ["NORMAL", "DEFORMACIONES", "ROTURA_FRACTURA", "RAYONES_ARANAZOS", "PERFORACIONES", "CONTAMINACION"]
+
+
+@pytest.fixture(autouse=True)
+def _no_hub(monkeypatch):
+    # Tests never reach the Hugging Face hub; a test that would is a bug.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture
+def six_classes() -> list[str]:
+    return list(SIX_CLASSES)
+
+
+def _bytes_to_unicode() -> list[str]:
+    """CLIP's byte-level alphabet (printable bytes map to themselves, the rest above 255)."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    codes = printable[:]
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            codes.append(256 + extra)
+            extra += 1
+    return [chr(c) for c in codes]
+
+
+def build_clip_tokenizer():
+    """A real CLIP tokenizer from the BPE merges that open_clip ships (no download)."""
+    import open_clip
+    from transformers import CLIPTokenizer
+
+    bpe = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
+    lines = gzip.open(bpe).read().decode("utf-8").split("\n")
+    merges = [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]
+    alphabet = _bytes_to_unicode()
+    tokens = alphabet + [t + "</w>" for t in alphabet] + ["".join(m) for m in merges]
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    return CLIPTokenizer(vocab={t: i for i, t in enumerate(tokens)}, merges=merges)
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory) -> Path:
+    """A folder holding a real CLIP tokenizer and a tiny random CLIP text tower with projection."""
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    folder = tmp_path_factory.mktemp("tiny-clip")
+    tokenizer = build_clip_tokenizer()
+    torch.manual_seed(0)
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, max_position_embeddings=77, projection_dim=24,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    CLIPTextModelWithProjection(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
