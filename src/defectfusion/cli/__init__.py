@@ -1,0 +1,59 @@
+"""Command line: each subcommand parses its arguments, calls one engine function, prints the result.
+
+One module per subcommand in this package, each with ``register(subparsers)``. Errors a user can
+cause are printed on one line (``error: ...``) with exit status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from . import __version__
+from .errors import DefectFusionError
+
+Handler = Callable[[argparse.Namespace], int | None]
+
+# ----------------------------------------------------------------------------- main
+
+# Subcommand modules, in the order `--help` lists them.
+COMMANDS = [
+    "encode_text",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="defectfusion",
+        description="Text-visual fusion for DEIMv2 industrial defect detectors.",
+    )
+    parser.add_argument("--version", action="version", version=f"defectfusion {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMANDS:
+        importlib.import_module(f"{__name__}.{name}").register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return int(handler(args) or 0)
+    except DefectFusionError as exc:
+        if args.debug or os.environ.get("DEFECTFUSION_DEBUG"):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
