@@ -12,8 +12,8 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from . import __version__
-from .errors import DefectFusionError
+from .. import __version__
+from ..errors import DefectFusionError
 
 Handler = Callable[[argparse.Namespace], int | None]
 
