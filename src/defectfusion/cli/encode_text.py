@@ -25,8 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .data.descriptions import load_descriptions
-    from .models.text import encode_descriptions, write_embeddings_file
+    from ..data.descriptions import load_descriptions
+    from ..models.text import encode_descriptions, write_embeddings_file
 
     descriptions = load_descriptions(args.descriptions)
     embeddings = encode_descriptions(descriptions, args.encoder, args.cache_dir)
