@@ -1,0 +1,657 @@
+"""Procedural industrial-defect images with COCO annotations: the demo's and the tests' dataset.
+
+Every image is a surface (brushed metal, plastic, paint, or a real CC0 texture from
+scikit-image) with 0..6 objects of the user's six classes, then lit, blurred and noised. The
+classes are drawn to be learnable by a tiny detector but not trivially: a deep crack
+(ROTURA_FRACTURA) and a superficial scratch (RAYONES_ARANAZOS) are both long lines of the same
+lengths and orientations; what separates them is width, jaggedness, branches and the shadowed
+lip of a crack, the cues the class descriptions talk about.
+
+Each image has its own random generator seeded by ``(seed, split, index)``, so an image does not
+depend on how many came before it, and the same arguments give the same bytes.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import io
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from defectfusion.errors import DataError
+from defectfusion.io import atomic_write_bytes, atomic_write_dir, atomic_write_json
+
+CATEGORIES: tuple[str, ...] = (
+    "NORMAL",
+    "DEFORMACIONES",
+    "ROTURA_FRACTURA",
+    "RAYONES_ARANAZOS",
+    "PERFORACIONES",
+    "CONTAMINACION",
+)
+NORMAL, DEFORMACIONES, ROTURA, RAYONES, PERFORACIONES, CONTAMINACION = range(6)
+SPLITS: tuple[str, ...] = ("train", "val")
+DESCRIPTIONS_RESOURCE = "configs/descriptions/defects6.yml"
+MIN_SIZE = 64
+EMPTY_FRACTION = 0.08  # share of images drawn without any object
+MAX_OBJECTS = 6
+MAX_IOU = 0.3  # placements overlapping an earlier object more than this are retried
+MAX_COVER = 0.5  # ... and so are those whose box lies mostly inside another one
+
+Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels
+
+
+@dataclass(frozen=True)
+class SynthObject:
+    """One drawn object: its COCO category id and tight box ``[x, y, w, h]`` in pixels."""
+
+    category_id: int
+    bbox: tuple[float, float, float, float]
+
+
+@dataclass(frozen=True)
+class SplitSummary:
+    """What one split holds: ``instances`` maps every class name to its object count."""
+
+    name: str
+    images_dir: Path
+    annotations: Path
+    num_images: int
+    num_empty_images: int
+    instances: dict[str, int]
+
+
+@dataclass(frozen=True)
+class SynthSummary:
+    """Where the generated dataset lies and what it holds, per split (``"train"``, ``"val"``)."""
+
+    root: Path
+    descriptions: Path
+    size: int
+    seed: int
+    splits: dict[str, SplitSummary] = field(default_factory=dict)
+
+
+def image_rng(seed: int, split_index: int, index: int) -> np.random.Generator:
+    """The generator of one image: independent of every other image of the dataset."""
+    return np.random.default_rng([seed, split_index, index])
+
+
+# --------------------------------------------------------------------------- the canvas
+
+
+@dataclass
+class _Canvas:
+    img: np.ndarray  # H x W x 3 float32 in [0, 1]
+    light: np.ndarray  # unit (x, y) vector pointing towards the light, shared by all objects
+    scale: float  # size / 256: object sizes are designed at 256 px
+
+    @property
+    def size(self) -> int:
+        return self.img.shape[0]
+
+
+def _window(canvas: _Canvas, box: Box, pad: float) -> tuple[slice, slice, np.ndarray, np.ndarray]:
+    """Integer window around ``box`` with pixel-centre coordinate grids."""
+    n = canvas.size
+    x0, y0 = max(0, int(box[0] - pad)), max(0, int(box[1] - pad))
+    x1, y1 = min(n, int(np.ceil(box[2] + pad))), min(n, int(np.ceil(box[3] + pad)))
+    yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32) + 0.5
+    return slice(y0, y1), slice(x0, x1), xx, yy
+
+
+def _mask_box(mask: np.ndarray, ys: slice, xs: slice, size: int, margin: float = 1.0) -> Box | None:
+    """Tight box of the pixels where ``mask`` is set, grown by ``margin`` and clipped."""
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    if rows.size == 0:
+        return None
+    x0, x1 = xs.start + cols[0] - margin, xs.start + cols[-1] + 1 + margin
+    y0, y1 = ys.start + rows[0] - margin, ys.start + rows[-1] + 1 + margin
+    return (max(0.0, x0), max(0.0, y0), min(float(size), x1), min(float(size), y1))
+
+
+def _shift(a: np.ndarray, dx: int, dy: int) -> np.ndarray:
+    """``a`` moved by whole pixels, zero-filled: cheap one-sided lips and shadows."""
+    out = np.zeros_like(a)
+    h, w = a.shape
+    out[max(0, dy) : h + min(0, dy), max(0, dx) : w + min(0, dx)] = a[
+        max(0, -dy) : h + min(0, -dy), max(0, -dx) : w + min(0, -dx)
+    ]
+    return out
+
+
+def _polyline_field(xx: np.ndarray, yy: np.ndarray, pts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distance of every pixel to a polyline and the arc position (0..1) of its nearest point."""
+    a, ab = pts[:-1], np.diff(pts, axis=0)
+    seg2 = (ab**2).sum(1) + 1e-9
+    px = xx[None] - a[:, 0, None, None]
+    py = yy[None] - a[:, 1, None, None]
+    t = np.clip((px * ab[:, 0, None, None] + py * ab[:, 1, None, None]) / seg2[:, None, None], 0, 1)
+    d2 = (px - t * ab[:, 0, None, None]) ** 2 + (py - t * ab[:, 1, None, None]) ** 2
+    k = d2.argmin(0)[None]
+    seg = np.sqrt(seg2)
+    start = np.concatenate([[0.0], np.cumsum(seg)[:-1]])
+    u = (start[k[0]] + np.take_along_axis(t, k, 0)[0] * seg[k[0]]) / seg.sum()
+    return np.sqrt(np.take_along_axis(d2, k, 0)[0]), np.clip(u, 0, 1).astype(np.float32)
+
+
+def _line_alpha(xx: np.ndarray, yy: np.ndarray, pts: np.ndarray, width: Callable[[np.ndarray], np.ndarray]):
+    """Antialiased coverage of a polyline whose width varies along its length."""
+    d, u = _polyline_field(xx, yy, pts)
+    return np.clip(width(u) / 2 - d + 0.5, 0, 1), u
+
+
+def _hump(u: np.ndarray, power: float) -> np.ndarray:
+    """0 at both ends of a line, 1 in its middle: tapers widths and strengths."""
+    return np.clip(np.sin(np.pi * u), 0, 1) ** power
+
+
+def _extent(pts: np.ndarray, pad: float) -> Box:
+    return (pts[:, 0].min() - pad, pts[:, 1].min() - pad, pts[:, 0].max() + pad, pts[:, 1].max() + pad)
+
+
+def _brighten(img: np.ndarray, alpha: np.ndarray) -> None:
+    img += alpha[..., None] * (1 - img)
+
+
+def _darken(img: np.ndarray, alpha: np.ndarray) -> None:
+    img *= 1 - alpha[..., None]
+
+
+# --------------------------------------------------------------------------- the six classes
+# Each planner draws the object's random parameters around the origin and returns its extent
+# and a painter; the painter, given an offset, draws it and returns its tight box.
+
+Painter = Callable[[_Canvas, float, float], "Box | None"]
+
+
+def _random_walk(
+    rng: np.random.Generator, length: float, heading: float, step: float, turns: float
+) -> np.ndarray:
+    """Jagged path: a mean-reverting heading with occasional sharp turns, like a crack."""
+    n = max(3, int(length / step))
+    dev, pts, h = 0.0, [np.zeros(2)], heading
+    for _ in range(n):
+        dev = 0.5 * dev + rng.normal(0, 0.3)
+        if rng.random() < turns:
+            dev += rng.choice([-1, 1]) * rng.uniform(0.6, 1.1)
+        h = heading + dev
+        pts.append(pts[-1] + step * rng.uniform(0.7, 1.3) * np.array([np.cos(h), np.sin(h)]))
+    return np.array(pts, dtype=np.float32)
+
+
+def _plan_crack(rng: np.random.Generator, s: float) -> tuple[Box, Painter]:
+    length = rng.uniform(35, 115) * s
+    heading = rng.uniform(0, np.pi)
+    turns = rng.uniform(0.12, 0.3)  # how jagged: the straighter thin cracks are the hard cases
+    main = _random_walk(rng, length, heading, rng.uniform(3, 5.5) * s, turns)
+    wmax = max(1.6, rng.uniform(1.6, 4.2) * s)
+    paths = [(main, wmax)]
+    for _ in range(rng.integers(0, 3)):  # 0-2 thinner branches leaving the middle of the crack
+        i = rng.integers(len(main) // 5, max(len(main) // 5 + 1, 4 * len(main) // 5))
+        h = heading + rng.choice([-1, 1]) * rng.uniform(0.5, 1.1)
+        branch = _random_walk(rng, length * rng.uniform(0.25, 0.5), h, 3.5 * s, turns) + main[i]
+        paths.append((branch, max(1.5, wmax * rng.uniform(0.45, 0.7))))
+    depth = rng.uniform(0.6, 0.9)
+    ext = _extent(np.concatenate([p for p, _ in paths]), wmax / 2 + 2)
+
+    def paint(c: _Canvas, dx: float, dy: float) -> Box | None:
+        ys, xs, xx, yy = _window(c, (ext[0] + dx, ext[1] + dy, ext[2] + dx, ext[3] + dy), 3)
+        core = np.zeros_like(xx)
+        for pts, w in paths:  # tapered ends: thick in the middle, thin at the tips
+            alpha, _ = _line_alpha(xx, yy, pts + (dx, dy), lambda u, w=w: w * (0.3 + 0.7 * _hump(u, 0.5)))
+            core = np.maximum(core, alpha)
+        # the separation: a lit lip on the light's side and a shadow on the other
+        o = max(1, round(wmax / 2))
+        lx, ly = round(o * c.light[0]), round(o * c.light[1])
+        lip = np.clip(_shift(core, lx, ly) - core, 0, 1)
+        shadow = np.clip(_shift(core, -lx, -ly) - core, 0, 1)
+        region = c.img[ys, xs]
+        _darken(region, depth * core + 0.35 * shadow)
+        _brighten(region, 0.3 * lip)
+        return _mask_box(core > 0.25, ys, xs, c.size)
+
+    return ext, paint
+
+
+def _plan_scratch(rng: np.random.Generator, s: float) -> tuple[Box, Painter]:
+    length = rng.uniform(35, 120) * s
+    heading = rng.uniform(0, np.pi)
+    d = np.array([np.cos(heading), np.sin(heading)])
+    bend = 0.0 if rng.random() < 0.4 else rng.normal(0, 0.1) * length  # straight or gently curved
+    p0, p2 = -d * length / 2, d * length / 2
+    p1 = np.array([-d[1], d[0]]) * bend
+    t = np.linspace(0, 1, 16)[:, None]
+    pts = ((1 - t) ** 2 * p0 + 2 * t * (1 - t) * p1 + t**2 * p2).astype(np.float32)
+    width = rng.uniform(1.0, 2.0) * max(1.0, s)
+    bright = rng.random() < 0.6
+    strength = rng.uniform(0.55, 0.9) if bright else rng.uniform(0.35, 0.55)
+    wobble = rng.uniform(0, 2 * np.pi, 2)  # scratches fade in and out along their length
+    ext = _extent(pts, width / 2 + 2)
+
+    def paint(c: _Canvas, dx: float, dy: float) -> Box | None:
+        ys, xs, xx, yy = _window(c, (ext[0] + dx, ext[1] + dy, ext[2] + dx, ext[3] + dy), 2)
+        alpha, u = _line_alpha(xx, yy, pts + (dx, dy), lambda u: np.full_like(u, width))
+        fade = _hump(u, 0.3) * (0.75 + 0.25 * np.sin(7 * u + wobble[0]) * np.sin(3 * u + wobble[1]))
+        alpha = alpha * fade * strength
+        (_brighten if bright else _darken)(c.img[ys, xs], alpha)
+        return _mask_box(alpha > 0.08, ys, xs, c.size)
+
+    return ext, paint
+
+
+def _plan_hole(rng: np.random.Generator, s: float) -> tuple[Box, Painter]:
+    r = rng.uniform(5, 20) * s
+    inside = rng.uniform(0.03, 0.12)
+    ext = (-r - 3, -r - 3, r + 3, r + 3)
+
+    def paint(c: _Canvas, dx: float, dy: float) -> Box | None:
+        ys, xs, xx, yy = _window(c, (ext[0] + dx, ext[1] + dy, ext[2] + dx, ext[3] + dy), 1)
+        ux, uy = xx - dx, yy - dy
+        d = np.sqrt(ux**2 + uy**2) + 1e-6
+        toward = (ux * c.light[0] + uy * c.light[1]) / d  # +1 on the light's side of the hole
+        disc = np.clip(r - d + 0.5, 0, 1)
+        wall = np.clip((d - 0.6 * r) / (0.4 * r), 0, 1) * np.clip(toward, 0, 1) * 0.25  # far wall, lit
+        ring = np.clip(1 - np.abs(d - r - 0.8) / 1.3, 0, 1) * (0.25 + 0.3 * np.clip(-toward, 0, 1))
+        region = c.img[ys, xs]
+        region += disc[..., None] * (inside + wall[..., None] - region)
+        _brighten(region, ring)
+        return _mask_box(np.maximum(disc, ring) > 0.2, ys, xs, c.size)
+
+    return ext, paint
+
+
+def _plan_rivet(rng: np.random.Generator, s: float) -> tuple[Box, Painter]:
+    """NORMAL: an intact rivet head, a bright shaded dome with an outline and a drop shadow."""
+    r = rng.uniform(7, 17) * s
+    base = rng.uniform(0.55, 0.8) + rng.uniform(-0.04, 0.04, 3)
+    slot = rng.random() < 0.4
+    slot_angle = rng.uniform(0, np.pi)
+    ext = (-r - 0.4 * r - 2, -r - 0.4 * r - 2, r + 0.4 * r + 2, r + 0.4 * r + 2)
+
+    def paint(c: _Canvas, dx: float, dy: float) -> Box | None:
+        ys, xs, xx, yy = _window(c, (ext[0] + dx, ext[1] + dy, ext[2] + dx, ext[3] + dy), 1)
+        ux, uy = (xx - dx) / r, (yy - dy) / r
+        d = np.sqrt(ux**2 + uy**2)
+        disc = np.clip((1 - d) * r + 0.5, 0, 1)
+        sx, sy = ux + 0.3 * c.light[0], uy + 0.3 * c.light[1]  # the shadow falls away from the light
+        shadow = np.clip((1.05 - np.sqrt(sx**2 + sy**2)) * r / 2, 0, 1) * (1 - disc)
+        nz = np.sqrt(np.clip(1 - d**2, 0, 1))
+        l3 = np.array([0.6 * c.light[0], 0.6 * c.light[1], 0.8])
+        lam = np.clip(ux * l3[0] + uy * l3[1] + nz * l3[2], 0, 1)
+        dome = base * (0.35 + 0.7 * lam[..., None]) + 0.45 * (lam**24)[..., None]
+        rim = np.clip(1 - np.abs(d - 0.97) * r / 1.2, 0, 1) * 0.5
+        if slot:
+            across = np.abs(-np.sin(slot_angle) * ux + np.cos(slot_angle) * uy) * r
+            dome = dome * (1 - 0.6 * (np.clip(1.2 - across, 0, 1) * (d < 0.7))[..., None])
+        region = c.img[ys, xs]
+        _darken(region, 0.4 * shadow)
+        region += disc[..., None] * (dome - region)
+        _darken(region, rim * disc)
+        return _mask_box(np.maximum(disc, shadow) > 0.2, ys, xs, c.size)
+
+    return ext, paint
+
+
+STAIN_COLOURS = np.array(
+    [[0.55, 0.28, 0.10], [0.12, 0.10, 0.08], [0.35, 0.32, 0.18], [0.33, 0.45, 0.15], [0.92, 0.90, 0.84]],
+    dtype=np.float32,
+)
+
+
+def _plan_contamination(rng: np.random.Generator, s: float) -> tuple[Box, Painter]:
+    """A soft-edged stain of another hue, or a cluster of small particles."""
+    colour = STAIN_COLOURS[rng.integers(len(STAIN_COLOURS))] + rng.uniform(-0.05, 0.05, 3)
+    if rng.random() < 0.6:
+        big = rng.uniform(10, 38) * s
+        k = rng.integers(3, 8)
+        centres = rng.normal(0, 0.4 * big, (k, 2))
+        sigmas = rng.uniform(0.3, 0.6, k) * big
+        opacity = rng.uniform(0.45, 0.8)
+        ext = _extent(centres, 2.2 * sigmas.max())
+
+        def paint(c: _Canvas, dx: float, dy: float) -> Box | None:
+            ys, xs, xx, yy = _window(c, (ext[0] + dx, ext[1] + dy, ext[2] + dx, ext[3] + dy), 0)
+            f = np.zeros_like(xx)
+            for (cx, cy), sg in zip(centres, sigmas, strict=True):
+                f += np.exp(-((xx - dx - cx) ** 2 + (yy - dy - cy) ** 2) / (2 * sg**2))
+            body = np.clip((f - 0.3) / 0.4, 0, 1)
+            edge = np.clip(1 - np.abs(f - 0.5) / 0.12, 0, 1)  # dried stains have a darker tide line
+            alpha = opacity * np.clip(body + 0.3 * edge, 0, 1)
+            region = c.img[ys, xs]
+            region += alpha[..., None] * (colour * (region.mean(-1, keepdims=True) * 0.5 + 0.6) - region)
+            return _mask_box(alpha > 0.1, ys, xs, c.size)
+
+        return ext, paint
+
+    spread = rng.uniform(10, 28) * s
+    n = rng.integers(8, 30)
+    pos = np.clip(rng.normal(0, spread / 2, (n, 2)), -spread, spread)
+    radii = rng.uniform(1.0, 3.0, n) * s
+    colour = colour * 0.5 if rng.random() < 0.6 else colour
+    ext = _extent(pos, radii.max() + 1)
+
+    def paint_particles(c: _Canvas, dx: float, dy: float) -> Box | None:
+        ys, xs, xx, yy = _window(c, (ext[0] + dx, ext[1] + dy, ext[2] + dx, ext[3] + dy), 1)
+        d = np.sqrt(
+            (xx[None] - dx - pos[:, 0, None, None]) ** 2 + (yy[None] - dy - pos[:, 1, None, None]) ** 2
+        )
+        alpha = np.clip(radii[:, None, None] - d + 0.5, 0, 1).max(0) * 0.9
+        region = c.img[ys, xs]
+        region += alpha[..., None] * (colour - region)
+        return _mask_box(alpha > 0.2, ys, xs, c.size)
+
+    return ext, paint_particles
+
+
+def _plan_dent(rng: np.random.Generator, s: float) -> tuple[Box, Painter]:
+    """A dent or bulge: shading without an edge, light on one side and dark on the other."""
+    sa = rng.uniform(7, 24) * s
+    sb = sa * rng.uniform(0.5, 1.0)
+    theta = rng.uniform(0, np.pi)
+    amp = rng.uniform(0.3, 0.5) * rng.choice([-1, 1])
+    reach = 2.2 * sa
+    ext = (-reach, -reach, reach, reach)
+
+    def paint(c: _Canvas, dx: float, dy: float) -> Box | None:
+        ys, xs, xx, yy = _window(c, (ext[0] + dx, ext[1] + dy, ext[2] + dx, ext[3] + dy), 0)
+        ux, uy = xx - dx, yy - dy
+        a = np.cos(theta) * ux + np.sin(theta) * uy
+        b = -np.sin(theta) * ux + np.cos(theta) * uy
+        g = np.exp(-0.5 * ((a / sa) ** 2 + (b / sb) ** 2))
+        gx = -g * (np.cos(theta) * a / sa**2 - np.sin(theta) * b / sb**2)  # d g / d x
+        gy = -g * (np.sin(theta) * a / sa**2 + np.cos(theta) * b / sb**2)
+        shade = gx * c.light[0] + gy * c.light[1]
+        shade = shade / (np.abs(shade).max() + 1e-9)
+        c.img[ys, xs] *= 1 + amp * shade[..., None]
+        return _mask_box(g > 0.135, ys, xs, c.size)  # the 2-sigma ellipse: where the eye sees it
+
+    return ext, paint
+
+
+PLANNERS: dict[int, Callable[[np.random.Generator, float], tuple[Box, Painter]]] = {
+    NORMAL: _plan_rivet,
+    DEFORMACIONES: _plan_dent,
+    ROTURA: _plan_crack,
+    RAYONES: _plan_scratch,
+    PERFORACIONES: _plan_hole,
+    CONTAMINACION: _plan_contamination,
+}
+
+
+# --------------------------------------------------------------------------- surfaces
+
+PLASTIC = np.array(
+    [[0.75, 0.75, 0.74], [0.88, 0.87, 0.84], [0.28, 0.29, 0.31], [0.20, 0.33, 0.60], [0.62, 0.16, 0.12],
+     [0.85, 0.70, 0.18], [0.22, 0.46, 0.28]],
+    dtype=np.float32,
+)  # fmt: skip
+PAINT = np.array(
+    [[0.90, 0.72, 0.10], [0.35, 0.50, 0.38], [0.55, 0.57, 0.58], [0.25, 0.40, 0.62], [0.85, 0.42, 0.12],
+     [0.80, 0.80, 0.76]],
+    dtype=np.float32,
+)  # fmt: skip
+
+
+def _box_blur(a: np.ndarray, k: int, axis: int) -> np.ndarray:
+    """Running mean of length ``k`` along ``axis`` (wrapping), via a cumulative sum."""
+    if k <= 1:
+        return a
+    pad = np.concatenate([np.take(a, range(-k, 0), axis=axis), a], axis=axis)
+    c = np.cumsum(pad, axis=axis, dtype=np.float32)
+    n = a.shape[axis]
+    return (np.take(c, range(k, k + n), axis=axis) - np.take(c, range(0, n), axis=axis)) / k
+
+
+def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
+    """Low-frequency noise in about [-1, 1]: a coarse random grid upsampled bilinearly."""
+    coarse = Image.fromarray(rng.uniform(-1, 1, (cells, cells)).astype(np.float32))
+    return np.asarray(coarse.resize((size, size), Image.BILINEAR), dtype=np.float32)
+
+
+@lru_cache(maxsize=1)
+def _textures() -> tuple[np.ndarray, ...]:
+    """Real CC0 surfaces shipped with scikit-image, or none when it is not installed (extra ``demo``)."""
+    try:
+        from skimage import data
+    except ImportError:
+        return ()
+    return tuple(np.asarray(f(), dtype=np.float32) / 255.0 for f in (data.gravel, data.brick))
+
+
+def _surface(rng: np.random.Generator, n: int) -> np.ndarray:
+    kind = rng.integers(4)
+    textures = _textures()
+    if kind == 3 and not textures:
+        kind = 2
+    if kind == 0:  # brushed metal: streaks along one axis
+        base = rng.uniform(0.45, 0.78) + rng.uniform(-0.04, 0.04, 3)
+        streak = _box_blur(
+            _box_blur(rng.standard_normal((n, n), dtype=np.float32), int(rng.integers(15, 60)), 1), 2, 0
+        )
+        streak /= streak.std() + 1e-6
+        if rng.random() < 0.5:
+            streak = streak.T
+        tone = 1 + rng.uniform(0.05, 0.12) * streak + 0.06 * _smooth_noise(rng, n, 4)
+    elif kind == 1:  # plastic: smooth, low-frequency variation
+        base = PLASTIC[rng.integers(len(PLASTIC))] * rng.uniform(0.9, 1.1)
+        tone = 1 + rng.uniform(0.03, 0.08) * _smooth_noise(rng, n, int(rng.integers(3, 8)))
+    elif kind == 2:  # painted: flat colour, orange peel and speckle
+        base = PAINT[rng.integers(len(PAINT))] * rng.uniform(0.9, 1.1)
+        peel = _box_blur(_box_blur(rng.standard_normal((n, n), dtype=np.float32), 3, 0), 3, 1)
+        speck = (rng.random((n, n)) < rng.uniform(0.01, 0.04)) * rng.uniform(-0.25, 0.25, (n, n))
+        tone = 1 + 0.06 * peel + speck.astype(np.float32)
+    else:  # a real texture, cropped, rescaled and tinted
+        tex = textures[rng.integers(len(textures))]
+        crop = int(rng.integers(min(128, tex.shape[0]), tex.shape[0] + 1))
+        y, x = rng.integers(0, tex.shape[0] - crop + 1, 2)
+        patch = Image.fromarray(tex[y : y + crop, x : x + crop]).resize((n, n), Image.BILINEAR)
+        t = np.asarray(patch, dtype=np.float32)
+        t = (t - t.mean()) / (t.std() + 1e-6)
+        base = rng.uniform(0.45, 0.7) + rng.uniform(-0.06, 0.06, 3)
+        tone = 1 + rng.uniform(0.06, 0.12) * t
+    return np.clip(tone[..., None] * base.astype(np.float32), 0, 1).astype(np.float32)
+
+
+def _blur3(img: np.ndarray, sigma: float) -> np.ndarray:
+    """Slight optical blur: a separable 3-tap Gaussian (enough for sigma below 1 px)."""
+    w = float(np.exp(-1 / (2 * sigma**2)))
+    p = np.pad(img, ((1, 1), (0, 0), (0, 0)), mode="edge")
+    img = (p[1:-1] + w * (p[:-2] + p[2:])) / (1 + 2 * w)
+    p = np.pad(img, ((0, 0), (1, 1), (0, 0)), mode="edge")
+    return (p[:, 1:-1] + w * (p[:, :-2] + p[:, 2:])) / (1 + 2 * w)
+
+
+def _finish(rng: np.random.Generator, c: _Canvas) -> np.ndarray:
+    """Lighting gradient towards the light, vignette, a slight blur and sensor noise -> uint8 RGB."""
+    n = c.size
+    t = (np.arange(n, dtype=np.float32) + 0.5) / n - 0.5
+    ramp, vignette, gain = rng.uniform(0.1, 0.35), rng.uniform(0, 0.3), rng.uniform(0.85, 1.15)
+    light = gain * (
+        1
+        + ramp * (t[None] * c.light[0] + t[:, None] * c.light[1])
+        - vignette * (t[None] ** 2 + t[:, None] ** 2)
+    )
+    img = np.clip(c.img * light[..., None], 0, 1)
+    sigma = rng.uniform(0, 0.9)
+    if sigma > 0.3:
+        img = _blur3(img, sigma)
+    img = img * 255 + rng.standard_normal((n, n, 1), dtype=np.float32) * rng.uniform(2, 8)  # luminance noise
+    return np.clip(img + 0.5, 0, 255).astype(np.uint8)
+
+
+def _overlaps(a: Box, b: Box) -> bool:
+    """IoU above :data:`MAX_IOU`, or one box mostly inside the other (a hole under a stain)."""
+    iw = min(a[2], b[2]) - max(a[0], b[0])
+    ih = min(a[3], b[3]) - max(a[1], b[1])
+    if iw <= 0 or ih <= 0:
+        return False
+    inter, area_a, area_b = iw * ih, (a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1])
+    return inter / (area_a + area_b - inter) > MAX_IOU or inter / min(area_a, area_b) > MAX_COVER
+
+
+def render_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[SynthObject]]:
+    """Draw one image and its objects.
+
+    Returns:
+        ``(image, objects)``: ``image`` is ``[size, size, 3]`` uint8 RGB; each object holds its
+        category id (0..5, see :data:`CATEGORIES`) and tight COCO box ``[x, y, w, h]`` in pixels.
+    """
+    angle = rng.uniform(0, 2 * np.pi)
+    c = _Canvas(_surface(rng, size), np.array([np.cos(angle), np.sin(angle)], dtype=np.float32), size / 256)
+    count = 0 if rng.random() < EMPTY_FRACTION else int(rng.integers(1, MAX_OBJECTS + 1))
+    placed: list[Box] = []
+    objects: list[SynthObject] = []
+    for _ in range(count):
+        cat = int(rng.integers(len(CATEGORIES)))
+        ext, paint = PLANNERS[cat](rng, c.scale)
+        w, h = ext[2] - ext[0], ext[3] - ext[1]
+        if w > size - 2 or h > size - 2:
+            continue
+        for _attempt in range(8):  # a few tries to find a spot that does not cover earlier objects
+            dx = rng.uniform(1 - ext[0], size - 1 - ext[2])
+            dy = rng.uniform(1 - ext[1], size - 1 - ext[3])
+            where = (ext[0] + dx, ext[1] + dy, ext[2] + dx, ext[3] + dy)
+            if not any(_overlaps(where, p) for p in placed):
+                break
+        else:
+            continue
+        box = paint(c, dx, dy)
+        if box is None or box[2] - box[0] < 2 or box[3] - box[1] < 2:
+            continue
+        placed.append(box)
+        x0, y0, x1, y1 = (round(float(v), 2) for v in box)
+        objects.append(SynthObject(cat, (x0, y0, round(x1 - x0, 2), round(y1 - y0, 2))))
+    return _finish(rng, c), objects
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _check_args(out: Path, train: int, val: int, size: int, seed: int) -> None:
+    for name, value, low in (
+        ("train", train, 0),
+        ("val", val, 0),
+        ("size", size, MIN_SIZE),
+        ("seed", seed, 0),
+    ):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise DataError(f"synthetic data: {name} must be an integer, got {value!r}")
+        if value < low:
+            raise DataError(f"synthetic data: {name} must be >= {low}, got {value}")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(
+            f"synthetic data: out folder {str(out)!r} cannot be created ({e}); choose another path"
+        ) from e
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise DataError(f"synthetic data: out folder {str(out)!r} is not writable; choose another path")
+
+
+def _coco(images: list[dict], annotations: list[dict], size: int, seed: int) -> dict:
+    return {
+        "info": {"description": "defectfusion synthetic industrial defects", "size": size, "seed": seed},
+        "images": images,
+        "annotations": annotations,
+        "categories": [
+            {"id": i, "name": name, "supercategory": "defect"} for i, name in enumerate(CATEGORIES)
+        ],
+    }
+
+
+def _write_split(
+    tmp: Path, split_index: int, count: int, size: int, seed: int, tick: Callable[[], None]
+) -> tuple[int, dict[str, int]]:
+    (tmp / "images").mkdir()
+    images, annotations = [], []
+    counts = dict.fromkeys(CATEGORIES, 0)
+    for index in range(count):
+        pixels, objects = render_image(image_rng(seed, split_index, index), size)
+        name = f"{index:06d}.png"
+        buf = io.BytesIO()
+        Image.fromarray(pixels).save(
+            buf, format="PNG", compress_level=1
+        )  # 4x faster, no larger: noise barely compresses
+        (tmp / "images" / name).write_bytes(buf.getvalue())
+        image_id = index + 1  # COCO ids start at 1: pycocotools treats id 0 as "unmatched"
+        images.append({"id": image_id, "file_name": name, "width": size, "height": size})
+        for obj in objects:
+            x, y, w, h = obj.bbox
+            annotations.append(
+                {"id": len(annotations) + 1, "image_id": image_id, "category_id": obj.category_id,
+                 "bbox": [x, y, w, h], "area": round(w * h, 2), "iscrowd": 0}
+            )  # fmt: skip
+            counts[CATEGORIES[obj.category_id]] += 1
+        tick()
+    atomic_write_json(tmp / "annotations.json", _coco(images, annotations, size, seed))
+    empty = count - len({a["image_id"] for a in annotations})
+    return empty, counts
+
+
+def _build_split(
+    target: Path, split_index: int, count: int, size: int, seed: int, tick: Callable[[], None]
+) -> SplitSummary:
+    """One split, built in a temporary folder and moved into place whole."""
+    result: list[tuple[int, dict[str, int]]] = []
+    atomic_write_dir(
+        target, lambda tmp: result.append(_write_split(tmp, split_index, count, size, seed, tick))
+    )
+    empty, counts = result[0]
+    return SplitSummary(target.name, target / "images", target / "annotations.json", count, empty, counts)
+
+
+def generate_synthetic_dataset(
+    out: Path | str,
+    *,
+    train: int = 400,
+    val: int = 100,
+    size: int = 256,
+    seed: int = 0,
+    progress: bool = False,
+) -> SynthSummary:
+    """Write a synthetic six-class industrial-defect dataset in COCO format.
+
+    Layout: ``out/{train,val}/images/NNNNNN.png`` with ``out/{train,val}/annotations.json``
+    (category ids 0..5 named as in :data:`CATEGORIES`; image ids start at 1) and
+    ``out/descriptions.yml``, a copy of the packaged six-class descriptions. Each split is built
+    in a temporary folder and moved into place whole, replacing an earlier split of the same
+    name. The same arguments give the same bytes.
+
+    Raises:
+        DataError: a negative count or seed, ``size`` below 64, or an unwritable ``out``.
+    """
+    out = Path(out)
+    _check_args(out, train, val, size, seed)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=train + val, desc="synthetic data", unit="img", disable=not progress)
+    splits: dict[str, SplitSummary] = {}
+    try:
+        for split_index, (name, count) in enumerate(zip(SPLITS, (train, val), strict=True)):
+            splits[name] = _build_split(out / name, split_index, count, size, seed, lambda: bar.update(1))
+        descriptions = out / "descriptions.yml"
+        source = importlib.resources.files("defectfusion").joinpath(DESCRIPTIONS_RESOURCE)
+        atomic_write_bytes(descriptions, source.read_bytes())
+    except OSError as e:
+        raise DataError(f"synthetic data: writing to out folder {str(out)!r} failed ({e})") from e
+    finally:
+        bar.close()
+    return SynthSummary(out, descriptions, size, seed, splits)
+
+
+__all__ = [
+    "CATEGORIES",
+    "SplitSummary",
+    "SynthObject",
+    "SynthSummary",
+    "generate_synthetic_dataset",
+    "image_rng",
+    "render_image",
+]
