@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .data.transforms import TrainAugmentConfig
 from .errors import ConfigError
 
 # ----------------------------------------------------------------------------- schema
@@ -55,13 +56,109 @@ class FusionConfig(_Section):
     random_seed: int = Field(0, description="seed of the random control embeddings")
 
 
+GroupName = Literal["backbone", "encoder", "decoder", "class_head", "fusion"]
+ALL_GROUPS: tuple[str, ...] = ("backbone", "encoder", "decoder", "class_head", "fusion")
+
+
+class DataSplit(_Section):
+    annotations: str = Field(..., description="COCO annotations json")
+    images: str | None = Field(None, description="images folder; default: beside the json ('images/' or the same folder)")
+
+
+class DataConfig(_Section):
+    train: DataSplit | None = None
+    val: DataSplit | None = None
+    batch_size: int = Field(4, ge=1, description="images per step (per process)")
+    eval_batch_size: int | None = Field(None, ge=1, description="default: batch_size")
+    num_workers: int = Field(2, ge=0, description="DataLoader worker processes")
+    verify_images: bool = Field(True, description="open every image once before training (names corrupt files)")
+    augment: TrainAugmentConfig = Field(default_factory=TrainAugmentConfig)
+
+
+class EMAConfig(_Section):
+    enabled: bool = True
+    decay: float = Field(0.9999, gt=0, lt=1)
+    warmups: float = Field(1000.0, gt=0, description="updates over which the decay ramps up (original ModelEMA)")
+
+
+class EarlyStopConfig(_Section):
+    drop: float | None = Field(0.02, ge=0, description="stop when validation mAP@0.5 falls this far below its best")
+    patience: int | None = Field(None, ge=1, description="stop after this many evaluations without a new best")
+
+
+class TrainConfig(_Section):
+    """Settings shared by every phase."""
+
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    amp: bool = Field(True, description="mixed precision on CUDA (ignored on CPU)")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads; default: torch's choice")
+    weight_decay: float = Field(1.25e-4, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = Field(500, ge=0, description="linear lr warm-up, in optimisation steps")
+    flat_fraction: float = Field(0.5, ge=0, le=1, description="share of the phase at full lr before cosine decay")
+    min_lr_factor: float = Field(0.05, ge=0, le=1, description="final lr as a fraction of the base lr")
+    grad_clip: float | None = Field(0.1, gt=0, description="max gradient norm; null disables clipping")
+    ema: EMAConfig = Field(default_factory=EMAConfig)
+    eval_every: int = Field(1, ge=1, description="validate every N epochs (and after the last)")
+    early_stop: EarlyStopConfig = Field(default_factory=EarlyStopConfig)
+    max_nonfinite: int = Field(5, ge=1, description="stop the phase after this many non-finite losses in a row")
+    no_aug_epochs: int = Field(2, ge=0, description="last epochs of a phase without heavy augmentation")
+    top_k: int = Field(300, ge=1, description="detections per image kept for evaluation")
+    log_every: int = Field(10, ge=1, description="TensorBoard loss logging interval, in steps")
+    tensorboard: bool = True
+
+
+class PhaseConfig(_Section):
+    """One training phase: which parameter groups train, at which learning rates, for how long."""
+
+    trainable: list[GroupName]
+    lr: float | dict[GroupName, float] = Field(..., description="one lr for all trainable groups, or one per group")
+    epochs: int = Field(20, ge=1)
+    fusion: bool = Field(True, description="false: the plain detector (the baseline phase)")
+    warmup_steps: int | None = Field(None, ge=0, description="overrides train.warmup_steps for this phase")
+
+    @field_validator("trainable")
+    @classmethod
+    def _some_groups(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one parameter group must train")
+        return list(dict.fromkeys(value))
+
+    @model_validator(mode="after")
+    def _lr_covers_trainable(self) -> PhaseConfig:
+        if isinstance(self.lr, dict):
+            missing = [g for g in self.trainable if g not in self.lr]
+            if missing:
+                raise ValueError(f"lr has no value for trainable group(s) {missing}")
+        if not self.fusion and "fusion" in self.trainable:
+            raise ValueError("a phase without fusion cannot train the 'fusion' group")
+        return self
+
+    def lr_for(self, group: str) -> float:
+        return self.lr[group] if isinstance(self.lr, dict) else float(self.lr)
+
+
+class GateConfig(_Section):
+    """Decides after a phase whether the next one runs (the seed: 0.80 / 0.82 on mAP@0.5)."""
+
+    metric: Literal["map50", "map"] = "map50"
+    min: float | None = Field(None, description="continue only if the phase's best metric >= min")
+    max: float | None = Field(None, description="continue only if it is < max (otherwise: good enough, stop)")
+    relative_to_baseline: bool = Field(False, description="min/max are differences from the baseline's metric")
+
+
 class Config(_Section):
-    """The whole configuration. Sections other than ``model``/``fusion`` belong to training."""
+    """The whole configuration (see ``configs/*.yml`` for commented examples)."""
 
     name: str = "run"
     seed: int = 0
     model: ModelConfig = Field(default_factory=ModelConfig)
     fusion: FusionConfig = Field(default_factory=FusionConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    phases: dict[str, PhaseConfig] = Field(default_factory=dict, description="phases by name")
+    order: list[str] = Field(default_factory=list, description="phases `train --phase all` runs, in order")
+    gates: dict[str, GateConfig] = Field(default_factory=dict, description="gate applied after the named phase")
 
     @field_validator("name")
     @classmethod
@@ -69,6 +166,16 @@ class Config(_Section):
         if not value or "/" in value or value in {".", ".."}:
             raise ValueError(f"name must be a plain folder name, got {value!r}")
         return value
+
+    @model_validator(mode="after")
+    def _order_names_phases(self) -> Config:
+        unknown = [p for p in self.order if p not in self.phases]
+        if unknown:
+            raise ValueError(f"order lists phases that are not defined: {unknown}; defined: {list(self.phases)}")
+        stray = [g for g in self.gates if g not in self.phases]
+        if stray:
+            raise ValueError(f"gates refer to undefined phases: {stray}")
+        return self
 
 
 # ----------------------------------------------------------------------------- loading
@@ -130,6 +237,10 @@ def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, 
 # Config keys holding file paths: relative values are resolved against the file that sets them.
 PATH_KEYS: set[tuple[str, ...]] = {
     ("model", "checkpoint"),
+    ("data", "train", "annotations"),
+    ("data", "train", "images"),
+    ("data", "val", "annotations"),
+    ("data", "val", "images"),
     ("fusion", "descriptions"),
     ("fusion", "cache_dir"),
 }
@@ -224,16 +335,20 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str,
 
 
 def _known_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
-    """Field names valid at ``loc`` (a pydantic error location) for suggestions."""
+    """Field names valid at ``loc`` (a pydantic error location), for suggestions."""
+    import typing
+
     current: Any = model
+    skip_key = False
     for part in loc[:-1]:
-        if isinstance(part, int):
+        if isinstance(part, int) or skip_key:
+            skip_key = False
             continue
-        field = current.model_fields.get(part) if isinstance(current, type) and issubclass(current, BaseModel) else None
-        if field is None:
+        if not (isinstance(current, type) and issubclass(current, BaseModel)) or part not in current.model_fields:
             return []
-        annotation = field.annotation
-        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        annotation = current.model_fields[part].annotation
+        skip_key = typing.get_origin(annotation) is dict  # e.g. phases.<name>.<field>
+        candidates = [annotation, *typing.get_args(annotation)]
         current = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
         if current is None:
             return []

@@ -148,7 +148,7 @@ def test_unknown_group_and_bad_size_give_clear_errors(six_classes):
     _, fused = _pair("hgnetv2_micro", six_classes)
     with pytest.raises(ConfigError, match="unknown parameter group"):
         set_trainable(fused, ["fusion", "heads"])
-    with pytest.raises(ConfigError, match="divisible by the model's largest stride"):
+    with pytest.raises(ConfigError, match="multiples of the model.s largest stride"):
         build_detector(ModelConfig(preset="hgnetv2_micro", image_size=(100, 128)), six_classes)
     with pytest.raises(ConfigError, match="Did you mean"):
         build_detector(ModelConfig(preset="dinov3_mm"), six_classes)

@@ -21,7 +21,9 @@ Handler = Callable[[argparse.Namespace], int | None]
 
 # Subcommand modules, in the order `--help` lists them.
 COMMANDS = [
+    "train",
     "encode_text",
+    "convert",
 ]
 
 

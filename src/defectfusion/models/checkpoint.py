@@ -7,6 +7,7 @@ so both load with :func:`load_detector`. Nothing is unpickled: weights are safet
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -41,14 +42,21 @@ def detector_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
 
 
-def save_detector(model: DefectDetector, path: str | Path) -> Path:
-    """Write the model folder atomically (an existing folder is replaced only when complete)."""
+def save_detector(model: DefectDetector, path: str | Path,
+                  extra: Mapping[str, Callable[[Path], None]] | None = None) -> Path:
+    """Write the model folder atomically (an existing folder is replaced only when complete).
+
+    ``extra`` maps file names to writers called with the file's path inside the new folder, so
+    companion files (metrics, trainer state) appear together with the weights or not at all.
+    """
     config_text = model.config.to_json_string()
     state = detector_state(model)
 
     def write(folder: Path) -> None:
         (folder / CONFIG_NAME).write_text(config_text, encoding="utf-8")
         save_file(state, str(folder / WEIGHTS_NAME), metadata={"format": FORMAT})
+        for name, writer in (extra or {}).items():
+            writer(folder / name)
 
     atomic_write_dir(path, write)
     return Path(path)

@@ -177,6 +177,13 @@ class DefectDetector(Deimv2ForObjectDetection):
 
     # ---------------------------------------------------------------- io
 
+    def set_image_size(self, size: Sequence[int]) -> None:
+        """Change the input size the model is trained/evaluated/exported at (the weights do not care)."""
+        size = (int(size[0]), int(size[1]))
+        check_image_size(self.config, size)
+        self.meta.image_size = size
+        self.config.defectfusion = self.meta.to_dict()
+
     @property
     def class_names(self) -> list[str]:
         return [self.config.id2label[i] for i in range(self.config.num_labels)]
@@ -232,6 +239,24 @@ def set_trainable(model: DefectDetector, groups: Iterable[str]) -> dict[str, int
 # ----------------------------------------------------------------------------- construction
 
 
+def model_stride(config: Deimv2Config | dict[str, Any]) -> int:
+    """The stride of the coarsest feature level: inputs must be a multiple of it."""
+    get = config.get if isinstance(config, dict) else lambda k, d=None: getattr(config, k, d)
+    strides = list(get("feat_strides", [8, 16, 32]))
+    # Levels beyond the encoder's are made by stride-2 convolutions on its last map.
+    return max(strides) * 2 ** max(0, get("num_feature_levels", len(strides)) - len(strides))
+
+
+def check_image_size(config: Deimv2Config | dict[str, Any], size: Sequence[int], what: str = "image size") -> None:
+    stride = model_stride(config)
+    if len(size) != 2 or any(int(s) <= 0 or int(s) % stride for s in size):
+        suggestion = [max(1, round(int(s) / stride)) * stride for s in size]
+        raise ConfigError(
+            f"{what} {list(size)} must be two positive multiples of the model's largest stride ({stride}); "
+            f"e.g. {suggestion}"
+        )
+
+
 def detector_config(model: ModelConfig, class_names: Sequence[str], fusion: FusionMeta | None = None) -> Deimv2Config:
     """The ``Deimv2Config`` for a preset, classes and fusion settings."""
     if not class_names:
@@ -245,14 +270,7 @@ def detector_config(model: ModelConfig, class_names: Sequence[str], fusion: Fusi
     backbone_config = AutoConfig.for_model(backbone.pop("model_type"), **backbone)
     kwargs = {**preset.detector_config, **model.overrides}
     image_size = tuple(model.image_size or preset.image_size)
-    strides = list(kwargs.get("feat_strides", [8, 16, 32]))
-    # Levels beyond the encoder's are made by stride-2 convolutions on its last map.
-    stride = max(strides) * 2 ** max(0, kwargs.get("num_feature_levels", len(strides)) - len(strides))
-    if image_size[0] % stride or image_size[1] % stride:
-        raise ConfigError(
-            f"model.image_size {list(image_size)} must be divisible by the model's largest stride ({stride}) "
-            f"for preset {preset.name!r}; e.g. {[(s // stride or 1) * stride for s in image_size]}"
-        )
+    check_image_size(kwargs, image_size, f"model.image_size for preset {preset.name!r}")
     meta = DetectorMeta(
         preset=preset.name,
         semantics=model.semantics,

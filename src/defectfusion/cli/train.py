@@ -1,0 +1,44 @@
+"""`defectfusion train`: the baseline, one phase, or the whole progressive unfreezing."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train the baseline, one phase or all phases with their gates",
+        description="Train from a YAML config (a path or a packaged name: baseline, phase1_warmup, phase2_head, "
+        "phase3_full, progressive, option1_fusion_only, option2_from_scratch). Works unchanged under "
+        "`torchrun --nproc_per_node N` or `accelerate launch` (data-parallel).",
+    )
+    p.add_argument("config", nargs="?", help="config file or packaged name (optional with --resume: the run's own)")
+    p.add_argument("--phase", default="all", help="baseline | 1 | 2 | 3 | a phase name | all (default: the config's order)")
+    p.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<config name>)")
+    p.add_argument("--resume", action="store_true", help="continue a stopped run from its last checkpoint")
+    p.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. -o data.batch_size=8 (repeatable)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..config import load_config
+    from ..engine.progressive import run_training
+    from ..errors import ConfigError
+
+    if args.config is None:
+        if not (args.resume and args.out):
+            raise ConfigError("give a config (e.g. `defectfusion train progressive ...`), or --resume --out RUN_DIR")
+        cfg = load_config(args.out / "config.yaml", args.override)
+    else:
+        cfg = load_config(args.config, args.override)
+    out = args.out or Path("runs") / cfg.name
+    summary = run_training(cfg, out, phase=args.phase, resume=args.resume, progress=not args.quiet)
+    final = summary.get("final") or {}
+    print(f"run folder: {out}")
+    if final:
+        print(f"final model: {final['checkpoint']} ({final['phase']}, val mAP@0.5 {final['map50']})")
+    return 0

@@ -1,0 +1,287 @@
+"""A training run: the baseline, then the progressive phases with their gates, and the final choice.
+
+Run folder::
+
+    <run>/config.yaml        the resolved config, as run
+    <run>/start/metrics.json the starting checkpoint evaluated on validation (the baseline)
+    <run>/<phase>/...        one folder per phase (see engine.trainer)
+    <run>/summary.json       baseline and per-phase metrics, gate decisions, final choice
+    <run>/final/             the chosen model (never worse than the baseline on validation)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from ..config import Config, GateConfig, dump_config, validate_config
+from ..data.coco import CocoIndex, load_coco
+from ..data.descriptions import load_descriptions
+from ..errors import CheckpointError, ConfigError, DataError
+from ..io import atomic_write_json, atomic_write_text
+from ..models.checkpoint import load_detector, save_detector
+from ..models.detector import DefectDetector, add_fusion, build_detector
+from ..models.text import TextEmbeddings, encode_descriptions
+from .distributed import DistInfo, barrier, broadcast_object, init_distributed
+from .evaluator import write_metrics
+from .trainer import PhaseData, PhaseOutcome, PhaseTrainer, build_phase_data
+from .validation import run_validation
+
+
+def select_phases(cfg: Config, phase: str) -> list[str]:
+    """``all`` -> ``cfg.order``; ``1`` -> ``phase1``; a phase name -> itself."""
+    if phase == "all":
+        if not cfg.order:
+            raise ConfigError("the config has no 'order' of phases; give --phase NAME or add 'order: [...]'")
+        return list(cfg.order)
+    for candidate in (phase, f"phase{phase}"):
+        if candidate in cfg.phases:
+            return [candidate]
+    raise ConfigError(f"no phase {phase!r} in the config; defined phases: {', '.join(cfg.phases) or 'none'} (or 'all')")
+
+
+def load_datasets(cfg: Config, verify: bool = True) -> tuple[CocoIndex, CocoIndex]:
+    missing = [k for k in ("train", "val") if getattr(cfg.data, k) is None]
+    if missing:
+        keys = " ".join(f"-o data.{k}.annotations=PATH" for k in missing)
+        raise ConfigError(f"data.{missing[0]} is not set: give the COCO annotations ({keys}) or write them in your config")
+    train = load_coco(cfg.data.train.annotations, cfg.data.train.images)
+    val = load_coco(cfg.data.val.annotations, cfg.data.val.images)
+    if list(train.class_names) != list(val.class_names):
+        raise DataError(
+            f"train and validation categories differ: {list(train.class_names)} vs {list(val.class_names)} "
+            f"({cfg.data.train.annotations} / {cfg.data.val.annotations}); both must list the same classes in the same order"
+        )
+    if not any(a for anns in val.annotations.values() for a in anns if not a.iscrowd):
+        raise DataError(f"{cfg.data.val.annotations} has no annotations: validation needs ground truth")
+    if verify and cfg.data.verify_images:
+        train.verify_images(progress=True)
+        val.verify_images(progress=True)
+    return train, val
+
+
+def apply_gate(gate: GateConfig, after: str, value: float | None, baseline: float | None) -> dict[str, Any]:
+    """Whether the phase after ``after`` runs, with a plain-language reason."""
+    low, high = gate.min, gate.max
+    if gate.relative_to_baseline:
+        if baseline is None:
+            raise ConfigError(f"gate after {after!r} is relative to the baseline, but no baseline was evaluated")
+        low = None if low is None else baseline + low
+        high = None if high is None else baseline + high
+    decision: dict[str, Any] = {"after": after, "metric": gate.metric, "value": value, "min": low, "max": high}
+    if value is None:
+        decision.update(proceed=False, reason=f"{gate.metric} is undefined after {after}: stopping")
+    elif low is not None and value < low:
+        decision.update(proceed=False, reason=f"{gate.metric} {value:.4f} < {low:.4f}: below the gate, the next phase "
+                                              f"does not run (review {after} before going on)")
+    elif high is not None and value >= high:
+        decision.update(proceed=False, reason=f"{gate.metric} {value:.4f} >= {high:.4f}: target reached, the next "
+                                              f"phase is not needed")
+    else:
+        bounds = f"[{'-inf' if low is None else f'{low:.4f}'}, {'inf' if high is None else f'{high:.4f}'})"
+        decision.update(proceed=True, reason=f"{gate.metric} {value:.4f} in {bounds}: continue")
+    return decision
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _metric_summary(metrics: dict[str, Any], source: str) -> dict[str, Any]:
+    return {
+        "source": source,
+        "map50": metrics["map50"],
+        "map": metrics["map"],
+        "per_class_ap50": {name: v["ap50"] for name, v in metrics["per_class"].items()},
+    }
+
+
+class TrainingRun:
+    """One ``defectfusion train`` invocation: phases in order, gates between them."""
+
+    def __init__(self, cfg: Config, out: Path, phase: str = "all", resume: bool = False, progress: bool = True):
+        self.cfg, self.out, self.resume, self.progress = cfg, Path(out), resume, progress
+        self.names = select_phases(cfg, phase)
+        for name in self.names:
+            if cfg.phases[name].fusion and not cfg.fusion.enabled:
+                raise ConfigError(f"phase {name!r} trains the fusion head but fusion.enabled is false")
+        self.info: DistInfo = init_distributed(cfg.train.device)
+        self.summary: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ setup
+
+    def _prepare_folder(self) -> None:
+        config_path = self.out / "config.yaml"
+        if self.info.is_main:
+            if config_path.exists():
+                if not self.resume:
+                    raise ConfigError(f"run folder {self.out} already holds a run: pass --resume to continue it, or "
+                                      f"--out to start a new one")
+                saved = validate_config(yaml.safe_load(config_path.read_text(encoding="utf-8")), str(config_path))
+                if saved != self.cfg:
+                    raise ConfigError(f"{config_path} differs from the config given: resume with the config the run "
+                                      f"started with (or omit it to use the saved one)")
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(config_path, dump_config(self.cfg))
+            summary_path = self.out / "summary.json"
+            if self.resume and summary_path.is_file():
+                self.summary = json.loads(summary_path.read_text(encoding="utf-8"))
+            else:
+                self.summary = {"name": self.cfg.name, "started": _now(), "phases_requested": self.names,
+                                "start": None, "baseline": None, "phases": {}, "gates": [], "final": None}
+        barrier(self.info)
+
+    def _write_summary(self) -> None:
+        if self.info.is_main:
+            self.summary["updated"] = _now()
+            atomic_write_json(self.out / "summary.json", self.summary)
+
+    def _start_model(self, class_names: list[str]) -> tuple[DefectDetector, str]:
+        cfg, first = self.cfg, self.cfg.phases[self.names[0]]
+        if cfg.model.checkpoint:
+            model, source = load_detector(cfg.model.checkpoint), cfg.model.checkpoint
+        elif not first.fusion:
+            torch.manual_seed(cfg.seed)
+            return build_detector(cfg.model, class_names), "random initialisation"
+        else:
+            defined = list(cfg.phases)
+            previous = defined[defined.index(self.names[0]) - 1] if defined.index(self.names[0]) > 0 else None
+            best = self.out / previous / "best" if previous else None
+            if best is None or not (best / "config.json").is_file():
+                raise ConfigError(
+                    f"phase {self.names[0]!r} starts from a trained model: set model.checkpoint (e.g. the folder "
+                    f"`defectfusion convert` wrote) or run the previous phase ({previous}) into {self.out} first"
+                )
+            model, source = load_detector(best), str(best)
+        if model.class_names != class_names:
+            raise CheckpointError(
+                f"{source} was trained for classes {model.class_names}, the dataset has {class_names}; "
+                f"use a checkpoint of this dataset (same classes, same order)"
+            )
+        if cfg.model.image_size:
+            model.set_image_size(cfg.model.image_size)
+        return model, source
+
+    def _text(self, class_names: list[str]) -> tuple[TextEmbeddings, str] | None:
+        if not any(self.cfg.phases[n].fusion for n in self.names):
+            return None
+        descriptions = load_descriptions(self.cfg.fusion.descriptions).ordered_like(class_names)
+        # The main process fills the cache, the others read it.
+        embeddings = None
+        if self.info.is_main:
+            embeddings = encode_descriptions(descriptions, self.cfg.fusion.encoder, self.cfg.fusion.cache_dir)
+        barrier(self.info)
+        if not self.info.is_main:
+            embeddings = encode_descriptions(descriptions, self.cfg.fusion.encoder, self.cfg.fusion.cache_dir)
+        return embeddings, descriptions.source or self.cfg.fusion.descriptions
+
+    # ------------------------------------------------------------------ run
+
+    def run(self) -> dict[str, Any]:
+        cfg = self.cfg
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        torch.manual_seed(cfg.seed)
+        self._prepare_folder()
+        train_index, val_index = load_datasets(cfg, verify=self.info.is_main)
+        class_names = list(train_index.class_names)
+        model, source = self._start_model(class_names)
+        text = self._text(class_names)
+        data = build_phase_data(cfg, train_index, val_index, model.meta.image_size, model.meta.image_mean,
+                                model.meta.image_std)
+
+        # A run that starts with fusion phases starts from a trained model: score it first (the
+        # baseline); a run that trains the baseline itself gets it from that phase.
+        if cfg.phases[self.names[0]].fusion and self.summary.get("start") is None and self.info.is_main:
+            self._evaluate_start(model, data, source)
+
+        for index, name in enumerate(self.names):
+            phase = cfg.phases[name]
+            folder = self.out / name
+            done = folder / "result.json"
+            if self.resume and done.is_file():
+                outcome = PhaseOutcome.read(done)
+                if self.progress and self.info.is_main:
+                    print(f"{name}: already finished ({outcome.stop_reason}); best mAP@0.5 {outcome.best_map50}")
+            else:
+                if phase.fusion and not model.is_fused:
+                    embeddings, descriptions = text
+                    model = add_fusion(model, cfg.fusion, embeddings.class_embeddings, encoder=embeddings.encoder,
+                                       descriptions=descriptions)
+                trainer = PhaseTrainer(model, name, phase, cfg, data, folder, self.info, self.progress)
+                outcome = trainer.run(resume=self.resume)
+            self.summary["phases"][name] = asdict(outcome)
+            if not phase.fusion:
+                self.summary["baseline"] = {"source": f"phase {name}", "checkpoint": outcome.best_dir,
+                                            "map50": outcome.best_map50, "map": outcome.best_map}
+            self._write_summary()
+            model = load_detector(outcome.best_dir)  # the next phase starts from this phase's best
+
+            if name in cfg.gates and index < len(self.names) - 1:
+                baseline_value = (self.summary.get("baseline") or self.summary.get("start") or {}).get(cfg.gates[name].metric)
+                value = outcome.best_map50 if cfg.gates[name].metric == "map50" else outcome.best_map
+                decision = broadcast_object(self.info, apply_gate(cfg.gates[name], name, value, baseline_value))
+                self.summary["gates"] = [g for g in self.summary["gates"] if g["after"] != name] + [decision]
+                self._write_summary()
+                if self.progress and self.info.is_main:
+                    print(f"gate after {name}: {decision['reason']}")
+                if not decision["proceed"]:
+                    break
+
+        self._choose_final()
+        barrier(self.info)
+        return self.summary
+
+    def _evaluate_start(self, model: DefectDetector, data: PhaseData, source: str) -> None:
+        metrics = run_validation(model.to(self.info.device), data.val_loader, data.evaluator, self.info.device,
+                                 top_k=self.cfg.train.top_k, progress=self.progress, desc="start validate")
+        write_metrics(metrics, self.out / "start" / "metrics.json")
+        self.summary["start"] = _metric_summary(metrics, source)
+        if not model.is_fused:
+            self.summary["baseline"] = {**self.summary["start"], "checkpoint": source}
+        self._write_summary()
+        if self.progress:
+            print(f"start ({source}): val mAP@0.5 {metrics['map50']}, mAP@0.5:0.95 {metrics['map']}")
+
+    def _choose_final(self) -> None:
+        if not self.info.is_main:
+            return
+        candidates: list[tuple[str, float | None, float | None, str]] = []
+        reference = self.summary.get("baseline") or self.summary.get("start")
+        if reference is not None:
+            candidates.append(("baseline" if self.summary.get("baseline") else "start", reference["map50"],
+                               reference["map"], reference.get("checkpoint") or reference.get("source")))
+        for name, outcome in self.summary["phases"].items():
+            if self.cfg.phases[name].fusion:
+                candidates.append((name, outcome["best_map50"], outcome["best_map"], outcome["best_dir"]))
+        if not candidates:
+            return
+        key = lambda c: -1.0 if c[1] is None else c[1]  # noqa: E731
+        best = max(candidates, key=key)  # max keeps the first of equals: the baseline wins ties
+        label, map50, map_, checkpoint = best
+        if label in {"baseline", "start"} and len(candidates) > 1:
+            reason = f"no phase beat the {label} on validation mAP@0.5 ({map50}); the {label} is kept"
+        elif len(candidates) > 1:
+            reason = f"{label} has the best validation mAP@0.5 ({map50:.4f}) vs the {candidates[0][0]} ({candidates[0][1]})"
+        else:
+            reason = f"only {label} was run"
+        final_dir = self.out / "final"
+        if checkpoint and Path(checkpoint, "config.json").is_file():
+            save_detector(load_detector(checkpoint), final_dir)
+        self.summary["final"] = {"phase": label, "checkpoint": str(final_dir), "source": checkpoint, "map50": map50,
+                                 "map": map_, "reason": reason}
+        self._write_summary()
+        if self.progress:
+            print(f"final: {label} (val mAP@0.5 {map50}) -> {final_dir}: {reason}")
+
+
+def run_training(cfg: Config, out: str | Path, phase: str = "all", resume: bool = False,
+                 progress: bool = True) -> dict[str, Any]:
+    """Train the phases of ``cfg`` into the run folder ``out``; returns ``summary.json``'s content."""
+    return TrainingRun(cfg, Path(out), phase, resume, progress).run()

@@ -1,0 +1,426 @@
+"""One training phase: a short loop, with EMA, validation, checkpoints and early stopping beside it.
+
+Phase folder::
+
+    <phase>/metrics.jsonl     one line per evaluation (epoch 0 = the starting point)
+    <phase>/results.csv       the same, as a table
+    <phase>/best/             EMA weights of the best evaluation (a detector folder) + metrics.json
+    <phase>/last/             EMA weights + raw weights + trainer state: what --resume needs
+    <phase>/result.json       written when the phase ends (its outcome)
+    <phase>/tensorboard/      TensorBoard event files
+
+Validation and checkpoints use the EMA weights. Frozen groups get no gradient, no optimiser
+state, keep batch-norm statistics and are not averaged.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import random
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from ..config import Config, PhaseConfig
+from ..data.coco import CocoDetection, CocoIndex
+from ..data.transforms import DetectionCollator, build_eval_transform, build_train_dataset
+from ..errors import CheckpointError
+from ..io import append_line, atomic_write_json, atomic_write_text
+from ..models.checkpoint import detector_state, load_state_into, save_detector
+from ..models.detector import DefectDetector, parameter_group, set_trainable
+from .distributed import DistInfo, barrier, broadcast_object
+from .ema import ModelEMA
+from .evaluator import DetectionEvaluator, write_metrics
+from .loss import install_deim_loss
+from .schedule import build_scheduler
+from .validation import run_validation
+
+STATE_FILE = "trainer_state.pt"
+RAW_WEIGHTS = "raw.safetensors"
+
+
+@dataclass
+class PhaseData:
+    """What a phase needs from the data layer (built once per run)."""
+
+    train_index: CocoIndex
+    val_index: CocoIndex
+    val_loader: DataLoader
+    evaluator: DetectionEvaluator
+    collator: DetectionCollator
+
+
+@dataclass
+class PhaseOutcome:
+    name: str
+    best_epoch: int
+    best_map50: float | None
+    best_map: float | None
+    initial_map50: float | None
+    initial_map: float | None
+    epochs_run: int
+    stop_reason: str
+    best_dir: str
+    seconds: float
+
+    @classmethod
+    def read(cls, path: Path) -> PhaseOutcome:
+        return cls(**json.loads(path.read_text(encoding="utf-8")))
+
+
+def build_phase_data(cfg: Config, train_index: CocoIndex, val_index: CocoIndex, image_size: tuple[int, int],
+                     image_mean, image_std) -> PhaseData:
+    collator = DetectionCollator(image_mean, image_std)
+    val_dataset = CocoDetection(val_index, build_eval_transform(image_size))
+    val_loader = DataLoader(
+        val_dataset, batch_size=cfg.data.eval_batch_size or cfg.data.batch_size, shuffle=False,
+        num_workers=cfg.data.num_workers, collate_fn=collator,
+    )
+    evaluator = DetectionEvaluator(val_index.to_coco_dict(), iou_threshold=0.5)
+    return PhaseData(train_index, val_index, val_loader, evaluator, collator)
+
+
+def optimizer_groups(model: torch.nn.Module, phase: PhaseConfig, weight_decay: float) -> list[dict[str, Any]]:
+    """One AdamW group per trainable model group (its own lr), split by weight decay.
+
+    No weight decay on 1-D tensors: norms, biases, and the fusion's logit scale, bias and gate.
+    """
+    groups: dict[tuple[str, bool], list[torch.nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        decays = param.ndim > 1 and "norm" not in name
+        groups.setdefault((parameter_group(name), decays), []).append(param)
+    return [
+        {"params": params, "lr": phase.lr_for(group), "weight_decay": weight_decay if decays else 0.0,
+         "name": group if decays else f"{group}/no_decay"}
+        for (group, decays), params in groups.items()
+    ]
+
+
+class PhaseTrainer:
+    """Trains ``model`` for one phase; ``run()`` returns the :class:`PhaseOutcome`."""
+
+    def __init__(self, model: DefectDetector, name: str, phase: PhaseConfig, cfg: Config, data: PhaseData,
+                 folder: Path, info: DistInfo, progress: bool = True):
+        self.model, self.name, self.phase, self.cfg, self.data = model, name, phase, cfg, data
+        self.folder, self.info, self.progress = Path(folder), info, progress and info.is_main
+        train = cfg.train
+        self.device = info.device
+        self.use_amp = train.amp and self.device.type == "cuda"
+        self.amp_dtype = torch.bfloat16 if self.use_amp and torch.cuda.is_bf16_supported() else torch.float16
+
+        counts = set_trainable(model, phase.trainable)
+        if not any(counts.values()):
+            raise CheckpointError(f"phase {name!r}: the groups {phase.trainable} hold no parameters in this model")
+        install_deim_loss(model)
+        model.to(self.device)
+        self.trainable = [p for p in model.parameters() if p.requires_grad]
+        self.ema = ModelEMA(model, train.ema.decay, train.ema.warmups) if train.ema.enabled else None
+
+        image_size = model.meta.image_size
+        augment = cfg.data.augment
+        updates: dict[str, Any] = {}
+        if augment.stop_epoch is None:
+            updates["stop_epoch"] = max(0, phase.epochs - train.no_aug_epochs)
+        if "mosaic_output_size" not in augment.model_fields_set:
+            updates["mosaic_output_size"] = max(image_size)
+        self.train_dataset = build_train_dataset(data.train_index, augment.model_copy(update=updates), image_size,
+                                                 seed=cfg.seed)
+        self.steps_per_epoch = len(self._train_loader(0))
+        self.optimizer = torch.optim.AdamW(optimizer_groups(model, phase, train.weight_decay), betas=train.betas)
+        warmup = phase.warmup_steps if phase.warmup_steps is not None else train.warmup_steps
+        self.scheduler = build_scheduler(self.optimizer, self.steps_per_epoch * phase.epochs, warmup,
+                                         train.flat_fraction, train.min_lr_factor)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.use_amp and self.amp_dtype == torch.float16)
+        self.net = model
+        if info.distributed:
+            # Frozen groups and unused heads leave some parameters without gradients.
+            self.net = DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=True,
+            )
+
+        self.epoch = 0  # epochs completed
+        self.step = 0
+        self.best: dict[str, Any] = {"map50": None, "map": None, "epoch": 0}
+        self.initial: dict[str, Any] = {"map50": None, "map": None}
+        self.bad_evals = 0
+        self.stop_reason = ""
+        self.records: list[dict[str, Any]] = []
+        self.epoch_loss: float | None = None
+        self.started = time.monotonic()
+        self.writer = None
+
+    # ------------------------------------------------------------------ data
+
+    def _train_loader(self, epoch: int) -> DataLoader:
+        """This process's shard of a permutation drawn from (seed, epoch): resumable and DDP-safe."""
+        n = len(self.train_dataset)
+        generator = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
+        order = torch.randperm(n, generator=generator).tolist()
+        world, rank = self.info.world_size, self.info.rank
+        if world > 1:
+            order += order[: (-n) % world]
+            order = order[rank::world]
+        batch = self.cfg.data.batch_size
+        return DataLoader(
+            self.train_dataset, batch_size=batch, sampler=order, num_workers=self.cfg.data.num_workers,
+            collate_fn=self.data.collator, drop_last=len(order) > batch,
+            generator=torch.Generator().manual_seed(self.cfg.seed + epoch),
+            pin_memory=self.device.type == "cuda",
+        )
+
+    # ------------------------------------------------------------------ loop
+
+    def run(self, resume: bool = False) -> PhaseOutcome:
+        if self.info.is_main:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            if self.cfg.train.tensorboard:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(self.folder / "tensorboard"))
+        resumed = resume and (self.folder / "last" / STATE_FILE).is_file()
+        if resumed:
+            self._load_last()
+        else:
+            for stale in ("metrics.jsonl", "results.csv", "result.json"):
+                (self.folder / stale).unlink(missing_ok=True)
+            self._evaluate_and_decide()  # epoch 0: the starting point
+            self._save_last()
+        barrier(self.info)
+
+        for epoch in range(self.epoch, self.phase.epochs):
+            if self.stop_reason:
+                break
+            self._train_one_epoch(epoch)
+            self.epoch = epoch + 1
+            if self.stop_reason:  # non-finite losses: keep `last`, stop cleanly
+                self._save_last()
+                break
+            if self.epoch % self.cfg.train.eval_every == 0 or self.epoch == self.phase.epochs:
+                self._evaluate_and_decide()
+            self._save_last()
+            barrier(self.info)
+        if not self.stop_reason:
+            self.stop_reason = f"completed {self.phase.epochs} epochs"
+        outcome = PhaseOutcome(
+            name=self.name, best_epoch=self.best["epoch"], best_map50=self.best["map50"], best_map=self.best["map"],
+            initial_map50=self.initial["map50"], initial_map=self.initial["map"], epochs_run=self.epoch,
+            stop_reason=self.stop_reason, best_dir=str(self.folder / "best"),
+            seconds=round(time.monotonic() - self.started, 1),
+        )
+        if self.info.is_main:
+            atomic_write_json(self.folder / "result.json", asdict(outcome))
+            if self.writer is not None:
+                self.writer.close()
+        barrier(self.info)
+        return outcome
+
+    def _train_one_epoch(self, epoch: int) -> None:
+        self.train_dataset.set_epoch(epoch)
+        loader = self._train_loader(epoch)
+        self.net.train()
+        bar = tqdm(total=len(loader), desc=f"{self.name} {epoch + 1}/{self.phase.epochs}", disable=not self.progress,
+                   dynamic_ncols=True, leave=True)
+        nonfinite, loss_sum, seen, tick = 0, 0.0, 0, time.monotonic()
+        for batch in loader:
+            pixels = batch["pixel_values"].to(self.device, non_blocking=True)
+            labels = [{k: v.to(self.device) for k, v in t.items()} for t in batch["labels"]]
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
+                loss = self.net(pixel_values=pixels, labels=labels).loss
+            self.optimizer.zero_grad(set_to_none=True)
+            if not self._all_finite(loss):
+                nonfinite += 1
+                warnings.warn(f"{self.name} epoch {epoch + 1}: non-finite loss ({loss.item()}), step skipped "
+                              f"({nonfinite} in a row)", RuntimeWarning, stacklevel=1)
+                if nonfinite >= self.cfg.train.max_nonfinite:
+                    self.stop_reason = f"{nonfinite} non-finite losses in a row at epoch {epoch + 1}"
+                    break
+                continue
+            nonfinite = 0
+            self.scaler.scale(loss).backward()
+            if self.cfg.train.grad_clip:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.trainable, self.cfg.train.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            if self.ema is not None:
+                self.ema.update()
+            self.step += 1
+            loss_sum += loss.item()
+            seen += 1
+            lr = self.optimizer.param_groups[0]["lr"]
+            rate = seen / max(1e-9, time.monotonic() - tick)
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", lr=f"{lr:.2e}", it_s=f"{rate:.2f}")
+            bar.update()
+            if self.writer is not None and self.step % self.cfg.train.log_every == 0:
+                self.writer.add_scalar(f"{self.name}/train_loss", loss.item(), self.step)
+                for group in self.optimizer.param_groups:
+                    self.writer.add_scalar(f"{self.name}/lr/{group['name']}", group["lr"], self.step)
+        bar.close()
+        self.epoch_loss = loss_sum / seen if seen else None
+
+    def _all_finite(self, loss: torch.Tensor) -> bool:
+        finite = torch.isfinite(loss.detach()).to(torch.float32).reshape(1)
+        if self.info.distributed:  # every process must skip together, or DDP would hang
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        return bool(finite.item() > 0)
+
+    # ------------------------------------------------------------------ evaluation
+
+    def _eval_model(self) -> DefectDetector:
+        return self.ema.module if self.ema is not None else self.model
+
+    def _evaluate_and_decide(self) -> None:
+        decision = None
+        if self.info.is_main:
+            metrics = run_validation(self._eval_model(), self.data.val_loader, self.data.evaluator, self.device,
+                                     top_k=self.cfg.train.top_k, progress=self.progress,
+                                     desc=f"{self.name} validate")
+            decision = self._decide(metrics)
+        decision = broadcast_object(self.info, decision)
+        self.best, self.bad_evals, self.stop_reason = decision["best"], decision["bad_evals"], decision["stop"]
+        self.initial = decision["initial"]
+
+    def _decide(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        map50, map_ = metrics["map50"], metrics["map"]
+        if self.epoch == 0:
+            self.initial = {"map50": map50, "map": map_}
+        best_map50 = self.best["map50"]
+        improved = best_map50 is None or (map50 is not None and map50 > best_map50)
+        if improved:
+            self.best = {"map50": map50, "map": map_, "epoch": self.epoch}
+            self.bad_evals = 0
+            save_detector(self._eval_model(), self.folder / "best",
+                          extra={"metrics.json": lambda p: write_metrics(metrics, p)})
+        else:
+            self.bad_evals += 1
+        stop = ""
+        early = self.cfg.train.early_stop
+        if map50 is not None and self.best["map50"] is not None and early.drop is not None \
+                and map50 < self.best["map50"] - early.drop:
+            stop = (f"validation mAP@0.5 {map50:.4f} fell more than {early.drop} below the best "
+                    f"{self.best['map50']:.4f} (epoch {self.best['epoch']})")
+        elif early.patience is not None and self.bad_evals >= early.patience:
+            stop = f"no new best in {early.patience} evaluations"
+        self._log_evaluation(metrics, improved)
+        return {"best": self.best, "bad_evals": self.bad_evals, "stop": stop, "initial": self.initial}
+
+    def _log_evaluation(self, metrics: dict[str, Any], improved: bool) -> None:
+        record = {
+            "phase": self.name,
+            "epoch": self.epoch,
+            "step": self.step,
+            "map50": metrics["map50"],
+            "map": metrics["map"],
+            "train_loss": self.epoch_loss if self.epoch else None,
+            "lr": self.optimizer.param_groups[0]["lr"] if self.epoch else None,
+            "best": improved,
+            "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "per_class_ap50": {name: v["ap50"] for name, v in metrics["per_class"].items()},
+        }
+        self.records.append(record)
+        append_line(self.folder / "metrics.jsonl", json.dumps(record))
+        self._write_results_csv()
+        if self.writer is not None:
+            for key in ("map50", "map"):
+                if metrics[key] is not None:
+                    self.writer.add_scalar(f"{self.name}/val_{key}", metrics[key], self.epoch)
+        if self.progress:
+            fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
+            best = " (best)" if improved else ""
+            tqdm.write(f"{self.name} epoch {self.epoch}/{self.phase.epochs}: val mAP@0.5 {fmt(metrics['map50'])}, "
+                       f"mAP@0.5:0.95 {fmt(metrics['map'])}{best}")
+
+    def _write_results_csv(self) -> None:
+        columns = ["phase", "epoch", "step", "map50", "map", "train_loss", "lr", "best", "time"]
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        for record in self._all_records():
+            writer.writerow(record)
+        atomic_write_text(self.folder / "results.csv", buffer.getvalue())
+
+    def _all_records(self) -> list[dict[str, Any]]:
+        path = self.folder / "metrics.jsonl"
+        if not path.is_file():
+            return self.records
+        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return [json.loads(line) for line in lines]
+
+    # ------------------------------------------------------------------ state
+
+    def _save_last(self) -> None:
+        if not self.info.is_main:
+            return
+        state = {
+            "epoch": self.epoch,
+            "step": self.step,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "rng": _rng_state(),
+        }
+        summary = {"phase": self.name, "epoch": self.epoch, "step": self.step, "best": self.best,
+                   "initial": self.initial, "bad_evals": self.bad_evals, "stop_reason": self.stop_reason}
+        raw = detector_state(self.model)
+        save_detector(self._eval_model(), self.folder / "last", extra={
+            RAW_WEIGHTS: lambda p: save_file(raw, str(p)),
+            STATE_FILE: lambda p: torch.save(state, p),
+            "trainer.json": lambda p: p.write_text(json.dumps(summary, indent=2), encoding="utf-8"),
+        })
+
+    def _load_last(self) -> None:
+        folder = self.folder / "last"
+        try:
+            load_state_into(self.model, load_file(str(folder / RAW_WEIGHTS)), str(folder / RAW_WEIGHTS))
+            if self.ema is not None:
+                load_state_into(self.ema.module, load_file(str(folder / "model.safetensors")), str(folder))
+            state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
+            summary = json.loads((folder / "trainer.json").read_text(encoding="utf-8"))
+        except (OSError, RuntimeError, ValueError, json.JSONDecodeError) as exc:
+            raise CheckpointError(f"cannot resume from {folder}: {exc}") from None
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None and state["ema"] is not None:
+            self.ema.load_state_dict(state["ema"])
+        _set_rng_state(state["rng"])
+        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        self.best, self.initial = summary["best"], summary["initial"]
+        self.bad_evals, self.stop_reason = int(summary["bad_evals"]), summary["stop_reason"]
+        self.records = self._all_records()
+        if self.progress:
+            tqdm.write(f"{self.name}: resumed after epoch {self.epoch}/{self.phase.epochs} (step {self.step})")
+
+
+def _rng_state() -> dict[str, Any]:
+    version, internal, gauss = random.getstate()
+    state = {"torch": torch.get_rng_state(), "python": [version, list(internal), gauss]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
