@@ -66,3 +66,55 @@ def tiny_clip_dir(tmp_path_factory) -> Path:
     CLIPTextModelWithProjection(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def synth_data(tmp_path_factory) -> Path:
+    """A small synthetic six-class COCO dataset (train 24 / val 8 images, 96 px)."""
+    from defectfusion.data.synthetic import generate_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("synth")
+    generate_synthetic_dataset(root, train=24, val=8, size=96, seed=3)
+    return root
+
+
+def write_train_config(path: Path, dataset: Path, **sections) -> Path:
+    """A fast training config on ``data`` (tiny model, 96 px, no heavy augmentation), as YAML.
+
+    ``sections`` are merged over the defaults (e.g. ``phases=..., order=[...]``).
+    """
+    import yaml
+
+    from defectfusion.config import deep_merge
+
+    base = {
+        "include": ["progressive.yml"],
+        "name": "test",
+        "seed": 0,
+        "model": {"preset": "hgnetv2_micro", "image_size": [96, 96]},
+        "fusion": {"encoder": "sentence:minilm", "cache_dir": str(path.parent / "text-cache")},
+        "data": {
+            "train": {"annotations": str(dataset / "train" / "annotations.json")},
+            "val": {"annotations": str(dataset / "val" / "annotations.json")},
+            "batch_size": 4,
+            "num_workers": 0,
+            "verify_images": True,
+            "augment": {"mosaic_prob": 0.0, "photometric_prob": 0.0, "zoom_out_prob": 0.0, "iou_crop_prob": 0.0},
+        },
+        "train": {"warmup_steps": 2, "threads": 1, "tensorboard": False, "early_stop": {"drop": None}},
+        "phases": {
+            "baseline": {"epochs": 1, "lr": {"backbone": 2e-3, "encoder": 2e-3, "decoder": 2e-3, "class_head": 2e-3}},
+            "phase1": {"epochs": 1, "lr": 1e-2},
+            "phase2": {"epochs": 1, "lr": 1e-3},
+            "phase3": {"epochs": 1, "lr": 1e-3},
+        },
+        "order": ["baseline", "phase1", "phase2", "phase3"],
+        "gates": {"phase1": None, "phase2": None},  # drop the packaged absolute gates
+    }
+    config = deep_merge(base, sections)
+    # the packaged progressive config, by absolute path, so the file can live anywhere
+    from defectfusion.config import packaged_config_path
+
+    config["include"] = [str(packaged_config_path("progressive"))]
+    path.write_text(yaml.safe_dump(config))
+    return path

@@ -63,3 +63,10 @@ def test_dump_round_trips(tmp_path):
     path = tmp_path / "resolved.yml"
     path.write_text(dump_config(cfg))
     assert load_config(path) == cfg
+
+
+def test_null_removes_an_included_mapping(tmp_path):
+    (tmp_path / "top.yml").write_text("include: [progressive.yml]\ngates: {phase1: null}\n".replace(
+        "progressive.yml", str(__import__("defectfusion.config", fromlist=["x"]).packaged_config_path("progressive"))))
+    cfg = load_config(tmp_path / "top.yml")
+    assert "phase1" not in cfg.gates and "phase2" in cfg.gates

@@ -1,8 +1,8 @@
 """Typed configuration and the YAML loader.
 
 A config file is YAML. ``include:`` lists other files (paths relative to the including file)
-merged in order, later wins, the including file last. ``-o key.sub=value`` overrides apply on
-top. Unknown keys are rejected with a did-you-mean suggestion. Relative paths inside a file are
+merged in order, later wins, the including file last; ``null`` over a mapping removes it (an
+included phase or gate). ``-o key.sub=value`` overrides apply on top. Unknown keys are rejected with a did-you-mean suggestion. Relative paths inside a file are
 resolved against that file's folder, so a config can be moved with its data.
 """
 
@@ -224,10 +224,15 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
-    """Recursively merge ``update`` into a copy of ``base``; mappings merge, everything else replaces."""
+    """Recursively merge ``update`` into a copy of ``base``; mappings merge, everything else replaces.
+
+    ``null`` over a mapping removes it (e.g. ``gates: {phase1: null}`` drops an included gate).
+    """
     merged = copy.deepcopy(dict(base))
     for key, value in update.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+        if value is None and isinstance(merged.get(key), Mapping):
+            del merged[key]
+        elif isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
             merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = copy.deepcopy(value)

@@ -10,6 +10,7 @@ import argparse
 import importlib
 import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 
 from .. import __version__
@@ -41,9 +42,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    # One readable line per warning, not the source location and code of the warn() call.
+    print(f"warning: {message}", file=file or sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not (args.debug or os.environ.get("DEFECTFUSION_DEBUG")):
+        warnings.showwarning = _show_warning
     handler: Handler = args.handler
     try:
         return int(handler(args) or 0)

@@ -129,12 +129,12 @@ class TrainingRun:
                                       f"started with (or omit it to use the saved one)")
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write_text(config_path, dump_config(self.cfg))
-            summary_path = self.out / "summary.json"
-            if self.resume and summary_path.is_file():
-                self.summary = json.loads(summary_path.read_text(encoding="utf-8"))
-            else:
-                self.summary = {"name": self.cfg.name, "started": _now(), "phases_requested": self.names,
-                                "start": None, "baseline": None, "phases": {}, "gates": [], "final": None}
+        # Every process keeps a summary; only the main process's is complete and written.
+        self.summary = {"name": self.cfg.name, "started": _now(), "phases_requested": self.names,
+                        "start": None, "baseline": None, "phases": {}, "gates": [], "final": None}
+        summary_path = self.out / "summary.json"
+        if self.info.is_main and self.resume and summary_path.is_file():
+            self.summary = json.loads(summary_path.read_text(encoding="utf-8"))
         barrier(self.info)
 
     def _write_summary(self) -> None:
@@ -224,9 +224,13 @@ class TrainingRun:
             model = load_detector(outcome.best_dir)  # the next phase starts from this phase's best
 
             if name in cfg.gates and index < len(self.names) - 1:
-                baseline_value = (self.summary.get("baseline") or self.summary.get("start") or {}).get(cfg.gates[name].metric)
-                value = outcome.best_map50 if cfg.gates[name].metric == "map50" else outcome.best_map
-                decision = broadcast_object(self.info, apply_gate(cfg.gates[name], name, value, baseline_value))
+                decision = None
+                if self.info.is_main:  # the others have no baseline metrics: they follow the main process
+                    gate = cfg.gates[name]
+                    reference = self.summary.get("baseline") or self.summary.get("start") or {}
+                    value = outcome.best_map50 if gate.metric == "map50" else outcome.best_map
+                    decision = apply_gate(gate, name, value, reference.get(gate.metric))
+                decision = broadcast_object(self.info, decision)
                 self.summary["gates"] = [g for g in self.summary["gates"] if g["after"] != name] + [decision]
                 self._write_summary()
                 if self.progress and self.info.is_main:
