@@ -137,7 +137,7 @@ class CocoIndex:
         if problems:
             raise DataError(
                 f"{len(problems)} of {len(self.images)} images listed in {self.annotations_file} "
-                f"cannot be used:\n  " + "\n  ".join(_capped(problems))
+                f"cannot be used: " + "; ".join(_capped(problems))
             )
 
     def to_coco_dict(self) -> dict[str, Any]:
