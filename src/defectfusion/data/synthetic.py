@@ -205,7 +205,7 @@ def _plan_crack(rng: np.random.Generator, s: float) -> tuple[Box, Painter]:
         ys, xs, xx, yy = _window(c, (ext[0] + dx, ext[1] + dy, ext[2] + dx, ext[3] + dy), 3)
         core = np.zeros_like(xx)
         for pts, w in paths:  # tapered ends: thick in the middle, thin at the tips
-            alpha, _ = _line_alpha(xx, yy, pts + (dx, dy), lambda u, w=w: w * (0.3 + 0.7 * _hump(u, 0.5)))
+            alpha, _ = _line_alpha(xx, yy, pts + (dx, dy), lambda u, w=w: w * (0.45 + 0.55 * _hump(u, 0.5)))
             core = np.maximum(core, alpha)
         # the separation: a lit lip on the light's side and a shadow on the other
         o = max(1, round(wmax / 2))
@@ -215,13 +215,13 @@ def _plan_crack(rng: np.random.Generator, s: float) -> tuple[Box, Painter]:
         region = c.img[ys, xs]
         _darken(region, depth * core + 0.35 * shadow)
         _brighten(region, 0.3 * lip)
-        return _mask_box(core > 0.25, ys, xs, c.size)
+        return _mask_box(core > 0.3, ys, xs, c.size)
 
     return ext, paint
 
 
 def _plan_scratch(rng: np.random.Generator, s: float) -> tuple[Box, Painter]:
-    length = rng.uniform(35, 120) * s
+    length = rng.uniform(35, 115) * s
     heading = rng.uniform(0, np.pi)
     d = np.array([np.cos(heading), np.sin(heading)])
     bend = 0.0 if rng.random() < 0.4 else rng.normal(0, 0.1) * length  # straight or gently curved
@@ -229,19 +229,19 @@ def _plan_scratch(rng: np.random.Generator, s: float) -> tuple[Box, Painter]:
     p1 = np.array([-d[1], d[0]]) * bend
     t = np.linspace(0, 1, 16)[:, None]
     pts = ((1 - t) ** 2 * p0 + 2 * t * (1 - t) * p1 + t**2 * p2).astype(np.float32)
-    width = rng.uniform(1.0, 2.0) * max(1.0, s)
-    bright = rng.random() < 0.6
-    strength = rng.uniform(0.55, 0.9) if bright else rng.uniform(0.35, 0.55)
+    width = rng.uniform(1.2, 2.4) * max(1.0, s)
+    bright = rng.random() < 0.65
+    strength = rng.uniform(0.6, 0.95) if bright else rng.uniform(0.4, 0.6)
     wobble = rng.uniform(0, 2 * np.pi, 2)  # scratches fade in and out along their length
     ext = _extent(pts, width / 2 + 2)
 
     def paint(c: _Canvas, dx: float, dy: float) -> Box | None:
         ys, xs, xx, yy = _window(c, (ext[0] + dx, ext[1] + dy, ext[2] + dx, ext[3] + dy), 2)
         alpha, u = _line_alpha(xx, yy, pts + (dx, dy), lambda u: np.full_like(u, width))
-        fade = _hump(u, 0.3) * (0.75 + 0.25 * np.sin(7 * u + wobble[0]) * np.sin(3 * u + wobble[1]))
+        fade = _hump(u, 0.15) * (0.85 + 0.15 * np.sin(7 * u + wobble[0]) * np.sin(3 * u + wobble[1]))
         alpha = alpha * fade * strength
         (_brighten if bright else _darken)(c.img[ys, xs], alpha)
-        return _mask_box(alpha > 0.08, ys, xs, c.size)
+        return _mask_box(alpha > 0.3 * strength, ys, xs, c.size)  # where it is visible
 
     return ext, paint
 
@@ -420,9 +420,10 @@ def _textures() -> tuple[np.ndarray, ...]:
     """Real CC0 surfaces shipped with scikit-image, or none when it is not installed (extra ``demo``)."""
     try:
         from skimage import data
-    except ImportError:
+
+        return tuple(np.asarray(f(), dtype=np.float32) / 255.0 for f in (data.gravel, data.brick))
+    except (ImportError, OSError, ValueError):  # not installed, or an old version that downloads them
         return ()
-    return tuple(np.asarray(f(), dtype=np.float32) / 255.0 for f in (data.gravel, data.brick))
 
 
 def _surface(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -438,7 +439,7 @@ def _surface(rng: np.random.Generator, n: int) -> np.ndarray:
         streak /= streak.std() + 1e-6
         if rng.random() < 0.5:
             streak = streak.T
-        tone = 1 + rng.uniform(0.05, 0.12) * streak + 0.06 * _smooth_noise(rng, n, 4)
+        tone = 1 + rng.uniform(0.04, 0.09) * streak + 0.06 * _smooth_noise(rng, n, 4)
     elif kind == 1:  # plastic: smooth, low-frequency variation
         base = PLASTIC[rng.integers(len(PLASTIC))] * rng.uniform(0.9, 1.1)
         tone = 1 + rng.uniform(0.03, 0.08) * _smooth_noise(rng, n, int(rng.integers(3, 8)))
