@@ -25,6 +25,10 @@ COMMANDS = [
     "train",
     "encode_text",
     "convert",
+    "evaluate",
+    "predict",
+    "explain",
+    "report",
 ]
 
 

@@ -40,10 +40,11 @@ class FusionMeta:
 
     text_dim: int
     text: str = "descriptions"  # "descriptions" | "random"
-    encoder: str | None = None
+    encoder: str | None = None  # the encoder's identity (cache key), e.g. "clip:hub:openai/clip-vit-base-patch32"
     descriptions: str | None = None
     temperature: float = 0.07
     query_selection: bool = False
+    encoder_spec: str | None = None  # the spec it was loaded with (clip:NAME, ...): what-if descriptions reuse it
 
 
 @dataclass
@@ -151,14 +152,15 @@ class DefectDetector(Deimv2ForObjectDetection):
         return None if head is None else head.text_embeddings
 
     def set_text_embeddings(self, embeddings: torch.Tensor, *, text: str | None = None, encoder: str | None = None,
-                            descriptions: str | None = None) -> None:
+                            descriptions: str | None = None, encoder_spec: str | None = None) -> None:
         """Replace the class text embeddings of every fusion head (e.g. what-if descriptions)."""
         if not self.is_fused:
             raise ConfigError("this detector has no fusion head: build it with fusion enabled to use text")
         with torch.no_grad():
             for head in self.fusion_heads():
                 head.set_text_embeddings(embeddings.to(head.text_embeddings.device))
-        updates = {k: v for k, v in {"text": text, "encoder": encoder, "descriptions": descriptions}.items() if v}
+        given = {"text": text, "encoder": encoder, "descriptions": descriptions, "encoder_spec": encoder_spec}
+        updates = {k: v for k, v in given.items() if v}
         for key, value in updates.items():
             setattr(self.meta.fusion, key, value)
         self.config.defectfusion = self.meta.to_dict()
@@ -302,6 +304,7 @@ def fusion_meta(fusion: FusionConfig, text_embeddings: torch.Tensor, *, encoder:
         descriptions=descriptions,
         temperature=fusion.temperature,
         query_selection=fusion.query_selection,
+        encoder_spec=fusion.encoder,
     )
 
 

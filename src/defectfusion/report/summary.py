@@ -396,6 +396,7 @@ def build_report(
     what_if: Sequence[tuple[str, Mapping[str, Any]]] | None = None,
     title: str = "Evaluation report",
     extra_sections: Sequence[Section] = (),
+    intro_sections: Sequence[Section] = (),
 ) -> tuple[Path, Path]:
     """Plots and tables of one evaluation (optionally against a baseline) -> ``report.md`` + ``.html``.
 
@@ -412,6 +413,7 @@ def build_report(
         class_names: contiguous class names (for the image grid and row order).
         what_if: ``(label, metrics)`` of the same model with other description files.
         extra_sections: appended at the end.
+        intro_sections: inserted right after the summary (e.g. a training run's phases and gates).
     """
     check_metrics(metrics)
     out = Path(out_dir)
@@ -456,6 +458,7 @@ def build_report(
     if undefined:
         lines.append(f"- undefined (no ground truth in this data, shown as –): {', '.join(undefined)}")
     sections.append(Section("Summary", "\n".join(lines)))
+    sections.extend(intro_sections)
 
     sections.append(
         Section(
