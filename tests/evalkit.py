@@ -107,3 +107,63 @@ def without_class(annotations: Path, name: str, out: Path) -> Path:
     data["annotations"] = [a for a in data["annotations"] if a["category_id"] != cid]
     out.write_text(json.dumps(data))
     return out
+
+
+def make_run_folder(root: Path, kit: Kit) -> Path:
+    """A run folder as `defectfusion train` leaves it, without any metrics.json next to the checkpoints.
+
+    baseline phase -> phase1 (fused) -> gate stops phase2; final = phase1's best.
+    """
+    import shutil
+
+    from tests.conftest import write_train_config
+
+    run = root / "run"
+    run.mkdir(parents=True)
+    write_train_config(run / "config.yaml", kit.data)
+    shutil.copytree(kit.baseline, run / "baseline" / "best")
+    shutil.copytree(kit.fused, run / "phase1" / "best")
+    shutil.copytree(kit.fused, run / "final")
+    for phase, values in (("baseline", [0.05, 0.12, 0.2]), ("phase1", [0.2, 0.24, 0.23])):
+        lines = []
+        for epoch, v in enumerate(values):
+            lines.append(json.dumps({"phase": phase, "epoch": epoch, "map50": v, "map": v / 2,
+                                     "train_loss": None if epoch == 0 else 10.0 - epoch, "lr": 1e-3,
+                                     "time": f"2026-01-0{1 if phase == 'baseline' else 2}T00:00:0{epoch}+00:00"}))
+        (run / phase / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+
+    def outcome(name: str, best: float, epoch: int) -> dict:
+        return {"name": name, "best_epoch": epoch, "best_map50": best, "best_map": best / 2, "initial_map50": 0.0,
+                "initial_map": 0.0, "epochs_run": 2, "stop_reason": "completed 2 epochs",
+                "best_dir": str(run / name / "best"), "seconds": 12.5}
+
+    summary = {
+        "name": "fabricated", "phases_requested": ["baseline", "phase1", "phase2"], "start": None,
+        "baseline": {"source": "phase baseline", "checkpoint": str(run / "baseline" / "best"), "map50": 0.2,
+                     "map": 0.1},
+        "phases": {"baseline": outcome("baseline", 0.2, 2), "phase1": outcome("phase1", 0.24, 1)},
+        "gates": [{"after": "phase1", "metric": "map50", "value": 0.24, "min": 0.8, "max": None, "proceed": False,
+                   "reason": "map50 0.2400 < 0.8000: below the gate, the next phase does not run (review phase1 "
+                             "before going on)"}],
+        "final": {"phase": "phase1", "checkpoint": str(run / "final"), "source": str(run / "phase1" / "best"),
+                  "map50": 0.24, "map": 0.12, "reason": "phase1 has the best validation mAP@0.5"},
+    }
+    (run / "summary.json").write_text(json.dumps(summary, indent=2))
+    return run
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    from defectfusion.cli import main
+
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def one_line_error(argv: list[str], capsys) -> str:
+    """Run the CLI expecting a user error: exit 2, one `error: ...` line, no traceback. Returns the line."""
+    code, _, err = run_cli(argv, capsys)
+    assert code == 2, err
+    lines = [line for line in err.strip().splitlines() if not line.startswith("warning:")]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    return lines[0]

@@ -10,6 +10,16 @@ from typing import Any
 from ..errors import ConfigError
 
 
+def wide_console(min_width: int = 140):
+    """The shared rich console, at least ``min_width`` wide when not a terminal (logs, pipes, tests)."""
+    from ._common import console_out
+
+    console = console_out()
+    if not console.is_terminal and console.width < min_width:
+        console.width = min_width
+    return console
+
+
 def rows_table(rows: Sequence[Mapping[str, Any]], title: str | None = None, numeric: Iterable[str] | None = None):
     """A rich table from display rows (dicts with the same keys, in column order)."""
     from rich.table import Table

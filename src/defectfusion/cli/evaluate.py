@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import console_out
-from ._tables import check_device, default_out, print_written, rows_table
+from ._tables import check_device, default_out, print_written, rows_table, wide_console
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -96,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
 def print_result(result) -> None:
     from ..report.compare import fmt_value, per_class_rows
 
-    console = console_out()
+    console = wide_console()
     m = result.metrics
     console.print(f"{m.get('num_images')} images, {m.get('num_ground_truth')} ground-truth boxes, "
                   f"{m.get('num_detections')} detections")

@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import console_out
-from ._tables import check_device, default_out, print_written, rows_table
+from ._tables import check_device, default_out, print_written, rows_table, wide_console
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or default_out("explain", args.checkpoint)
     results = explain(args.checkpoint, args.images, out, threshold=args.threshold,
                       max_detections=args.max_detections, device=check_device(args.device))
-    console = console_out()
+    console = wide_console()
     files = []
     for expl, written in results:
         files += written.all()

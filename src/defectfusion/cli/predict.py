@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import console_out
-from ._tables import check_device, default_out, print_written, rows_table
+from ._tables import check_device, default_out, print_written, rows_table, wide_console
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -67,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def print_result(result, limit: int = 20) -> None:
-    console = console_out()
+    console = wide_console()
     rows = []
     for pred in result.predictions[:limit]:
         det = pred.detections

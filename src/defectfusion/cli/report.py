@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import console_out
-from ._tables import check_device, print_written, rows_table
+from ._tables import check_device, print_written, rows_table, wide_console
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--grid must be >= 0 and --batch-size >= 1")
     rep = report_run(args.run_dir, args.out, pair=args.pair, device=check_device(args.device),
                      batch_size=args.batch_size, grid=args.grid)
-    console = console_out()
+    console = wide_console()
     console.print(rows_table(rep.phase_rows, title=f"run {rep.summary.get('name', rep.run.name)}: phases",
                              numeric={"epochs", "best epoch", "mAP@0.5", "mAP@0.5:0.95", "Δ mAP@0.5", "time"}))
     if rep.gate_rows:

@@ -536,15 +536,17 @@ def _read_json_file(path: Path, what: str) -> Any:
         raise DataError(f"cannot read {path} ({exc}): {what}") from None
 
 
-def _existing_metrics(candidates: Sequence[Path], newer_than: Path | None = None) -> dict[str, Any] | None:
-    """The first readable metrics file; files older than ``newer_than`` (a re-written model) are stale."""
-    oldest = newer_than.stat().st_mtime if newer_than is not None and newer_than.exists() else None
-    for path in candidates:
-        if path.is_file() and (oldest is None or path.stat().st_mtime >= oldest):
-            try:
-                return load_metrics(path)
-            except DefectFusionError:
-                continue
+def _existing_metrics(candidates: Sequence[tuple[Path, Path | None]]) -> dict[str, Any] | None:
+    """The first readable metrics file of ``(path, model file it must not be older than)`` candidates."""
+    for path, model_file in candidates:
+        if not path.is_file():
+            continue
+        if model_file is not None and model_file.exists() and path.stat().st_mtime < model_file.stat().st_mtime:
+            continue  # written before the model was replaced (a resumed run chose another final model)
+        try:
+            return load_metrics(path)
+        except DefectFusionError:
+            continue
     return None
 
 
@@ -560,7 +562,7 @@ def _phase_rows(summary: dict[str, Any], baseline_map50: float | None) -> list[d
         m50 = as_number(ph.get("best_map50"))
         is_base = (summary.get("baseline") or {}).get("source") == f"phase {name}"
         rows.append({
-            "phase": name + (" (baseline)" if is_base else ""),
+            "phase": name + (" (baseline)" if is_base and name != "baseline" else ""),
             "epochs": str(ph.get("epochs_run", MISSING)),
             "best epoch": str(ph.get("best_epoch", MISSING)),
             "mAP@0.5": fmt_value(m50),
@@ -628,11 +630,12 @@ def report_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None,
         return index
 
     evaluated: list[str] = []
-    final_candidates = [final_ckpt / "metrics.json"]
-    if final.get("source"):
-        final_candidates.append(Path(final["source"]) / "metrics.json")
-    final_candidates.append(out_dir / "metrics.json")  # evaluated by an earlier report of this run
-    final_metrics = _existing_metrics(final_candidates, newer_than=final_ckpt / "config.json")
+    weights = final_ckpt / "model.safetensors"
+    final_candidates: list[tuple[Path, Path | None]] = [(final_ckpt / "metrics.json", weights)]
+    if final.get("source"):  # the phase checkpoint final/ was copied from, evaluated during training
+        final_candidates.append((Path(final["source"]) / "metrics.json", Path(final["source"]) / "model.safetensors"))
+    final_candidates.append((out_dir / "metrics.json", weights))  # evaluated by an earlier report of this run
+    final_metrics = _existing_metrics(final_candidates)
     predictor = None
     if final_metrics is None:
         predictor, _ = _load_predictor(final_ckpt, device=device, top_k=300, batch_size=batch_size, num_workers=0)
@@ -640,10 +643,13 @@ def report_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None,
         evaluated.append(str(final_ckpt))
 
     base_ckpt = baseline.get("checkpoint")
-    base_candidates = [Path(base_ckpt) / "metrics.json"] if base_ckpt else []
+    base_weights = Path(base_ckpt) / "model.safetensors" if base_ckpt else None
+    base_candidates: list[tuple[Path, Path | None]] = []
+    if base_ckpt:
+        base_candidates.append((Path(base_ckpt) / "metrics.json", base_weights))
     if summary.get("start") and baseline.get("source") == summary["start"].get("source"):
-        base_candidates.append(run / "start" / "metrics.json")
-    base_candidates.append(out_dir / "baseline_metrics.json")
+        base_candidates.append((run / "start" / "metrics.json", None))
+    base_candidates.append((out_dir / "baseline_metrics.json", base_weights))
     base_metrics = _existing_metrics(base_candidates) if baseline else None
     if baseline and base_metrics is None and base_ckpt and Path(base_ckpt, "config.json").is_file():
         base_pred, _ = _load_predictor(base_ckpt, device=device, top_k=300, batch_size=batch_size, num_workers=0)

@@ -610,7 +610,7 @@ def plot_training_curves(
                 seen["map"].extend(mapall[ok_all])
             if "loss" in ax and np.isfinite(loss).any():
                 ok_l = np.isfinite(loss)
-                ax["loss"].plot(xs[ok_l], loss[ok_l], "-", color=color, lw=1.6)
+                ax["loss"].plot(xs[ok_l], loss[ok_l], "-o", color=color, lw=1.6, ms=2.5)  # one point shows too
             if boundary is not None:
                 for a in axes:
                     a.axvline(boundary, color="#777777", lw=1.0, ls=":")
@@ -906,11 +906,14 @@ def plot_image_grid(
     title: str | None = None,
     score_threshold: float = 0.25,
     cell_px: int = 480,
+    max_detections: int = 20,
 ) -> Path:
     """A grid of images with predictions (solid) and ground truth (dashed) drawn, and a colour legend.
 
     ``items``: :class:`GridItem`, dicts with the same keys, ``(image, detections, gt, title)``
     tuples, or bare images (PIL / arrays), e.g. already drawn with :func:`draw_detections`.
+    At most ``max_detections`` predictions (the most confident) are drawn per image, so a poorly
+    calibrated model does not bury the image; the caption says when more passed the threshold.
     """
     items = [_grid_item(it) for it in items]
     if not items:
@@ -930,7 +933,7 @@ def plot_image_grid(
             )
         else:
             im = draw_detections(
-                it.image, it.detections, class_names, it.gt, score_threshold, resize_to=cell_px
+                it.image, it.detections, class_names, it.gt, score_threshold, max_detections, resize_to=cell_px
             )
         drawn.append(im)
     # cells as tall as the tallest image: no empty bands for wide images
@@ -958,7 +961,8 @@ def plot_image_grid(
             counts = []
             if it.detections is not None:
                 b, _, s = _boxes(it.detections)
-                counts.append(f"{len(b) if s is None else int(np.sum(s >= score_threshold))} pred")
+                shown = len(b) if s is None else int(np.sum(s >= score_threshold))
+                counts.append(f"{shown} pred" + (f" (top {max_detections} drawn)" if shown > max_detections else ""))
             if it.gt is not None:
                 counts.append(f"{len(_boxes(it.gt)[0])} GT")
             if counts:
