@@ -22,7 +22,7 @@ def test_explain_writes_maps_matches_and_numbers(kit, tmp_path, capsys):
                                 "--threshold", "0", "--max-detections", "3"], capsys)
     assert code == 0
     assert "maps: model.model.enc_score_head.fusion" in printed
-    assert "similarity map per class" in printed and "what each detection matched in text" in printed
+    assert "similarity maps (cosine)" in printed and "what each detection matched in text" in printed
     for name in ("similarity_maps.png", "detection_matches.png", "explanation.json", "similarity_maps.npz"):
         assert (tmp_path / name).is_file()
     assert len(json.loads((tmp_path / "explanation.json").read_text())["detections"]["items"]) == 3

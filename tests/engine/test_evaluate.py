@@ -187,3 +187,14 @@ def test_absent_classes_empty_images_and_a_silent_model_give_nulls_not_crashes(k
     assert m["per_class"]["NORMAL"]["precision"] is None  # no predictions: precision undefined
     assert m["per_class"]["PERFORACIONES"]["ap50"] is None
     check_html(nothing.report_html)
+
+
+def test_what_if_warns_when_the_stored_text_embeddings_drifted(kit, tmp_path):
+    model = load_detector(kit.fused)
+    with torch.no_grad():
+        list(model.fusion_heads())[1].text_embeddings.mul_(3.0)  # what a faulty average of buffers leaves
+    model.save(tmp_path / "drifted")
+    with pytest.warns(UserWarning, match=r"not the unit vectors they were built with \(norms 1.000..3.000"):
+        result = evaluate_checkpoint(tmp_path / "drifted", kit.val_ann, descriptions=["defects6"],
+                                     out=tmp_path / "ev", grid=0, progress=False)
+    assert len(result.notes) == 1 and "## Notes" in result.report_md.read_text()

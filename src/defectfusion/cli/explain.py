@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         data = expl.to_json()["maps"]
         rows = [{"class": n, "max": f"{v['max']:.3f}", "mean": f"{v['mean']:.3f}",
                  "best match on": f"{100 * data['best_class_share'][n]:.0f}%"} for n, v in data["per_class"].items()]
-        console.print(rows_table(rows, title="similarity map per class (cosine, image feature vs class text)"))
+        console.print(rows_table(rows, title="similarity maps (cosine)"))
         det_rows = [{"#": str(i + 1), "detected": d.class_name, "score": f"{d.score:.2f}",
                      "top text matches": ", ".join(f"{n} {v:.2f}" for n, v in d.top_matches(expl.class_names, 3))}
                     for i, d in enumerate(expl.detections)]

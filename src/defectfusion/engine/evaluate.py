@@ -108,6 +108,7 @@ class EvaluationResult:
     report_md: Path | None = None
     report_html: Path | None = None
     files: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # caveats, also shown in the report
 
     def what_if_rows(self) -> list[dict[str, Any]]:
         """One row per description file: mAP@0.5 (and change vs the model as trained), pair APs and confusions.
@@ -164,10 +165,14 @@ def find_run_folder(checkpoint: str | os.PathLike | None) -> Path | None:
     return None
 
 
+def _short(path: str | os.PathLike) -> str:
+    """The last two parts of a path (``phase1/best``, ``val/annotations.json``): enough to tell runs apart."""
+    parts = Path(path).expanduser().resolve().parts
+    return "/".join(parts[-2:])
+
+
 def _load_index(annotations: str | os.PathLike, images: str | os.PathLike | None) -> CocoIndex:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # clipped boxes: evaluation uses the cleaned boxes
-        return load_coco(annotations, images)
+    return load_coco(annotations, images)  # clipped / dropped boxes are reported once (CocoWarning)
 
 
 def _check_classes(names: Sequence[str], index: CocoIndex, source: str) -> None:
@@ -271,9 +276,30 @@ def _what_if_label(name: str, used: set[str]) -> str:
     return label
 
 
+def _note(notes: list[str], message: str) -> None:
+    """A caveat of this evaluation: a one-line warning now, and a line in the report."""
+    notes.append(message)
+    warnings.warn(message, stacklevel=4)
+
+
+def _warn_if_text_drifted(model, checkpoint: str | os.PathLike, notes: list[str]) -> None:
+    """What-if swaps in unit-norm embeddings, identical in every head; say so if the checkpoint's are not."""
+    heads = list(model.fusion_heads())
+    norms = torch.cat([h.text_embeddings.norm(dim=-1) for h in heads])
+    first = heads[0].text_embeddings
+    if (norms - 1).abs().max() > 1e-3 or any(not torch.allclose(h.text_embeddings, first, atol=1e-4) for h in heads):
+        _note(
+            notes,
+            f"{checkpoint}: the class text embeddings stored in the fusion heads are not the unit vectors they were "
+            f"built with (norms {norms.min():.3f}..{norms.max():.3f}, or different per head): they changed after "
+            f"building (e.g. averaged as if they were weights); what-if rows use clean embeddings, so even the "
+            f"training descriptions will not reproduce the model's own numbers",
+        )
+
+
 def _what_if(model, predictor: Predictor, index: CocoIndex, descriptions: Sequence[str], encoder: str | None,
              checkpoint: str | os.PathLike, cache_dir: str | os.PathLike | None, progress: bool | None,
-             **eval_kw: Any) -> list[WhatIf]:
+             notes: list[str], **eval_kw: Any) -> list[WhatIf]:
     from ..data.descriptions import load_descriptions
     from ..models.text import build_text_encoder, encode_descriptions
 
@@ -292,7 +318,8 @@ def _what_if(model, predictor: Predictor, index: CocoIndex, descriptions: Sequen
         )
     spec = text_encoder_spec(model, encoder, checkpoint)
     text_encoder = build_text_encoder(spec)
-    original = model.text_embeddings.detach().clone()
+    _warn_if_text_drifted(model, checkpoint, notes)
+    originals = [(head, head.text_embeddings.detach().clone()) for head in model.fusion_heads()]
     results, used = [], set()
     try:
         for item in descriptions:
@@ -306,17 +333,19 @@ def _what_if(model, predictor: Predictor, index: CocoIndex, descriptions: Sequen
                     f"model was trained with (--encoder {fusion.encoder_spec or 'SPEC'})"
                 )
             if not results and fusion.encoder and embeddings.encoder != fusion.encoder:
-                warnings.warn(
+                _note(
+                    notes,
                     f"what-if texts are embedded with {spec} ({embeddings.encoder}) but the model was trained with "
                     f"{fusion.encoder}; its fusion head was fitted to that encoder's text space",
-                    stacklevel=3,
                 )
             model.set_text_embeddings(embeddings.class_embeddings)
             label = _what_if_label(str(item), used)
             metrics, _ = evaluate_on_index(predictor, index, progress=progress, desc=f"what-if {label}", **eval_kw)
             results.append(WhatIf(label, desc.source or str(item), spec, metrics))
     finally:
-        model.set_text_embeddings(original)
+        with torch.no_grad():  # exactly what the checkpoint held, head by head
+            for head, saved in originals:
+                head.text_embeddings.copy_(saved)
     return results
 
 
@@ -402,6 +431,7 @@ def evaluate_checkpoint(
             confusion_pair(metrics, None, *pair_names)
     if descriptions:
         result.what_if = _what_if(model, predictor, index, descriptions, encoder, checkpoint, cache_dir, progress,
+                                  result.notes,
                                   **eval_kw)
 
     if out is None:
@@ -412,7 +442,7 @@ def evaluate_checkpoint(
             training = find_run_folder(checkpoint)
         grid_items = _grid_items(index, kept, grid_ids) if grid_ids else None
         _write_report(result, training or None, grid_items,
-                      title or f"Evaluation of {Path(checkpoint).name} on {Path(annotations).name}")
+                      title or f"Evaluation of {_short(checkpoint)} on {_short(annotations)}")
     return result
 
 
@@ -442,15 +472,16 @@ def _write_outputs(result: EvaluationResult, out: Path) -> None:
 
 def _write_report(result: EvaluationResult, training: Any, grid_items: list | None, title: str,
                   intro=()) -> None:
-    from ..report.summary import build_report
+    from ..report.summary import Section, build_report
 
     what_if = None
+    extra = [Section("Notes", "\n".join(f"- {n}" for n in result.notes))] if result.notes else []
     if result.what_if:
         what_if = [("as trained", result.metrics)] + [(w.label, w.metrics) for w in result.what_if]
     md, html = build_report(
         result.out, result.metrics, baseline=result.baseline, labels=result.labels,
         pair=result.pair if result.pair else False, training=training, images=grid_items,
-        class_names=result.class_names, what_if=what_if, title=title, intro_sections=intro,
+        class_names=result.class_names, what_if=what_if, title=title, intro_sections=intro, extra_sections=extra,
     )
     result.report_md, result.report_html = md, html
     result.files += [md, html, *sorted((result.out / "plots").glob("*.png"))]
@@ -490,7 +521,8 @@ def evaluate_predictions(
             ids = _grid_ids(index, pair_names, grid)
             dets = _results_detections(results_json, index, set(ids))
             grid_items = _grid_items(index, dets, ids)
-        _write_report(result, None, grid_items, title or f"Evaluation of {Path(results_json).name}")
+        _write_report(result, None, grid_items,
+                      title or f"Evaluation of {_short(results_json)} on {_short(annotations)}")
     return result
 
 

@@ -177,6 +177,16 @@ def _heads(model: Any) -> tuple[Any, str, str, Any, str, int]:
             layer)
 
 
+def _cosine(head: Any, features: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity ``[.., C]`` of the head's projection of ``features`` with each class text.
+
+    The head's own ``similarity`` assumes unit-norm text embeddings (true as built); normalising
+    here keeps the numbers cosines even for a checkpoint whose stored embeddings drifted.
+    """
+    projected = F.normalize(head.proj(features), dim=-1)
+    return projected @ F.normalize(head.text_embeddings.float(), dim=-1).t()
+
+
 def _to_uint8_chw(image: Any) -> tuple[torch.Tensor, str | None]:
     from ..data.coco import load_image
 
@@ -226,7 +236,7 @@ def explain_image(model: Any, image: Any, *, threshold: float = 0.3, max_detecti
         source_map = model.model.decoder_input_proj[level](fmap)  # [1, d, h, w]
         h, w = source_map.shape[-2:]
         feats = model.model.enc_output(source_map.flatten(2).transpose(1, 2))  # [1, h*w, d]
-        sim = map_head.similarity(feats.float())[0].t().reshape(-1, h, w)  # [C, h, w]
+        sim = _cosine(map_head, feats.float())[0].t().reshape(-1, h, w)  # [C, h, w]
         level_maps.append(sim.cpu())
         upsampled.append(F.interpolate(sim[None], size=(H, W), mode="bilinear", align_corners=False)[0])
     maps = torch.stack(upsampled).mean(0).cpu()
@@ -240,7 +250,7 @@ def explain_image(model: Any, image: Any, *, threshold: float = 0.3, max_detecti
     top, index = top[keep][:max_detections], index[keep][:max_detections]
     queries, labels = index // num_classes, index % num_classes
     xyxy = box_convert(boxes[queries], "cxcywh", "xyxy") * torch.tensor([W, H, W, H], device=boxes.device)
-    similarity = query_head.similarity(query_features[queries].float())  # [n, C]
+    similarity = _cosine(query_head, query_features[queries].float())  # [n, C]
     names = model.class_names
     detections = [
         DetectionMatch([float(v) for v in xyxy[i].tolist()], int(labels[i]), names[int(labels[i])], float(top[i]),
