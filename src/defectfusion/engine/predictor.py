@@ -12,7 +12,8 @@ patterns, runs the predictor in batches (with a progress bar on many images), an
 
     <out>/results.json       COCO results: [{"image_id", "category_id", "bbox": [x, y, w, h], "score"}]
     <out>/predictions.json   per image: id, file, size, detections (xyxy pixels, class names, scores)
-    <out>/images/<name>      each image with its boxes, class names and scores drawn
+    <out>/images/<name>      each image with its boxes, class names and scores drawn (images whose
+                             longer side is under 640 px are drawn enlarged to 640 px)
 
 COCO ``category_id``: the model only knows contiguous labels ``0 .. C-1``. With an annotations file
 (its ``categories`` matched by name) or an explicit mapping, the dataset's ids are written;
@@ -57,6 +58,8 @@ __all__ = [
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 #: Above this many images a progress bar is shown (unless ``progress`` says otherwise).
 PROGRESS_FROM = 16
+#: Images smaller than this (longer side, pixels) are drawn enlarged to it, so labels stay legible.
+DRAW_MIN_SIDE = 640
 
 Backend = Callable[[torch.Tensor, torch.Tensor], list[Detections]]
 
@@ -491,7 +494,8 @@ def predict(checkpoint: str | os.PathLike | Predictor, inputs: Sequence[str | os
             from ..report.plots import draw_detections
 
             drawn = draw_detections(load_image(pred.path), pred.detections, run.class_names,
-                                    score_threshold=predictor.threshold)
+                                    score_threshold=predictor.threshold,
+                                    resize_to=DRAW_MIN_SIDE if max(pred.size) < DRAW_MIN_SIDE else None)
             target = run.out / "images" / _unique_name(pred.path, used)
             _save_image(drawn, target)
             run.drawn.append(target)
