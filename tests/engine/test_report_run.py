@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -63,3 +64,20 @@ def test_run_report_errors(kit, tmp_path):
     (run / "config.yaml").write_text(config)
     with pytest.raises(DataError, match=r"the run's validation set \(data.val in .*config.yaml\).*gone.json"):
         report_run(run)
+
+
+def test_a_moved_run_folder_still_reports(kit, tmp_path):
+    run = make_run_folder(tmp_path / "a", kit)
+    moved = tmp_path / "b" / "run"
+    shutil.copytree(run, moved)
+    shutil.rmtree(run)  # summary.json still names the old absolute paths
+    rep = report_run(moved, grid=0)
+    assert rep.evaluated == [str(moved / "final"), str(moved / "baseline" / "best")]
+    assert rep.result.baseline is not None and (moved / "report" / "report.html").is_file()
+    # a baseline outside the run that is gone: the report says so instead of comparing
+    summary = json.loads((moved / "summary.json").read_text())
+    summary["baseline"]["checkpoint"] = str(tmp_path / "elsewhere" / "phase1_model")
+    (moved / "summary.json").write_text(json.dumps(summary))
+    (moved / "report" / "baseline_metrics.json").unlink()
+    rep = report_run(moved, grid=0)
+    assert rep.result.baseline is None and "cannot be found here" in (moved / "report" / "report.md").read_text()

@@ -640,9 +640,19 @@ def report_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None,
     out_dir = Path(out) if out is not None else run / "report"
     final = summary.get("final") or {}
     baseline = summary.get("baseline") or {}
-    final_ckpt = Path(final["checkpoint"]) if final.get("checkpoint") else None
-    if final_ckpt is not None and not final_ckpt.is_absolute() and not final_ckpt.exists():
-        final_ckpt = run / final_ckpt.name
+    # summary.json holds absolute paths; a run folder that was moved or copied still works
+    recorded = Path(final["checkpoint"]) if final.get("checkpoint") else None
+    old_root = recorded.parent if recorded is not None else None
+
+    def here(path: str | None) -> Path | None:
+        if not path:
+            return None
+        p = Path(path)
+        if not p.exists() and old_root is not None and p.is_relative_to(old_root):
+            return run / p.relative_to(old_root)
+        return p
+
+    final_ckpt = here(final.get("checkpoint"))
     if final_ckpt is None or not (final_ckpt / "config.json").is_file():
         raise DataError(f"{run} has no final model yet (summary.json 'final' is empty or {final_ckpt} is missing): "
                         f"the run has not finished; resume it with `defectfusion train --resume --out {run}`")
@@ -664,8 +674,9 @@ def report_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None,
     evaluated: list[str] = []
     weights = final_ckpt / "model.safetensors"
     final_candidates: list[tuple[Path, Path | None]] = [(final_ckpt / "metrics.json", weights)]
-    if final.get("source"):  # the phase checkpoint final/ was copied from, evaluated during training
-        final_candidates.append((Path(final["source"]) / "metrics.json", Path(final["source"]) / "model.safetensors"))
+    source = here(final.get("source"))
+    if source is not None:  # the phase checkpoint final/ was copied from, evaluated during training
+        final_candidates.append((source / "metrics.json", source / "model.safetensors"))
     final_candidates.append((out_dir / "metrics.json", weights))  # evaluated by an earlier report of this run
     final_metrics = _existing_metrics(final_candidates)
     predictor = None
@@ -674,7 +685,7 @@ def report_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None,
         final_metrics, _ = evaluate_on_index(predictor, val_index(), progress=progress, desc="evaluate final")
         evaluated.append(str(final_ckpt))
 
-    base_ckpt = baseline.get("checkpoint")
+    base_ckpt = here(baseline.get("checkpoint"))
     base_weights = Path(base_ckpt) / "model.safetensors" if base_ckpt else None
     base_candidates: list[tuple[Path, Path | None]] = []
     if base_ckpt:
@@ -687,6 +698,10 @@ def report_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None,
         base_pred, _ = _load_predictor(base_ckpt, device=device, top_k=300, batch_size=batch_size, num_workers=0)
         base_metrics, _ = evaluate_on_index(base_pred, val_index(), progress=progress, desc="evaluate baseline")
         evaluated.append(str(base_ckpt))
+    base_note = ""
+    if baseline and base_metrics is None:
+        base_note = (f"The baseline checkpoint ({baseline.get('checkpoint') or baseline.get('source')}) has no metrics "
+                     f"and cannot be found here, so the final model is shown without a comparison.")
 
     names = list(final_metrics["per_class"])
     pair_names = resolve_pair(pair, names)
@@ -726,5 +741,7 @@ def report_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None,
                              level=3))
     if grid_note:
         intro.append(Section("Validation images", grid_note, level=3))
+    if base_note:
+        intro.append(Section("Baseline", base_note, level=3))
     _write_report(result, run, grid_items, f"Training run {summary.get('name', run.name)}", intro=intro)
     return RunReport(run, summary, phase_rows, gate_rows, final_text, result, evaluated)
