@@ -104,6 +104,7 @@ def test_user_errors_are_one_line(kit, tmp_path, capsys):
         (["evaluate", "--checkpoint", ck, "--data", ann, "--encoder", "clip:x"], "--encoder is only used with --descriptions"),
         (["evaluate", "--checkpoint", ck, "--data", ann, "--iou", "0"], "--iou must be in (0, 1]"),
         (["evaluate", "--checkpoint", ck, "--data", ann, "--conf", "2"], "--conf must be in [0, 1]"),
+        (["evaluate", "--checkpoint", ck, "--data", ann, "--top-k", "0"], "--top-k and --batch-size must be >= 1"),
         (["evaluate", "--checkpoint", ck, "--data", ann, "--device", "cuda:3"] if not torch.cuda.is_available()
          else ["evaluate", "--checkpoint", ck, "--data", ann, "--device", "tpu"], "--device"),
         (["evaluate", "--checkpoint", ck, "--data", ann, "--pair", "ROTURA", "NORMAL"],
