@@ -30,11 +30,17 @@ class ModelEMA:
         trainable_groups = {parameter_group(n) for n, p in model.named_parameters() if p.requires_grad}
         model_state = model.state_dict(keep_vars=True)
         ema_state = self.module.state_dict(keep_vars=True)
-        # Floating tensors of the trained groups: parameters and BN statistics alike.
-        self.names = [
-            name for name, value in model_state.items()
-            if value.dtype.is_floating_point and parameter_group(name) in trainable_groups
-        ]
+        # Floating tensors of the trained groups, parameters and BN statistics alike. A tied
+        # tensor appears under several names but is averaged once; the class text embeddings
+        # are constants, not weights.
+        self.names, seen = [], set()
+        for name, value in model_state.items():
+            if not value.dtype.is_floating_point or parameter_group(name) not in trainable_groups:
+                continue
+            if name.endswith("text_embeddings") or id(value) in seen:
+                continue
+            seen.add(id(value))
+            self.names.append(name)
         self._pairs = [(ema_state[n], model_state[n]) for n in self.names]
 
     def current_decay(self) -> float:
