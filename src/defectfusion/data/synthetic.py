@@ -187,7 +187,7 @@ def _random_walk(
 
 
 def _plan_crack(rng: np.random.Generator, s: float) -> tuple[Box, Painter]:
-    length = rng.uniform(35, 115) * s
+    length = rng.uniform(28, 95) * s
     heading = rng.uniform(0, np.pi)
     turns = rng.uniform(0.12, 0.3)  # how jagged: the straighter thin cracks are the hard cases
     main = _random_walk(rng, length, heading, rng.uniform(3, 5.5) * s, turns)
@@ -221,7 +221,7 @@ def _plan_crack(rng: np.random.Generator, s: float) -> tuple[Box, Painter]:
 
 
 def _plan_scratch(rng: np.random.Generator, s: float) -> tuple[Box, Painter]:
-    length = rng.uniform(35, 115) * s
+    length = rng.uniform(28, 95) * s
     heading = rng.uniform(0, np.pi)
     d = np.array([np.cos(heading), np.sin(heading)])
     bend = 0.0 if rng.random() < 0.4 else rng.normal(0, 0.1) * length  # straight or gently curved
@@ -229,9 +229,9 @@ def _plan_scratch(rng: np.random.Generator, s: float) -> tuple[Box, Painter]:
     p1 = np.array([-d[1], d[0]]) * bend
     t = np.linspace(0, 1, 16)[:, None]
     pts = ((1 - t) ** 2 * p0 + 2 * t * (1 - t) * p1 + t**2 * p2).astype(np.float32)
-    width = rng.uniform(1.2, 2.4) * max(1.0, s)
+    width = rng.uniform(1.5, 2.8) * max(1.0, s)
     bright = rng.random() < 0.65
-    strength = rng.uniform(0.6, 0.95) if bright else rng.uniform(0.4, 0.6)
+    strength = rng.uniform(0.65, 0.95) if bright else rng.uniform(0.45, 0.65)
     wobble = rng.uniform(0, 2 * np.pi, 2)  # scratches fade in and out along their length
     ext = _extent(pts, width / 2 + 2)
 
@@ -240,7 +240,9 @@ def _plan_scratch(rng: np.random.Generator, s: float) -> tuple[Box, Painter]:
         alpha, u = _line_alpha(xx, yy, pts + (dx, dy), lambda u: np.full_like(u, width))
         fade = _hump(u, 0.15) * (0.85 + 0.15 * np.sin(7 * u + wobble[0]) * np.sin(3 * u + wobble[1]))
         alpha = alpha * fade * strength
-        (_brighten if bright else _darken)(c.img[ys, xs], alpha)
+        region = c.img[ys, xs]
+        # a bright scratch would vanish on a near-white surface: there it shows dark
+        (_brighten if bright and region.mean() < 0.75 else _darken)(region, alpha)
         return _mask_box(alpha > 0.3 * strength, ys, xs, c.size)  # where it is visible
 
     return ext, paint
@@ -305,6 +307,13 @@ STAIN_COLOURS = np.array(
 )
 
 
+def _contrasting(colour: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """``colour``, or a dark version of it where it would hardly differ from the surface."""
+    if np.abs(colour - region.mean((0, 1))).mean() < 0.12:
+        return colour * 0.35
+    return colour
+
+
 def _plan_contamination(rng: np.random.Generator, s: float) -> tuple[Box, Painter]:
     """A soft-edged stain of another hue, or a cluster of small particles."""
     colour = STAIN_COLOURS[rng.integers(len(STAIN_COLOURS))] + rng.uniform(-0.05, 0.05, 3)
@@ -325,14 +334,15 @@ def _plan_contamination(rng: np.random.Generator, s: float) -> tuple[Box, Painte
             edge = np.clip(1 - np.abs(f - 0.5) / 0.12, 0, 1)  # dried stains have a darker tide line
             alpha = opacity * np.clip(body + 0.3 * edge, 0, 1)
             region = c.img[ys, xs]
-            region += alpha[..., None] * (colour * (region.mean(-1, keepdims=True) * 0.5 + 0.6) - region)
-            return _mask_box(alpha > 0.1, ys, xs, c.size)
+            target = _contrasting(colour * (region.mean(-1, keepdims=True) * 0.5 + 0.6), region)
+            region += alpha[..., None] * (target - region)
+            return _mask_box(alpha > 0.3 * opacity, ys, xs, c.size)
 
         return ext, paint
 
     spread = rng.uniform(10, 28) * s
     n = rng.integers(8, 30)
-    pos = np.clip(rng.normal(0, spread / 2, (n, 2)), -spread, spread)
+    pos = np.clip(rng.normal(0, spread / 2.5, (n, 2)), -spread, spread)
     radii = rng.uniform(1.0, 3.0, n) * s
     colour = colour * 0.5 if rng.random() < 0.6 else colour
     ext = _extent(pos, radii.max() + 1)
@@ -344,7 +354,7 @@ def _plan_contamination(rng: np.random.Generator, s: float) -> tuple[Box, Painte
         )
         alpha = np.clip(radii[:, None, None] - d + 0.5, 0, 1).max(0) * 0.9
         region = c.img[ys, xs]
-        region += alpha[..., None] * (colour - region)
+        region += alpha[..., None] * (_contrasting(colour, region) - region)
         return _mask_box(alpha > 0.2, ys, xs, c.size)
 
     return ext, paint_particles
