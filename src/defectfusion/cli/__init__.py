@@ -29,6 +29,7 @@ COMMANDS = [
     "predict",
     "explain",
     "report",
+    "export",
 ]
 
 
