@@ -33,5 +33,5 @@ def test_user_errors_are_one_line(kit, tmp_path, capsys):
     assert "does not exist" in one_line_error(["report", tmp_path / "none"], capsys)
     run = make_run_folder(tmp_path, kit)
     (run / "summary.json").write_text("{broken")
-    assert "cannot read" in one_line_error(["report", run], capsys)
+    assert "summary.json is not valid JSON" in one_line_error(["report", run], capsys)
     assert "--grid must be >= 0" in one_line_error(["report", run, "--grid", "-1"], capsys)

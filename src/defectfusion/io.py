@@ -89,3 +89,35 @@ def atomic_write_dir(path: str | os.PathLike, write: Callable[[Path], None]) -> 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def read_json(path: str | os.PathLike, what: str = "file") -> Any:
+    """Parse a JSON file; every failure is one :class:`DataError` naming the file and the problem.
+
+    ``what`` says what the file is for ("annotations file", "results file", ...). A file that ends
+    early is called truncated; a syntax error gets its line and column.
+    """
+    from .errors import DataError
+
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{what} {path} does not exist; check the path") from None
+    except OSError as e:
+        raise DataError(f"cannot read {what} {path}: {e.strerror or e}") from None
+    try:
+        text = raw.decode("utf-8-sig")  # tolerate a byte-order mark
+    except UnicodeDecodeError as e:
+        raise DataError(f"{what} {path} is not UTF-8 text (bad byte at offset {e.start}); is it really JSON?") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        hint = (
+            "the file ends early: it looks truncated, re-export or re-copy it"
+            if e.pos >= len(text.rstrip()) - 1
+            else "fix the syntax there or re-export the file"
+        )
+        raise DataError(
+            f"{what} {path} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno} (char {e.pos}); {hint}"
+        ) from None

@@ -19,7 +19,6 @@ Conventions:
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from collections.abc import Callable
@@ -33,6 +32,7 @@ from PIL import Image, ImageOps
 from torchvision import tv_tensors
 
 from defectfusion.errors import DataError
+from defectfusion.io import read_json
 
 __all__ = [
     "CocoAnnotationRecord",
@@ -286,29 +286,7 @@ def load_coco(annotations: str | Path, images: str | Path | None = None) -> Coco
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"annotations file {path} does not exist; check the path") from None
-    except OSError as e:
-        raise DataError(f"cannot read annotations file {path}: {e.strerror or e}") from None
-    try:
-        text = raw.decode("utf-8-sig")  # tolerate a byte-order mark
-    except UnicodeDecodeError as e:
-        raise DataError(
-            f"{path} is not UTF-8 text (bad byte at offset {e.start}); is it really a COCO json?"
-        ) from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        hint = (
-            "the file ends early: it looks truncated, re-export or re-copy it"
-            if e.pos >= len(text.rstrip()) - 1
-            else "fix the syntax there or re-export the file"
-        )
-        raise DataError(
-            f"{path} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno} (char {e.pos}); {hint}"
-        ) from None
+    data = read_json(path, "annotations file")
     if not isinstance(data, dict):
         raise DataError(
             f"{path}: expected a COCO object {{'images', 'annotations', 'categories'}}, got a {type(data).__name__}"

@@ -32,7 +32,7 @@ import torch
 
 from ..data.coco import CocoIndex, load_coco, load_image
 from ..errors import CheckpointError, ConfigError, DataError, DefectFusionError
-from ..io import atomic_write_json
+from ..io import atomic_write_json, read_json
 from ..report.compare import (
     MISSING,
     ComparisonTable,
@@ -559,15 +559,6 @@ class RunReport:
     evaluated: list[str] = field(default_factory=list)  # which checkpoints had to be evaluated now
 
 
-def _read_json_file(path: Path, what: str) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"{path} is missing: {what}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"cannot read {path} ({exc}): {what}") from None
-
-
 def _existing_metrics(candidates: Sequence[tuple[Path, Path | None]]) -> dict[str, Any] | None:
     """The first readable metrics file of ``(path, model file it must not be older than)`` candidates."""
     for path, model_file in candidates:
@@ -636,7 +627,7 @@ def report_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None,
     if not (run / "summary.json").is_file():
         raise DataError(f"{run} is not a training run folder: summary.json is missing (expected the --out folder "
                         f"of `defectfusion train`, after at least one phase finished)")
-    summary = _read_json_file(run / "summary.json", "the run's summary")
+    summary = read_json(run / "summary.json", "the run's summary")
     out_dir = Path(out) if out is not None else run / "report"
     final = summary.get("final") or {}
     baseline = summary.get("baseline") or {}

@@ -70,7 +70,7 @@ from defectfusion.engine.metrics import (
     row_normalize,
 )
 from defectfusion.errors import ConfigError, DataError
-from defectfusion.io import atomic_write_json
+from defectfusion.io import atomic_write_json, read_json
 from defectfusion.structures import Detections
 
 BACKGROUND = "background"
@@ -100,15 +100,6 @@ def _check_bbox(bbox: Any, where: str) -> None:
         raise DataError(f"{where}: 'bbox' width and height must be >= 0, got {bbox!r}")
 
 
-def _read_json(path: Path, what: str) -> Any:
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as e:
-        raise DataError(f"cannot read {what} {path}: {e.strerror or e}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{what} {path} is not valid JSON: {e}") from None
-
-
 def _load_annotations(annotations: Path | str | dict) -> tuple[dict, str]:
     """Validated, normalised deep copy of a COCO annotations dict, and its source name.
 
@@ -119,7 +110,7 @@ def _load_annotations(annotations: Path | str | dict) -> tuple[dict, str]:
         data, src = copy.deepcopy(annotations), "annotations dict"
     else:
         src = f"annotations file {annotations}"
-        data = _read_json(Path(annotations), "annotations file")
+        data = read_json(Path(annotations), "annotations file")
     if not isinstance(data, dict):
         raise DataError(f"{src}: expected a COCO object with 'images', 'annotations', 'categories'")
     for key in ("images", "categories"):
@@ -355,7 +346,7 @@ def evaluate_results_file(
     """
     ev = DetectionEvaluator(annotations, **kw)
     path = Path(results_json)
-    records = _read_json(path, "results file")
+    records = read_json(path, "results file")
     if not isinstance(records, list):
         raise DataError(
             f"results file {path}: expected a JSON list of detections, got {type(records).__name__}"

@@ -23,7 +23,6 @@ otherwise the id is the label.
 from __future__ import annotations
 
 import glob
-import json
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,7 +36,7 @@ from tqdm.auto import tqdm
 from ..data.coco import load_image
 from ..data.transforms import build_eval_transform
 from ..errors import CheckpointError, DataError
-from ..io import atomic_path, atomic_write_json
+from ..io import atomic_path, atomic_write_json, read_json
 from ..structures import Detections
 from .postprocess import postprocess
 
@@ -310,12 +309,7 @@ def collect_images(inputs: Sequence[str | os.PathLike], recursive: bool = False)
 
 def _read_categories(annotations: str | os.PathLike) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     path = Path(annotations)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"))
-    except FileNotFoundError:
-        raise DataError(f"annotations file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"cannot read annotations file {path}: {exc}") from None
+    data = read_json(path, "annotations file")
     if not isinstance(data, dict) or not isinstance(data.get("categories"), list):
         raise DataError(f"{path}: expected a COCO object with a 'categories' list")
     cats = data["categories"]

@@ -17,7 +17,6 @@ is an error that lists the names, and nothing is written.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Sequence
@@ -31,6 +30,7 @@ from safetensors.torch import load_file
 from transformers import AutoConfig, Deimv2Config
 
 from ..errors import CheckpointError, ConfigError, DataError
+from ..io import read_json
 from .checkpoint import CONFIG_NAME, load_state_into, save_detector
 from .detector import META_KEY, DefectDetector, DetectorMeta
 from .original_config import MISSING, OriginalConfig, Settings
@@ -612,12 +612,7 @@ def class_names_from_annotations(path: str | Path, num_classes: int | None = Non
     classes in list order, agree with the model's channels).
     """
     path = Path(path).expanduser()
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"annotation file {str(path)!r} does not exist") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"{path}: not a readable COCO json file ({exc})") from None
+    data = read_json(path, "annotations file")
     categories = data.get("categories") if isinstance(data, dict) else None
     if not isinstance(categories, list) or not categories:
         raise DataError(f"{path}: no 'categories' list; expected COCO categories [{{'id': 0, 'name': ...}}, ...]")

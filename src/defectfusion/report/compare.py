@@ -13,7 +13,6 @@ every comparison: a delta involving an undefined value is undefined too, never 0
 from __future__ import annotations
 
 import difflib
-import json
 import math
 import os
 import re
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from defectfusion.errors import DefectFusionError
+from defectfusion.io import read_json
 
 #: Shown wherever a value is undefined (``None`` in ``metrics.json``).
 MISSING = "–"
@@ -79,12 +79,9 @@ def delta(before: float | None, after: float | None) -> float | None:
 def load_metrics(path: str | os.PathLike) -> dict[str, Any]:
     """Read a ``metrics.json`` written by the evaluator, with a clear error if it is not one."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DefectFusionError(f"{path}: no such metrics file; run `defectfusion evaluate` first") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DefectFusionError(f"{path}: cannot read metrics JSON ({exc})") from None
+    if not path.is_file():
+        raise DefectFusionError(f"{path}: no such metrics file; run `defectfusion evaluate` first")
+    data = read_json(path, "metrics file")
     check_metrics(data, source=str(path))
     return data
 
