@@ -115,7 +115,7 @@ def read_json(path: str | os.PathLike, what: str = "file") -> Any:
     except json.JSONDecodeError as e:
         hint = (
             "the file ends early: it looks truncated, re-export or re-copy it"
-            if e.pos >= len(text.rstrip()) - 1
+            if e.pos >= len(text.rstrip()) or e.msg.startswith("Unterminated string")
             else "fix the syntax there or re-export the file"
         )
         raise DataError(

@@ -1,0 +1,38 @@
+import json
+import os
+
+import pytest
+
+from defectfusion.errors import DataError
+from defectfusion.io import atomic_write_json, read_json
+
+
+def test_atomic_write_json_round_trip_leaves_no_temporary(tmp_path):
+    path = tmp_path / "sub" / "a.json"
+    atomic_write_json(path, {"x": [1, 2.5, "é"]})
+    assert read_json(path) == {"x": [1, 2.5, "é"]}
+    assert os.listdir(path.parent) == ["a.json"]
+
+
+def test_read_json_says_what_is_wrong_and_where(tmp_path):
+    path = tmp_path / "res.json"
+    with pytest.raises(DataError, match=r"results file .*res.json does not exist"):
+        read_json(path, "results file")
+
+    path.write_text(json.dumps([{"a": 1}, {"b": 2}])[:-5])
+    with pytest.raises(DataError, match="res.json is not valid JSON.*truncated"):
+        read_json(path, "results file")
+
+    path.write_text('{"a": 1,\n "b": }')
+    with pytest.raises(DataError, match=r"line 2, column 7.*fix the syntax"):
+        read_json(path)
+
+    path.write_bytes(b"\xff\xfe{}")
+    with pytest.raises(DataError, match="not UTF-8 text"):
+        read_json(path)
+
+    path.write_bytes(b"\xef\xbb\xbf[1]")  # a byte-order mark written by some editors is fine
+    assert read_json(path) == [1]
+
+    with pytest.raises(DataError, match="cannot read"):
+        read_json(tmp_path, "annotations file")  # a folder
