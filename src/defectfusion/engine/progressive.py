@@ -46,7 +46,7 @@ def select_phases(cfg: Config, phase: str) -> list[str]:
     raise ConfigError(f"no phase {phase!r} in the config; defined phases: {', '.join(cfg.phases) or 'none'} (or 'all')")
 
 
-def load_datasets(cfg: Config, verify: bool = True) -> tuple[CocoIndex, CocoIndex]:
+def load_datasets(cfg: Config, verify: bool = True, progress: bool = True) -> tuple[CocoIndex, CocoIndex]:
     missing = [k for k in ("train", "val") if getattr(cfg.data, k) is None]
     if missing:
         keys = " ".join(f"-o data.{k}.annotations=PATH" for k in missing)
@@ -61,8 +61,8 @@ def load_datasets(cfg: Config, verify: bool = True) -> tuple[CocoIndex, CocoInde
     if not any(a for anns in val.annotations.values() for a in anns if not a.iscrowd):
         raise DataError(f"{cfg.data.val.annotations} has no annotations: validation needs ground truth")
     if verify and cfg.data.verify_images:
-        train.verify_images(progress=True)
-        val.verify_images(progress=True)
+        train.verify_images(progress=progress)
+        val.verify_images(progress=progress)
     return train, val
 
 
@@ -87,6 +87,10 @@ def apply_gate(gate: GateConfig, after: str, value: float | None, baseline: floa
         bounds = f"[{'-inf' if low is None else f'{low:.4f}'}, {'inf' if high is None else f'{high:.4f}'})"
         decision.update(proceed=True, reason=f"{gate.metric} {value:.4f} in {bounds}: continue")
     return decision
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 def _now() -> str:
@@ -189,7 +193,7 @@ class TrainingRun:
             torch.set_num_threads(cfg.train.threads)
         torch.manual_seed(cfg.seed)
         self._prepare_folder()
-        train_index, val_index = load_datasets(cfg, verify=self.info.is_main)
+        train_index, val_index = load_datasets(cfg, verify=self.info.is_main, progress=self.progress)
         class_names = list(train_index.class_names)
         model, source = self._start_model(class_names)
         text = self._text(class_names)
@@ -208,7 +212,7 @@ class TrainingRun:
             if self.resume and done.is_file():
                 outcome = PhaseOutcome.read(done)
                 if self.progress and self.info.is_main:
-                    print(f"{name}: already finished ({outcome.stop_reason}); best mAP@0.5 {outcome.best_map50}")
+                    print(f"{name}: already finished ({outcome.stop_reason}); best mAP@0.5 {_fmt(outcome.best_map50)}")
             else:
                 if phase.fusion and not model.is_fused:
                     embeddings, descriptions = text
@@ -251,7 +255,7 @@ class TrainingRun:
             self.summary["baseline"] = {**self.summary["start"], "checkpoint": source}
         self._write_summary()
         if self.progress:
-            print(f"start ({source}): val mAP@0.5 {metrics['map50']}, mAP@0.5:0.95 {metrics['map']}")
+            print(f"start ({source}): val mAP@0.5 {_fmt(metrics['map50'])}, mAP@0.5:0.95 {_fmt(metrics['map'])}")
 
     def _choose_final(self) -> None:
         if not self.info.is_main:
@@ -270,9 +274,10 @@ class TrainingRun:
         best = max(candidates, key=key)  # max keeps the first of equals: the baseline wins ties
         label, map50, map_, checkpoint = best
         if label in {"baseline", "start"} and len(candidates) > 1:
-            reason = f"no phase beat the {label} on validation mAP@0.5 ({map50}); the {label} is kept"
+            reason = f"no phase beat the {label} on validation mAP@0.5 ({_fmt(map50)}); the {label} is kept"
         elif len(candidates) > 1:
-            reason = f"{label} has the best validation mAP@0.5 ({map50:.4f}) vs the {candidates[0][0]} ({candidates[0][1]})"
+            reason = (f"{label} has the best validation mAP@0.5 ({_fmt(map50)}) vs the {candidates[0][0]} "
+                      f"({_fmt(candidates[0][1])})")
         else:
             reason = f"only {label} was run"
         final_dir = self.out / "final"
@@ -282,7 +287,7 @@ class TrainingRun:
                                  "map": map_, "reason": reason}
         self._write_summary()
         if self.progress:
-            print(f"final: {label} (val mAP@0.5 {map50}) -> {final_dir}: {reason}")
+            print(f"final: {label} (val mAP@0.5 {_fmt(map50)}) -> {final_dir}: {reason}")
 
 
 def run_training(cfg: Config, out: str | Path, phase: str = "all", resume: bool = False,
