@@ -238,8 +238,9 @@ def _build_presets() -> dict[str, Preset]:
         _dinov3("dinov3_micro", _vit(64, 2, 3, [0, 1, 2]), sta=8, hidden=64, enc_ffn=128, expansion=0.34,
                 depth=0.34, dec_ffn=128, layers=3, queries=30, size=64, denoising=20,
                 description="tests: DINOv3-ViT 64-d / 3 blocks + STA, ~0.6 M"),
+        # 30 denoising queries instead of 100: on a CPU the decoder's cost follows the query count.
         _dinov3("dinov3_demo", _vit(96, 3, 4, [1, 2, 3]), sta=8, hidden=96, enc_ffn=192, expansion=0.34,
-                depth=0.34, dec_ffn=192, layers=3, queries=100, size=256,
+                depth=0.34, dec_ffn=192, layers=3, queries=100, size=256, denoising=30,
                 description="CPU demo: DINOv3-ViT 96-d / 4 blocks + STA, ~1.2 M"),
         _hgnet_lite("hgnetv2_micro", "micro", in_channels=64, hidden=32, queries=30, dec_ffn=64, size=96,
                     layers=2, denoising=20, description="tests: HGNetV2-lite 32-d, ~0.1 M"),
