@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 
@@ -37,6 +38,8 @@ def run(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, args.override)
     out = args.out or Path("runs") / cfg.name
     summary = run_training(cfg, out, phase=args.phase, resume=args.resume, progress=not args.quiet)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, one process reports
+        return 0
     final = summary.get("final") or {}
     print(f"run folder: {out}")
     if final:
