@@ -22,6 +22,8 @@ Handler = Callable[[argparse.Namespace], int | None]
 
 # Subcommand modules, in the order `--help` lists them.
 COMMANDS = [
+    "demo",
+    "synth",
     "train",
     "encode_text",
     "convert",
