@@ -4,7 +4,7 @@
 2. a tiny DEIMv2 baseline trained from scratch, then phases 1 -> 2 -> 3 with the offline
    MiniLM text encoder (``<out>/text``);
 3. the same phases from the same baseline with random "text" of the same shape, the control
-   (``<out>/control``);
+   (``<out>/control``), trained in a second process beside the text phases;
 4. every model scored on the validation images, a paired bootstrap of the differences,
    text-visual explanation maps, and a report whose verdict is computed from the numbers.
 
@@ -18,14 +18,18 @@ import math
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import Config, load_config
+import torch
+
+from ..config import load_config
 from ..data.coco import load_coco, load_image
 from ..data.synthetic import generate_synthetic_dataset
-from ..errors import ConfigError, DefectFusionError
+from ..errors import DefectFusionError
 from ..io import atomic_write_json
 from ..models.checkpoint import load_detector
 from ..report.compare import confusion_pair, fmt_delta, fmt_value
@@ -54,13 +58,13 @@ class DemoPlan:
     bootstrap_draws: int
 
 
-FULL = DemoPlan(400, 100, 256, 14, (1, 1, 1), 3, 200)
+FULL = DemoPlan(400, 80, 256, 12, (1, 1, 1), 3, 100)
 # The same steps and files in a couple of minutes (the test suite runs it).
 QUICK = DemoPlan(32, 16, 128, 2, (1, 1, 1), 1, 20)
 
 
-class TrainingFailed(DefectFusionError):
-    """A training subprocess of the demo failed."""
+class DemoError(DefectFusionError):
+    """A step of the demo failed (the message says which and where its log is)."""
 
 
 @dataclass
@@ -77,7 +81,6 @@ def demo_overrides(data: Path, plan: DemoPlan, cache_dir: Path | None = None) ->
     The control run starts from the text run's baseline (its ``model.checkpoint`` is added once
     that exists) and runs the three phases with random unit vectors in place of the text.
     """
-    data = data.resolve()  # the training may run in another process
     common = [
         f"data.train.annotations={data / 'train' / 'annotations.json'}",
         f"data.val.annotations={data / 'val' / 'annotations.json'}",
@@ -86,50 +89,52 @@ def demo_overrides(data: Path, plan: DemoPlan, cache_dir: Path | None = None) ->
         *(f"phases.{p}.epochs={e}" for p, e in zip(PHASES, plan.phase_epochs, strict=True)),
     ]
     if cache_dir is not None:
-        common.append(f"fusion.cache_dir={cache_dir.resolve()}")
+        common.append(f"fusion.cache_dir={cache_dir}")
     text = [*common, "name=demo-text"]
     control = [*common, "name=demo-control", "fusion.text=random", f"order=[{', '.join(PHASES)}]"]
     return text, control
 
 
-def demo_configs(data: Path, plan: DemoPlan, cache_dir: Path | None = None) -> tuple[Config, Config]:
-    """The text run's and the control run's configs (see :func:`demo_overrides`)."""
-    text, control = demo_overrides(data, plan, cache_dir)
-    return load_config("demo", text), load_config("demo", control)
-
-
-def default_workers() -> int:
-    """Data-parallel processes for the demo's training: one per core, at most two.
-
-    On a small CPU, two single-threaded processes on half a batch each train faster than one
-    process whose small operations are split over two threads.
-    """
-    return max(1, min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
-
-
-def _train(overrides: list[str], out: Path, progress: bool, workers: int) -> dict[str, Any]:
+def _train(overrides: list[str], out: Path, progress: bool, phase: str = "all") -> dict[str, Any]:
     """Train (or resume) one run of the demo in ``out``; returns its ``summary.json``."""
     resume = (out / "config.yaml").is_file()
-    if workers <= 1:
-        return run_training(load_config("demo", overrides), out, resume=resume, progress=progress)
-    # Data-parallel on the CPU cores with torch's own launcher: each process gets half of every batch.
-    batch = load_config("demo", overrides).data.batch_size
-    per_process = [f"data.batch_size={max(1, batch // workers)}", "train.threads=1"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={workers}",
-           "-m", "defectfusion", "train", "demo", "--out", str(out)]
-    cmd += [arg for o in [*overrides, *per_process] for arg in ("-o", o)]
-    cmd += ["--resume"] if resume else []
-    cmd += [] if progress else ["--quiet"]
-    # quiet children: DDP's and torchrun's advice is for GPU clusters, not for this demo
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "TORCH_CPP_LOG_LEVEL": "ERROR",
-           "LOGLEVEL": "ERROR"}
-    done = subprocess.run(cmd, env=env, stdout=None if progress else subprocess.DEVNULL, check=False)
-    if done.returncode != 0 or not (out / "summary.json").is_file():
-        raise TrainingFailed(
-            f"demo training in {out} stopped (exit code {done.returncode}); the output above says why. "
-            f"Run the same command again to resume, or use --workers 1 to train in this process."
-        )
-    return json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    return run_training(load_config("demo", overrides), out, phase=phase, resume=resume, progress=progress)
+
+
+def _start_control(overrides: list[str], out: Path, log: Path) -> subprocess.Popen:
+    """The control run in a process of its own, one thread, beside the text phases.
+
+    On two cores, two single-threaded trainings finish sooner than the same two one after the
+    other with two threads each (a tiny model's small operations do not split well).
+    """
+    cmd = [sys.executable, "-m", "defectfusion", "train", "demo", "--out", str(out), "--quiet"]
+    cmd += [arg for o in overrides for arg in ("-o", o)]
+    cmd += ["--resume"] if (out / "config.yaml").is_file() else []
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w", encoding="utf-8") as sink:
+        return subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, env=env)
+
+
+def _finish_control(proc: subprocess.Popen, out: Path, log: Path) -> dict[str, Any]:
+    code = proc.wait()
+    summary = out / "summary.json"
+    if code != 0 or not summary.is_file():
+        lines = log.read_text(encoding="utf-8", errors="replace").strip().splitlines() if log.is_file() else []
+        last = lines[-1] if lines else "no output"
+        raise DemoError(f"the control run stopped with exit code {code}: {last} (whole log: {log}); "
+                        f"run the demo again to resume it")
+    return json.loads(summary.read_text(encoding="utf-8"))
+
+
+@contextmanager
+def _threads(n: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _metrics(path: Path) -> dict[str, Any]:
@@ -147,16 +152,9 @@ def _fused_final(summary: dict[str, Any], run: Path) -> tuple[str, Path]:
 
 
 def run_demo(out: str | Path = "runs/demo", quick: bool = False, progress: bool = True,
-             cache_dir: str | Path | None = None, workers: int | None = None) -> DemoResult:
-    """Run the demo into ``out`` and return where the report is.
-
-    ``workers``: data-parallel training processes (default :func:`default_workers`); 1 trains
-    in this process.
-    """
+             cache_dir: str | Path | None = None) -> DemoResult:
+    """Run the demo into ``out`` and return where the report is."""
     out = Path(out)
-    workers = default_workers() if workers is None else workers
-    if workers < 1:
-        raise ConfigError(f"workers must be at least 1, got {workers}")
     plan = QUICK if quick else FULL
     say = print if progress else (lambda *_a, **_k: None)
     out.mkdir(parents=True, exist_ok=True)
@@ -167,12 +165,24 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, progress: bool 
         generate_synthetic_dataset(data, train=plan.train_images, val=plan.val_images, size=plan.image_size,
                                    seed=0, progress=progress)
     text_overrides, control_overrides = demo_overrides(data, plan, Path(cache_dir) if cache_dir else None)
-    how = f"{workers} data-parallel processes" if workers > 1 else "one process"
-    say(f"[2/5] baseline from scratch, then phases 1-3 with the class descriptions (MiniLM); {how}")
-    text = _train(text_overrides, out / "text", progress, workers)
+    say("[2/5] the baseline: a tiny DEIMv2 trained from scratch")
+    text = _train(text_overrides, out / "text", progress, phase="baseline")
     baseline_dir = Path(text["phases"]["baseline"]["best_dir"])
-    say("[3/5] control: the same phases from the same baseline, random text vectors")
-    control = _train([*control_overrides, f"model.checkpoint={baseline_dir.resolve()}"], out / "control", progress, workers)
+    log = out / "control.log"
+    say(f"[3/5] phases 1-3 with the class descriptions (MiniLM); beside them the control, the same phases from "
+        f"the same baseline with random text vectors (log: {log})")
+    control_proc = _start_control([*control_overrides, f"model.checkpoint={baseline_dir.resolve()}"],
+                                  out / "control", log)
+    try:
+        with _threads(1):
+            text = _train(text_overrides, out / "text", progress)
+    except BaseException:
+        control_proc.terminate()
+        control_proc.wait()
+        raise
+    if control_proc.poll() is None:
+        say("text phases done; waiting for the control run")
+    control = _finish_control(control_proc, out / "control", log)
 
     say("[4/5] scoring baseline, text and control on the validation images")
     val = load_coco(data / "val" / "annotations.json")
