@@ -9,6 +9,17 @@ import pytest
 import torch
 
 SIX_CLASSES = ["NORMAL", "DEFORMACIONES", "ROTURA_FRACTURA", "RAYONES_ARANAZOS", "PERFORACIONES", "CONTAMINACION"]
+# Checkpoints written by the original DEIMv2 code, beside the project (tests skip without them).
+ORIGINAL_FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "deimv2_original"
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models on a shared CPU: one thread avoids thread hand-off stalls."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)

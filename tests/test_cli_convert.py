@@ -11,22 +11,16 @@ from defectfusion import load_detector
 from defectfusion.cli import main
 from defectfusion.models.convert import convert_original
 from defectfusion.models.original_config import load_original_yaml
+from tests.conftest import ORIGINAL_FIXTURES
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "deimv2_original"
 NAMES = ["mini_dinov3", "mini_hgnetv2"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These models are tiny: one thread avoids thread hand-off stalls when the CPU is shared.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def fixture_dir(name: str) -> Path:
-    folder = FIXTURES / name
+    folder = ORIGINAL_FIXTURES / name
     if not (folder / "checkpoint.pth").is_file():
         pytest.skip(f"original DEIMv2 fixture {folder} is absent (it lives in ../shared beside the checkout)")
     return folder

@@ -21,7 +21,8 @@ def demo(tmp_path_factory):
 def test_every_step_leaves_its_files(demo):
     for path in [
         "data/train/annotations.json", "data/val/annotations.json", "data/descriptions.yml",
-        "text/summary.json", "text/baseline/best/model.safetensors", "text/phase1/metrics.jsonl",
+        "baseline/summary.json", "baseline/baseline/best/model.safetensors", "text/summary.json",
+        "text/phase1/metrics.jsonl",
         "text/phase2/best/metrics.json", "text/phase3/results.csv", "text/final/config.json",
         "control/summary.json", "control/phase1/metrics.jsonl", "control/final/model.safetensors",
         "summary.json", "report/report.md", "report/report.html", "report/plots/ap50_all_models.png",
@@ -43,7 +44,9 @@ def test_phase1_starts_at_the_baseline_and_the_final_model_is_not_worse(demo):
 def test_the_control_is_run_from_the_same_baseline_with_random_text(demo):
     control = json.loads((demo / "control" / "summary.json").read_text())
     text = json.loads((demo / "text" / "summary.json").read_text())
-    assert control["start"]["map50"] == text["baseline"]["map50"]
+    baseline = json.loads((demo / "baseline" / "summary.json").read_text())
+    assert control["start"]["map50"] == text["baseline"]["map50"] == baseline["final"]["map50"]
+    assert control["start"]["source"] == text["start"]["source"] == baseline["phases"]["baseline"]["best_dir"]
     assert list(control["phases"]) == ["phase1", "phase2", "phase3"]
     config = (demo / "control" / "config.yaml").read_text()
     assert "text: random" in config
@@ -72,3 +75,17 @@ def test_the_html_report_holds_every_image(demo):
     parser.feed((demo / "report" / "report.html").read_text())
     assert len(parser.sources) >= 8
     assert all(src.startswith("data:image/png;base64,") for src in parser.sources)
+
+
+def test_a_failed_control_run_is_one_message_with_its_last_line_and_log(tmp_path):
+    import subprocess
+    import sys
+
+    from defectfusion.engine.demo import DemoError, _finish_control
+
+    log = tmp_path / "control.log"
+    with open(log, "w") as sink:
+        proc = subprocess.Popen([sys.executable, "-c", "print('loading'); print('error: disk full'); raise SystemExit(2)"],
+                                stdout=sink)
+    with pytest.raises(DemoError, match=r"exit code 2: error: disk full \(whole log: .*control.log\); run the demo again"):
+        _finish_control(proc, tmp_path / "control", log)

@@ -34,19 +34,13 @@ from defectfusion.models.deploy import DeployDetector  # noqa: E402
 from defectfusion.models.detector import add_fusion, build_detector  # noqa: E402
 from defectfusion.models.fusion import random_text_embeddings  # noqa: E402
 from defectfusion.structures import Detections  # noqa: E402
+from tests.conftest import ORIGINAL_FIXTURES
 
 TINY = ["dinov3_micro", "hgnetv2_micro"]
 TEXT_DIM = 24
-FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "deimv2_original"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models on a shared CPU: one thread avoids hand-off stalls.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def spread_weights(model: torch.nn.Module, seed: int = 0) -> None:
@@ -198,7 +192,7 @@ def test_box_order_follows_h_w(exported):
 
 @pytest.mark.parametrize("name", ["mini_dinov3", "mini_hgnetv2"])
 def test_export_of_an_original_checkpoint_reproduces_the_original_deploy_outputs(tmp_path, name):
-    folder = FIXTURES / name
+    folder = ORIGINAL_FIXTURES / name
     if not (folder / "checkpoint.pth").is_file():
         pytest.skip(f"original DEIMv2 fixture {folder} is absent (it lives in ../shared beside the checkout)")
     from defectfusion.models.convert import convert_original

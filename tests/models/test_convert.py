@@ -28,23 +28,17 @@ from defectfusion.models.convert import (
 from defectfusion.models.detector import add_fusion
 from defectfusion.models.fusion import random_text_embeddings
 from defectfusion.models.original_config import OriginalConfig, load_original_yaml
+from tests.conftest import ORIGINAL_FIXTURES
 
-FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "deimv2_original"
 NAMES = ["mini_dinov3", "mini_hgnetv2"]
 LOGIT_TOL, BOX_TOL, PIXEL_TOL, SCORE_TOL = 1e-4, 1e-5, 1e-2, 1e-4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These models are tiny: one thread avoids thread hand-off stalls when the CPU is shared.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def fixture_dir(name: str) -> Path:
-    folder = FIXTURES / name
+    folder = ORIGINAL_FIXTURES / name
     if not (folder / "checkpoint.pth").is_file():
         pytest.skip(f"original DEIMv2 fixture {folder} is absent (it lives in ../shared beside the checkout)")
     return folder
@@ -52,17 +46,17 @@ def fixture_dir(name: str) -> Path:
 
 @functools.cache
 def expected(name: str) -> dict:
-    return torch.load(FIXTURES / name / "expected.pt", map_location="cpu", weights_only=True)
+    return torch.load(ORIGINAL_FIXTURES / name / "expected.pt", map_location="cpu", weights_only=True)
 
 
 @functools.cache
 def pixels(name: str) -> torch.Tensor:
-    return torch.load(FIXTURES / name / "input.pt", map_location="cpu", weights_only=True)
+    return torch.load(ORIGINAL_FIXTURES / name / "input.pt", map_location="cpu", weights_only=True)
 
 
 @functools.cache
 def converted(name: str, weights: str):
-    folder = FIXTURES / name
+    folder = ORIGINAL_FIXTURES / name
     return convert_original(folder / "checkpoint.pth", folder / "config.yml", weights=weights)
 
 
@@ -272,7 +266,7 @@ def test_config_that_does_not_describe_the_weights_is_an_error_and_writes_nothin
         convert_original(folder / "checkpoint.pth", tmp_path / "wrong.yml", tmp_path / "out")
     assert not (tmp_path / "out").exists()
     with pytest.raises(CheckpointError, match="selects backbone 'HGNetv2'"):
-        convert_original(folder / "checkpoint.pth", FIXTURES / "mini_hgnetv2" / "config.yml", tmp_path / "out")
+        convert_original(folder / "checkpoint.pth", ORIGINAL_FIXTURES / "mini_hgnetv2" / "config.yml", tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
@@ -320,7 +314,7 @@ def test_include_errors_name_the_file(tmp_path):
 
 
 def _yaml_without(tmp_path: Path, name: str, removals: dict[str | None, list[str]]) -> Path:
-    cfg = copy.deepcopy(load_original_yaml(FIXTURES / name / "config.yml"))
+    cfg = copy.deepcopy(load_original_yaml(ORIGINAL_FIXTURES / name / "config.yml"))
     for section, keys in removals.items():
         target = cfg if section is None else cfg[section]
         for key in keys:
