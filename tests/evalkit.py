@@ -94,6 +94,11 @@ def build_kit(root: Path, synth_data: Path, tiny_clip_dir: Path) -> Kit:
         for name, param in silent.named_parameters():
             if "class_embed" in name and name.endswith("bias") or "enc_score_head.bias" in name:
                 param.fill_(-1e4)
+        # ... and whose boxes are points: score-0 detections are still ranked, and a real box
+        # could match an object by chance
+        for head in (silent.model.enc_bbox_head, silent.model.decoder.pre_bbox_head):
+            head.layers[-1].weight.zero_()
+            head.layers[-1].bias.copy_(torch.tensor([0.0, 0.0, -30.0, -30.0]))
     silent.save(root / "silent")
     return Kit(root, synth_data, synth_data / "val" / "annotations.json", synth_data / "val" / "images",
                root / "baseline", root / "fused", root / "fused_dec", root / "silent", encoder, cache_dir,
