@@ -89,3 +89,9 @@ def test_a_failed_control_run_is_one_message_with_its_last_line_and_log(tmp_path
                                 stdout=sink)
     with pytest.raises(DemoError, match=r"exit code 2: error: disk full \(whole log: .*control.log\); run the demo again"):
         _finish_control(proc, tmp_path / "control", log)
+
+
+def test_a_bad_worker_count_is_refused_before_anything_is_written(tmp_path, capsys):
+    assert main(["demo", "--quick", "--out", str(tmp_path / "run"), "--workers", "0", "--quiet"]) != 0
+    assert "workers must be at least 1, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -11,6 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from .errors import DataError
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -97,8 +99,6 @@ def read_json(path: str | os.PathLike, what: str = "file") -> Any:
     ``what`` says what the file is for ("annotations file", "results file", ...). A file that ends
     early is called truncated; a syntax error gets its line and column.
     """
-    from .errors import DataError
-
     path = Path(path)
     try:
         raw = path.read_bytes()

@@ -13,7 +13,6 @@ Re-running with the same ``--out`` resumes where a killed demo stopped.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import subprocess
@@ -30,7 +29,7 @@ from ..config import load_config
 from ..data.coco import load_coco, load_image
 from ..data.synthetic import generate_synthetic_dataset
 from ..errors import ConfigError, DefectFusionError
-from ..io import atomic_write_json
+from ..io import atomic_write_json, read_json
 from ..models.checkpoint import load_detector
 from ..report.compare import confusion_pair, fmt_delta, fmt_value
 from ..report.explain import explain_image, write_explanation
@@ -113,13 +112,19 @@ def _command(overrides: list[str], out: Path, quiet: bool) -> list[str]:
     return cmd + (["--quiet"] if quiet else [])
 
 
+def _train_here(overrides: list[str], out: Path, progress: bool) -> dict[str, Any]:
+    """Train (or resume) one demo run in this process; returns its ``summary.json``."""
+    resume = (out / "config.yaml").is_file()
+    return run_training(load_config("demo", overrides), out, resume=resume, progress=progress)
+
+
 def _summary(out: Path, code: int, log: Path | None, what: str) -> dict[str, Any]:
     summary = out / "summary.json"
     if code != 0 or not summary.is_file():
         lines = log.read_text(encoding="utf-8", errors="replace").strip().splitlines() if log and log.is_file() else []
         where = f"{lines[-1] if lines else 'no output'} (whole log: {log})" if log else "see the output above"
         raise DemoError(f"the {what} run stopped with exit code {code}: {where}; run the demo again to resume it")
-    return json.loads(summary.read_text(encoding="utf-8"))
+    return read_json(summary, f"the {what} run's summary")
 
 
 # Children of the demo: one thread each, and no advice meant for GPU clusters in the output.
@@ -133,10 +138,9 @@ def _train_baseline(overrides: list[str], out: Path, progress: bool, workers: in
     process with two threads (its many small operations do not split well over threads).
     """
     if (out / "baseline" / "result.json").is_file() and (out / "summary.json").is_file():
-        return json.loads((out / "summary.json").read_text(encoding="utf-8"))  # finished before
+        return read_json(out / "summary.json", "the baseline run's summary")  # finished before
     if workers <= 1:
-        resume = (out / "config.yaml").is_file()
-        return run_training(load_config("demo", overrides), out, resume=resume, progress=progress)
+        return _train_here(overrides, out, progress)
     batch = load_config("demo", overrides).data.batch_size
     per_process = [f"data.batch_size={max(1, batch // workers)}", "train.threads=1"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={workers}"]
@@ -175,7 +179,7 @@ def _threads(n: int) -> Iterator[None]:
 
 
 def _metrics(path: Path) -> dict[str, Any]:
-    return json.loads((path / "metrics.json").read_text(encoding="utf-8"))
+    return read_json(path / "metrics.json", "metrics file")
 
 
 def _fused_final(summary: dict[str, Any], run: Path) -> tuple[str, Path]:
@@ -197,6 +201,9 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, progress: bool 
     """
     out = Path(out)
     plan = QUICK if quick else FULL
+    workers = default_workers() if workers is None else workers
+    if workers < 1:
+        raise ConfigError(f"demo: workers must be at least 1, got {workers}")
     say = print if progress else (lambda *_a, **_k: None)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -206,9 +213,6 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, progress: bool 
         generate_synthetic_dataset(data, train=plan.train_images, val=plan.val_images, size=plan.image_size,
                                    seed=0, progress=progress)
     runs = demo_overrides(data, plan, Path(cache_dir) if cache_dir else None)
-    workers = default_workers() if workers is None else workers
-    if workers < 1:
-        raise ConfigError(f"demo: workers must be at least 1, got {workers}")
     how = f"{workers} data-parallel processes" if workers > 1 else "one process"
     say(f"[2/5] the baseline: a tiny DEIMv2 trained from scratch ({how})")
     baseline = _train_baseline(runs["baseline"], out / "baseline", progress, workers)
@@ -220,9 +224,7 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, progress: bool 
     control_proc = _start_control([*runs["control"], start], out / "control", log)
     try:
         with _threads(1):
-            resume = (out / "text" / "config.yaml").is_file()
-            text = run_training(load_config("demo", [*runs["text"], start]), out / "text", resume=resume,
-                                progress=progress)
+            text = _train_here([*runs["text"], start], out / "text", progress)
     except BaseException:
         control_proc.terminate()
         control_proc.wait()
