@@ -132,3 +132,31 @@ def test_annotations_and_class_names_exclude_each_other(tmp_path):
         main(["convert", "x.pth", "--config", "c.yml", "--out", str(tmp_path / "o"),
               "--annotations", "a.json", "--class-names", "a,b"])
     assert info.value.code == 2
+
+
+def test_numbers_written_as_people_write_them_convert(tmp_path, capsys):
+    """``depth_mult: 1``-style values (ints for floats, ``1e-4`` read as text) reach transformers typed."""
+    folder = fixture_dir("mini_dinov3")
+    cfg = load_original_yaml(folder / "config.yml")
+    cfg["DEIMTransformer"].update(label_noise_ratio=1, box_noise_scale=1, reg_scale=4, num_denoising=100.0)
+    cfg["HybridEncoder"].update(pe_temperature=1e4, expansion="0.34")
+    (tmp_path / "cfg.yml").write_text(yaml.safe_dump(cfg))
+    code = main(["convert", str(folder / "checkpoint.pth"), "--config", str(tmp_path / "cfg.yml"),
+                 "--out", str(tmp_path / "out")])
+    assert code == 0, capsys.readouterr().err
+    config = load_detector(tmp_path / "out").config
+    assert config.box_noise_scale == 1.0 and isinstance(config.box_noise_scale, float)
+    assert config.num_denoising == 100 and isinstance(config.num_denoising, int)
+    assert config.positional_encoding_temperature == 10000 and config.hidden_expansion == 0.34
+
+
+def test_a_value_of_the_wrong_type_is_one_line(tmp_path, capsys):
+    folder = fixture_dir("mini_dinov3")
+    cfg = load_original_yaml(folder / "config.yml")
+    cfg["HybridEncoder"]["depth_mult"] = [0.34]
+    (tmp_path / "cfg.yml").write_text(yaml.safe_dump(cfg))
+    code = main(["convert", str(folder / "checkpoint.pth"), "--config", str(tmp_path / "cfg.yml"),
+                 "--out", str(tmp_path / "out")])
+    _expect_one_line_error(capsys, code, str(tmp_path / "cfg.yml"), "HybridEncoder.depth_mult is [0.34]",
+                           "expected a number")
+    assert not (tmp_path / "out").exists()

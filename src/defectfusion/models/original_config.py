@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from transformers import Deimv2Config
 
 from ..errors import CheckpointError, ConfigError
+from .field_types import FieldTypeError, coerce, declared_types
 
 INCLUDE_KEY = "__include__"
 
@@ -37,8 +39,13 @@ def merge_into(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return base
 
 
-def load_original_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """The merged content of an original DEIMv2 YAML file and everything it includes."""
+def load_original_yaml(path: str | Path, _chain: tuple[Path, ...] = (),
+                       origins: dict[tuple[str, ...], Path] | None = None) -> dict[str, Any]:
+    """The merged content of an original DEIMv2 YAML file and everything it includes.
+
+    ``origins``, when given, receives for every key path (``("HybridEncoder", "depth_mult")``)
+    the file whose value won the merge, so that errors name the file to edit.
+    """
     path = Path(path).expanduser()
     resolved = path.resolve()
     if resolved in _chain:
@@ -66,21 +73,39 @@ def load_original_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[
         include_path = Path(include).expanduser()
         if not include_path.is_absolute():
             include_path = path.parent / include_path
-        merge_into(merged, load_original_yaml(include_path, (*_chain, resolved)))
+        merge_into(merged, load_original_yaml(include_path, (*_chain, resolved), origins))
+    if origins is not None:
+        origins.update(dict.fromkeys(_key_paths(data), path))
     return merge_into(merged, data)
+
+
+def _key_paths(data: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    paths = []
+    for key, value in data.items():
+        here = (*prefix, str(key))
+        paths.append(here)
+        if isinstance(value, dict):
+            paths.extend(_key_paths(value, here))
+    return paths
 
 
 class OriginalConfig:
     """A merged original DEIMv2 config with access to the model sections it selects."""
 
-    def __init__(self, data: dict[str, Any], path: Path):
+    def __init__(self, data: dict[str, Any], path: Path, origins: dict[tuple[str, ...], Path] | None = None):
         self.data = data
         self.path = path
+        self.origins = origins or {}
 
     @classmethod
     def load(cls, path: str | Path) -> OriginalConfig:
         path = Path(path).expanduser()
-        return cls(load_original_yaml(path), path)
+        origins: dict[tuple[str, ...], Path] = {}
+        return cls(load_original_yaml(path, origins=origins), path, origins)
+
+    def origin(self, *keys: str) -> Path:
+        """The file that set ``keys`` (e.g. ``"HybridEncoder", "depth_mult"``); the config itself if unknown."""
+        return self.origins.get(tuple(keys), self.path)
 
     def section(self, name: str | None) -> dict[str, Any]:
         """The constructor arguments of a module class (``{}`` when the YAML has none)."""
@@ -153,31 +178,40 @@ class Setting:
 class Settings:
     """Resolves architecture values from the YAML, the weights and the original defaults.
 
-    ``resolve`` takes the YAML value when there is one (after checking it against what the
-    weights say), otherwise what the weights say, otherwise the original code's default, and
-    otherwise raises an error naming the key.
+    ``resolve`` takes the YAML value when there is one (coerced to the type the receiving
+    transformers field declares, then checked against what the weights say), otherwise what the
+    weights say, otherwise the original code's default, and otherwise raises an error naming the key.
     """
 
     config: OriginalConfig
-    checkpoint: str
+    checkpoint: str | None  # None: the architecture comes from the YAML alone
     items: list[Setting] = field(default_factory=list)
+    fields: dict[str, tuple[str | None, str]] = field(default_factory=dict)  # Deimv2Config field -> YAML key
 
-    def resolve(self, section: str | None, key: str, *, weights: Any = MISSING, default: Any = MISSING,
-                same=None, why: str = "") -> Any:
+    def resolve(self, section: str | None, key: str, *, field: str | None = None, expect: Any = None,
+                weights: Any = MISSING, default: Any = MISSING, same=None, why: str = "") -> Any:
         """One value.
 
         Args:
             section: the YAML section (module class name), None for top-level keys.
             key: the key inside the section.
+            field: the ``Deimv2Config`` field the value feeds: the YAML value is coerced to its
+                declared type (``depth_mult: 1`` -> 1.0), and errors about the field name this key.
+            expect: the type for a value that feeds no ``Deimv2Config`` field (``int``, ``list[int]``).
             weights: the value the weights imply (``MISSING`` when they cannot tell).
             default: the original code's default (``MISSING`` when it has none that works).
             same: ``same(yaml_value, weights_value) -> bool`` when plain equality is not the test.
             why: how the weights tell it (shown in errors and the summary).
         """
         name = f"{section}.{key}" if section else key
+        if field is not None:
+            self.fields[field] = (section, key)
+            expect = declared_types(Deimv2Config)[field]
         values = self.config.section(section) if section else self.config.data
         value = values.get(key, MISSING)
         if value is not MISSING and value is not None:
+            if expect is not None:
+                value = self.coerce(section, key, value, expect)
             if weights is not MISSING:
                 agrees = same(value, weights) if same else _equal(value, weights)
                 if not agrees:
@@ -196,9 +230,33 @@ class Settings:
             self.items.append(Setting(name, default, "default", "the original code's default"))
             return default
         reason = f" ({why})" if why else ""
+        source = "the weights cannot tell it" if self.checkpoint else "there are no weights to tell it"
         raise ConfigError(
-            f"{self.config.path}: {name} is missing and the weights cannot tell it{reason}; add it to the YAML "
+            f"{self.config.path}: {name} is missing and {source}{reason}; add it to the YAML "
             f"(the value the checkpoint was trained with)"
+        )
+
+    def coerce(self, section: str | None, key: str, value: Any, expect: Any) -> Any:
+        """A YAML value as type ``expect``; otherwise one ConfigError naming the file that set it."""
+        try:
+            return coerce(value, expect)
+        except FieldTypeError as exc:
+            raise self.type_error(section, key, exc) from None
+
+    def type_error(self, section: str | None, key: str, exc: FieldTypeError) -> ConfigError:
+        keys = (section, key) if section else (key,)
+        return ConfigError(
+            f"{self.config.origin(*keys)}: {'.'.join(keys)} is {exc.value!r}; expected {exc.expected}. Fix the value "
+            f"in that file"
+        )
+
+    def field_error(self, config_field: str, exc: FieldTypeError) -> ConfigError:
+        """The error for a ``Deimv2Config`` field whose final value has the wrong type."""
+        if config_field in self.fields:
+            return self.type_error(*self.fields[config_field], exc)
+        return ConfigError(
+            f"{self.config.path}: the architecture sets {config_field} to {exc.value!r}, but transformers expects "
+            f"{exc.expected}; check the values this config gives for it"
         )
 
     def note(self, key: str, value: Any, source: str, note: str = "") -> None:

@@ -4,13 +4,13 @@ The full-size presets carry the hyper-parameters of the released DEIMv2 models (
 HGNetV2 N/Pico/Femto/Atto). The ``*_micro`` presets are tiny random-init versions for tests and
 the ``dinov3_demo`` preset is the ~1 M-parameter model the CPU demo trains from scratch.
 
-Values that the original repository changed between releases (the ViT ``interaction_indexes``)
-follow the current release; a converted checkpoint takes them from its own YAML instead.
+The full-size presets equal the architectures of the original repository's released configs
+(``configs/deimv2/*.yml`` at commit 0fff8d4; a test builds both and compares them); a converted
+checkpoint takes its architecture from its own YAML instead.
 """
 
 from __future__ import annotations
 
-import copy
 import difflib
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,7 +59,7 @@ _COMMON: dict[str, Any] = {
 }
 
 
-def _vit(hidden: int, heads: int, layers: int, indexes: list[int], *, ffn_ratio: int = 4,
+def vit_backbone(hidden: int, heads: int, layers: int, indexes: list[int], *, ffn_ratio: int = 4,
          gated: bool = False, registers: int = 0, layerscale: float = 1.0,
          rescale: float | None = None, dinov3: bool = False) -> dict[str, Any]:
     if gated:
@@ -118,55 +118,56 @@ def _dinov3(name: str, vit: dict[str, Any], *, sta: int, hidden: int, enc_ffn: i
     return Preset(name, "dinov3", vit, detector, (size, size), IMAGENET_MEAN, IMAGENET_STD, description, aliases)
 
 
-_HGNET_BACKBONES: dict[str, dict[str, Any]] = {
-    "B0": {
-        "hidden_sizes": [128, 256, 512, 1024], "stem_channels": [3, 16, 16],
-        "stage_in_channels": [16, 64, 256, 512], "stage_mid_channels": [16, 32, 64, 128],
-        "stage_out_channels": [64, 256, 512, 1024], "stage_num_blocks": [1, 1, 2, 1],
-        "stage_downsample": [False, True, True, True], "stage_light_block": [False, False, True, True],
-        "stage_kernel_size": [3, 3, 5, 5], "stage_numb_of_layers": [3, 3, 3, 3],
-    },
-    "Pico": {
-        "hidden_sizes": [64, 256, 512], "stem_channels": [3, 16, 16],
-        "stage_in_channels": [16, 64, 256], "stage_mid_channels": [16, 32, 64],
-        "stage_out_channels": [64, 256, 512], "stage_num_blocks": [1, 1, 2],
-        "stage_downsample": [False, True, True], "stage_light_block": [False, False, True],
-        "stage_kernel_size": [3, 3, 5], "stage_numb_of_layers": [3, 3, 3],
-    },
-    "Femto": {
-        "hidden_sizes": [64, 256, 512], "stem_channels": [3, 16, 16],
-        "stage_in_channels": [16, 64, 256], "stage_mid_channels": [16, 32, 64],
-        "stage_out_channels": [64, 256, 512], "stage_num_blocks": [1, 1, 1],
-        "stage_downsample": [False, True, True], "stage_light_block": [False, False, True],
-        "stage_kernel_size": [3, 3, 5], "stage_numb_of_layers": [3, 3, 3],
-    },
-    "Atto": {
-        "hidden_sizes": [64, 256, 256], "stem_channels": [3, 16, 16],
-        "stage_in_channels": [16, 64, 256], "stage_mid_channels": [16, 32, 64],
-        "stage_out_channels": [64, 256, 256], "stage_num_blocks": [1, 1, 1],
-        "stage_downsample": [False, True, True], "stage_light_block": [False, False, True],
-        "stage_kernel_size": [3, 3, 3], "stage_numb_of_layers": [3, 3, 3],
-    },
+# The original HGNetv2.arch_configs: stem channels, then per stage (in, mid, out, blocks, downsample,
+# light block, kernel size, layers per block).
+_HGNET_STAGES: dict[str, tuple[list[int], list[tuple[int, int, int, int, bool, bool, int, int]]]] = {
+    "Atto": ([3, 16, 16], [(16, 16, 64, 1, False, False, 3, 3), (64, 32, 256, 1, True, False, 3, 3),
+                           (256, 64, 256, 1, True, True, 3, 3)]),
+    "Femto": ([3, 16, 16], [(16, 16, 64, 1, False, False, 3, 3), (64, 32, 256, 1, True, False, 3, 3),
+                            (256, 64, 512, 1, True, True, 5, 3)]),
+    "Pico": ([3, 16, 16], [(16, 16, 64, 1, False, False, 3, 3), (64, 32, 256, 1, True, False, 3, 3),
+                           (256, 64, 512, 2, True, True, 5, 3)]),
+    "B0": ([3, 16, 16], [(16, 16, 64, 1, False, False, 3, 3), (64, 32, 256, 1, True, False, 3, 3),
+                         (256, 64, 512, 2, True, True, 5, 3), (512, 128, 1024, 1, True, True, 5, 3)]),
+    "B1": ([3, 24, 32], [(32, 32, 64, 1, False, False, 3, 3), (64, 48, 256, 1, True, False, 3, 3),
+                         (256, 96, 512, 2, True, True, 5, 3), (512, 192, 1024, 1, True, True, 5, 3)]),
+    "B2": ([3, 24, 32], [(32, 32, 96, 1, False, False, 3, 4), (96, 64, 384, 1, True, False, 3, 4),
+                         (384, 128, 768, 3, True, True, 5, 4), (768, 256, 1536, 1, True, True, 5, 4)]),
+    "B3": ([3, 24, 32], [(32, 32, 128, 1, False, False, 3, 5), (128, 64, 512, 1, True, False, 3, 5),
+                         (512, 128, 1024, 3, True, True, 5, 5), (1024, 256, 2048, 1, True, True, 5, 5)]),
+    "B4": ([3, 32, 48], [(48, 48, 128, 1, False, False, 3, 6), (128, 96, 512, 1, True, False, 3, 6),
+                         (512, 192, 1024, 3, True, True, 5, 6), (1024, 384, 2048, 1, True, True, 5, 6)]),
+    "B5": ([3, 32, 64], [(64, 64, 128, 1, False, False, 3, 6), (128, 128, 512, 2, True, False, 3, 6),
+                         (512, 256, 1024, 5, True, True, 5, 6), (1024, 512, 2048, 2, True, True, 5, 6)]),
+    "B6": ([3, 48, 96], [(96, 96, 192, 2, False, False, 3, 6), (192, 192, 512, 3, True, False, 3, 6),
+                         (512, 384, 1024, 6, True, True, 5, 6), (1024, 768, 2048, 3, True, True, 5, 6)]),
     # Not a released size: a ~0.1 M-parameter HGNetV2 for tests.
-    "micro": {
-        "hidden_sizes": [16, 32, 64], "stem_channels": [3, 8, 8],
-        "stage_in_channels": [8, 16, 32], "stage_mid_channels": [8, 16, 16],
-        "stage_out_channels": [16, 32, 64], "stage_num_blocks": [1, 1, 1],
-        "stage_downsample": [False, True, True], "stage_light_block": [False, False, True],
-        "stage_kernel_size": [3, 3, 3], "stage_numb_of_layers": [2, 2, 2],
-    },
+    "micro": ([3, 8, 8], [(8, 8, 16, 1, False, False, 3, 2), (16, 16, 32, 1, True, False, 3, 2),
+                          (32, 16, 64, 1, True, True, 3, 2)]),
 }
 
 
 def hgnetv2_backbone(name: str, return_idx: list[int], use_lab: bool = True) -> dict[str, Any]:
-    """HGNetV2 backbone config for a released size name (``B0``, ``Pico``, ``Femto``, ``Atto``)."""
-    if name not in _HGNET_BACKBONES:
-        raise ConfigError(f"unknown HGNetV2 size {name!r}; known: {', '.join(_HGNET_BACKBONES)}")
-    stages = _HGNET_BACKBONES[name]
+    """HGNetV2 backbone config for a released size name (``B0`` .. ``B6``, ``Pico``, ``Femto``, ``Atto``)."""
+    if name not in _HGNET_STAGES:
+        raise ConfigError(f"unknown HGNetV2 size {name!r}; known: {', '.join(_HGNET_STAGES)}")
+    stem, stages = _HGNET_STAGES[name]
+    if any(not 0 <= i < len(stages) for i in return_idx):
+        raise ConfigError(f"HGNetV2 {name} has {len(stages)} stages; return_idx {return_idx} must index 0..{len(stages) - 1}")
+    column = lambda i: [stage[i] for stage in stages]  # noqa: E731
     return {
         "model_type": "hgnet_v2",
-        **copy.deepcopy(stages),
-        "depths": list(stages["stage_numb_of_layers"]),
+        "stem_channels": list(stem),
+        "stage_in_channels": column(0),
+        "stage_mid_channels": column(1),
+        "stage_out_channels": column(2),
+        "hidden_sizes": column(2),
+        "stage_num_blocks": column(3),
+        "stage_downsample": column(4),
+        "stage_light_block": column(5),
+        "stage_kernel_size": column(6),
+        "stage_numb_of_layers": column(7),
+        "depths": column(7),
         "use_learnable_affine_block": use_lab,
         "hidden_act": "relu",
         "out_indices": [i + 1 for i in return_idx],
@@ -203,16 +204,16 @@ def _hgnet_lite(name: str, backbone: str, *, in_channels: int, hidden: int, quer
 
 def _build_presets() -> dict[str, Preset]:
     presets = [
-        _dinov3("dinov3_s", _vit(192, 3, 12, [5, 8, 11]), sta=16, hidden=192, enc_ffn=512, expansion=0.34,
+        _dinov3("dinov3_s", vit_backbone(192, 3, 12, [3, 7, 11]), sta=16, hidden=192, enc_ffn=512, expansion=0.34,
                 depth=0.67, dec_ffn=512, layers=4, description="DEIMv2-S: ViT-Tiny distilled + STA, ~9.7 M",
                 aliases=("s",)),
-        _dinov3("dinov3_m", _vit(256, 4, 12, [5, 8, 11]), sta=16, hidden=256, enc_ffn=512, expansion=0.67,
+        _dinov3("dinov3_m", vit_backbone(256, 4, 12, [3, 7, 11]), sta=16, hidden=256, enc_ffn=512, expansion=0.67,
                 depth=1.0, dec_ffn=512, layers=4, description="DEIMv2-M: ViT-Tiny+ distilled + STA, ~18 M",
                 aliases=("m",)),
-        _dinov3("dinov3_l", _vit(384, 6, 12, [5, 8, 11], registers=4, layerscale=1e-5, rescale=2.0, dinov3=True),
+        _dinov3("dinov3_l", vit_backbone(384, 6, 12, [5, 8, 11], registers=4, layerscale=1e-5, rescale=2.0, dinov3=True),
                 sta=32, hidden=224, enc_ffn=896, expansion=1.0, depth=1.0, dec_ffn=1792, layers=4,
                 description="DEIMv2-L: DINOv3 ViT-S/16 + STA, ~32 M", aliases=("l",)),
-        _dinov3("dinov3_x", _vit(384, 6, 12, [5, 8, 11], ffn_ratio=6, gated=True, registers=4, layerscale=1e-5,
+        _dinov3("dinov3_x", vit_backbone(384, 6, 12, [5, 8, 11], ffn_ratio=6, gated=True, registers=4, layerscale=1e-5,
                                  rescale=2.0, dinov3=True),
                 sta=64, hidden=256, enc_ffn=1024, expansion=1.25, depth=1.37, dec_ffn=2048, layers=6,
                 description="DEIMv2-X: DINOv3 ViT-S+/16 + STA, ~50 M", aliases=("x",)),
@@ -235,11 +236,11 @@ def _build_presets() -> dict[str, Preset]:
         _hgnet_lite("hgnetv2_atto", "Atto", in_channels=256, hidden=64, queries=100, dec_ffn=160, size=320,
                     description="DEIMv2-Atto: HGNetV2-Atto + lite encoder, ~0.5 M", aliases=("atto",)),
         # Tiny random-init models: tests and the CPU demo.
-        _dinov3("dinov3_micro", _vit(64, 2, 3, [0, 1, 2]), sta=8, hidden=64, enc_ffn=128, expansion=0.34,
+        _dinov3("dinov3_micro", vit_backbone(64, 2, 3, [0, 1, 2]), sta=8, hidden=64, enc_ffn=128, expansion=0.34,
                 depth=0.34, dec_ffn=128, layers=3, queries=30, size=64, denoising=20,
                 description="tests: DINOv3-ViT 64-d / 3 blocks + STA, ~0.6 M"),
         # 30 denoising queries instead of 100: on a CPU the decoder's cost follows the query count.
-        _dinov3("dinov3_demo", _vit(96, 3, 4, [1, 2, 3]), sta=8, hidden=96, enc_ffn=192, expansion=0.34,
+        _dinov3("dinov3_demo", vit_backbone(96, 3, 4, [1, 2, 3]), sta=8, hidden=96, enc_ffn=192, expansion=0.34,
                 depth=0.34, dec_ffn=192, layers=3, queries=100, size=256, denoising=30,
                 description="CPU demo: DINOv3-ViT 96-d / 4 blocks + STA, ~1.2 M"),
         _hgnet_lite("hgnetv2_micro", "micro", in_channels=64, hidden=32, queries=30, dec_ffn=64, size=96,
