@@ -28,14 +28,15 @@ class ModelEMA:
         self.warmups = warmups
         self.updates = updates
         trainable_groups = {parameter_group(n) for n, p in model.named_parameters() if p.requires_grad}
+        frozen = {id(p) for p in model.parameters() if not p.requires_grad}
         model_state = model.state_dict(keep_vars=True)
         ema_state = self.module.state_dict(keep_vars=True)
-        # Floating tensors of the trained groups, parameters and BN statistics alike. A tied
+        # Floating tensors of the trained groups, trained parameters and BN statistics alike. A tied
         # tensor appears under several names but is averaged once; the class text embeddings
         # are constants, not weights.
         self.names, seen = [], set()
         for name, value in model_state.items():
-            if not value.dtype.is_floating_point or parameter_group(name) not in trainable_groups:
+            if not value.dtype.is_floating_point or parameter_group(name) not in trainable_groups or id(value) in frozen:
                 continue
             if name.endswith("text_embeddings") or id(value) in seen:
                 continue

@@ -112,6 +112,11 @@ class DefectDetector(Deimv2ForObjectDetection):
             apply_original_semantics(self)
         if self.meta.fusion is not None:
             self._insert_fusion_heads(self.meta.fusion)
+        # Parameters the model creates frozen are constants of the architecture (the decoder's
+        # `up` and `reg_scale`: the loss builds its targets from the config's fixed values).
+        self.constant_parameters: frozenset[str] = frozenset(
+            name for name, param in self.named_parameters() if not param.requires_grad
+        )
 
     def _insert_fusion_heads(self, fusion: FusionMeta) -> None:
         placeholder = torch.zeros(self.config.num_labels, fusion.text_dim)
@@ -221,17 +226,20 @@ def parameter_groups(model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter
 def set_trainable(model: DefectDetector, groups: Iterable[str]) -> dict[str, int]:
     """Train only ``groups``: every other parameter gets ``requires_grad=False`` and BN in eval.
 
-    Returns the number of trainable parameters per group.
+    Parameters the model created frozen (:attr:`DefectDetector.constant_parameters`) stay frozen
+    whatever group they belong to. Returns the number of trainable parameters per group.
     """
     wanted = set(groups)
     unknown = wanted - set(GROUPS)
     if unknown:
         raise ConfigError(f"unknown parameter group(s) {sorted(unknown)}; groups are {', '.join(GROUPS)}")
     counts = dict.fromkeys(GROUPS, 0)
+    constants = getattr(model, "constant_parameters", frozenset())
     for name, param in model.named_parameters():
         group = parameter_group(name)
-        param.requires_grad_(group in wanted)
-        if group in wanted:
+        trains = group in wanted and name not in constants
+        param.requires_grad_(trains)
+        if trains:
             counts[group] += param.numel()
     model.frozen_groups = frozenset(set(GROUPS) - wanted)
     model.train(model.training)
