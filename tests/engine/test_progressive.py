@@ -121,3 +121,33 @@ def test_phase_selection_and_existing_run_folder(tmp_path, synth_data):
         run_training(cfg, tmp_path / "run", phase="baseline", progress=False)
     with pytest.raises(ConfigError, match="starts from a trained model"):
         run_training(cfg, tmp_path / "run2", phase="2", progress=False)
+
+
+def test_a_run_resumed_between_phase1_and_phase2_trains_phase2_as_the_uninterrupted_run(tmp_path, synth_data):
+    import shutil
+
+    import torch
+
+    from defectfusion.config import ModelConfig
+    from defectfusion.data.coco import load_coco
+    from defectfusion.models.detector import build_detector
+
+    torch.manual_seed(0)
+    names = list(load_coco(synth_data / "train" / "annotations.json").class_names)
+    build_detector(ModelConfig(preset="hgnetv2_micro", image_size=(96, 96)), names).save(tmp_path / "start")
+    cfg = load_config(write_train_config(tmp_path / "cfg.yml", synth_data, order=["phase1", "phase2"],
+                                         model={"checkpoint": str(tmp_path / "start")}))
+    run_training(cfg, tmp_path / "whole", progress=False)
+
+    shutil.copytree(tmp_path / "whole", tmp_path / "resumed")
+    shutil.rmtree(tmp_path / "resumed" / "phase2")
+    torch.manual_seed(12345)  # whatever ran before in this process must not matter
+    torch.rand(1000)
+    run_training(cfg, tmp_path / "resumed", resume=True, progress=False)
+    for name in ("last/raw.safetensors", "last/model.safetensors", "best/model.safetensors"):
+        whole = _weights(tmp_path / "whole" / "phase2" / name)
+        resumed = _weights(tmp_path / "resumed" / "phase2" / name)
+        differ = [k for k in whole if not torch.equal(whole[k], resumed[k])]
+        assert not differ, f"{name}: {len(differ)} tensors differ, e.g. {differ[:3]}"
+    phase1 = _weights(tmp_path / "whole" / "phase1" / "last" / "raw.safetensors")
+    assert _changed(phase1, _weights(tmp_path / "whole" / "phase2" / "last" / "raw.safetensors"))  # phase 2 trained

@@ -30,7 +30,7 @@ from ..models.detector import DefectDetector, add_fusion, build_detector
 from ..models.text import TextEmbeddings, encode_descriptions
 from .distributed import DistInfo, barrier, broadcast_object, init_distributed
 from .evaluator import write_metrics
-from .trainer import PhaseData, PhaseOutcome, PhaseTrainer, build_phase_data
+from .trainer import PhaseData, PhaseOutcome, PhaseTrainer, build_phase_data, seed_phase
 from .validation import run_validation
 
 
@@ -214,6 +214,7 @@ class TrainingRun:
                 if self.progress and self.info.is_main:
                     print(f"{name}: already finished ({outcome.stop_reason}); best mAP@0.5 {_fmt(outcome.best_map50)}")
             else:
+                seed_phase(cfg.seed, name)
                 if phase.fusion and not model.is_fused:
                     embeddings, descriptions = text
                     model = add_fusion(model, cfg.fusion, embeddings.class_embeddings, encoder=embeddings.encoder,

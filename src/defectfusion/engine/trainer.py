@@ -16,6 +16,7 @@ state, keep batch-norm statistics and are not averaged.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import random
@@ -78,6 +79,19 @@ class PhaseOutcome:
     @classmethod
     def read(cls, path: Path) -> PhaseOutcome:
         return cls(**json.loads(path.read_text(encoding="utf-8")))
+
+
+def seed_phase(seed: int, phase: str) -> int:
+    """Seed every RNG from (run seed, phase name): a phase's result does not depend on what ran before it.
+
+    Called before the phase builds anything random (fusion heads, the first batch's noise), so a
+    run resumed between two phases trains the next one exactly as the uninterrupted run does.
+    """
+    digest = hashlib.sha256(f"{seed}:{phase}".encode()).digest()
+    phase_seed = int.from_bytes(digest[:8], "little") % 2**63
+    random.seed(phase_seed)
+    torch.manual_seed(phase_seed)  # also seeds every CUDA device
+    return phase_seed
 
 
 def build_phase_data(cfg: Config, train_index: CocoIndex, val_index: CocoIndex, image_size: tuple[int, int],
