@@ -36,3 +36,22 @@ def test_read_json_says_what_is_wrong_and_where(tmp_path):
 
     with pytest.raises(DataError, match="cannot read"):
         read_json(tmp_path, "annotations file")  # a folder
+
+
+def test_read_jsonl_skips_a_torn_last_line_and_names_a_corrupt_one(tmp_path):
+    from defectfusion.io import append_line, read_jsonl
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"epoch": 0}\n{"epoch": 1}\n{"epo')
+    assert read_jsonl(path) == [{"epoch": 0}, {"epoch": 1}]
+    append_line(path, '{"epoch": 2}')  # the torn fragment gets its own line; the new record stays whole
+    with pytest.raises(DataError, match=r"metrics.jsonl, line 3: not valid JSON"):
+        read_jsonl(path)
+    path.write_text('{"epoch": 0}\nnot json\n{"epoch": 2}\n')
+    with pytest.raises(DataError, match=r"metrics.jsonl, line 2: not valid JSON.*fix or delete that line"):
+        read_jsonl(path)
+    path.write_text('{"epoch": 0}\n[1, 2]\n')
+    with pytest.raises(DataError, match="line 2: expected a JSON object, got list"):
+        read_jsonl(path)
+    path.write_text('{"epoch": 0}\n{"epoch": 1}')  # complete, only the newline missing
+    assert read_jsonl(path) == [{"epoch": 0}, {"epoch": 1}]

@@ -60,11 +60,19 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2)
 
 
 def append_line(path: str | os.PathLike, line: str) -> None:
-    """Append one line and flush it to disk (used for ``metrics.jsonl``)."""
+    """Append one line and flush it to disk (used for ``metrics.jsonl``).
+
+    A file whose last line was torn (no final newline) gets one first, so the new line stays whole.
+    """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
+    torn = False
+    if target.is_file() and target.stat().st_size:
+        with open(target, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            torn = f.read(1) != b"\n"
     with open(target, "a", encoding="utf-8") as f:
-        f.write(line.rstrip("\n") + "\n")
+        f.write(("\n" if torn else "") + line.rstrip("\n") + "\n")
         f.flush()
         os.fsync(f.fileno())
 
@@ -121,3 +129,51 @@ def read_json(path: str | os.PathLike, what: str = "file") -> Any:
         raise DataError(
             f"{what} {path} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno} (char {e.pos}); {hint}"
         ) from None
+
+
+def read_jsonl(path: str | os.PathLike, what: str = "log") -> list[dict[str, Any]]:
+    """The records of a JSON-lines file (one object per line), e.g. a phase's ``metrics.jsonl``.
+
+    A last line without its newline that does not parse is what a kill during an append leaves: it
+    is skipped. Any other line that is not a JSON object is one :class:`DataError` naming the file
+    and the line number.
+    """
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8", errors="strict")
+    except FileNotFoundError:
+        raise DataError(f"{what} {path} does not exist; check the path") from None
+    except OSError as e:
+        raise DataError(f"cannot read {what} {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{what} {path} is not UTF-8 text (bad byte at offset {e.start})") from None
+    lines = text.split("\n")
+    unfinished = lines.pop()  # "" when the file ends with a newline
+    records = []
+    for number, line in enumerate(lines, 1):
+        if line.strip():
+            records.append(_jsonl_record(path, what, number, line))
+    if unfinished.strip():
+        try:
+            records.append(_jsonl_record(path, what, len(lines) + 1, unfinished))
+        except DataError:
+            pass  # torn by a kill mid-append
+    return records
+
+
+def _jsonl_record(path: Path, what: str, number: int, line: str) -> dict[str, Any]:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DataError(
+            f"{what} {path}, line {number}: not valid JSON ({e.msg} at column {e.colno}); each line must be one JSON "
+            f"object: fix or delete that line"
+        ) from None
+    if not isinstance(record, dict):
+        raise DataError(f"{what} {path}, line {number}: expected a JSON object, got {type(record).__name__}")
+    return record
+
+
+def write_jsonl(path: str | os.PathLike, records: list[dict[str, Any]]) -> None:
+    """Replace a JSON-lines file with ``records``, atomically."""
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))

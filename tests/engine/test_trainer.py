@@ -43,3 +43,41 @@ def test_the_decoder_constants_stay_fixed_and_outside_optimizer_and_ema(tmp_path
     for name in CONSTANTS:
         assert torch.equal(model.get_parameter(name), before[name]), name
         assert torch.equal(trainer.ema.module.get_parameter(name), before[name]), name
+
+
+class _Killed(BaseException):
+    """Stands in for SIGKILL: nothing after it runs."""
+
+
+@pytest.mark.parametrize("torn", [True, False])
+def test_resume_after_a_kill_between_logging_and_saving_repeats_no_epoch(tmp_path, synth_data, monkeypatch, torn):
+    from defectfusion.engine.progressive import run_training
+    from defectfusion.io import read_jsonl
+
+    cfg = load_config(write_train_config(tmp_path / "cfg.yml", synth_data, order=["baseline"],
+                                         phases={"baseline": {"epochs": 2}}))
+    saves = []
+    original_save = PhaseTrainer._save_last
+
+    def save_then_die(self):
+        saves.append(self.epoch)
+        if self.epoch == 1:  # epoch 1 is evaluated and logged, its state never saved
+            raise _Killed
+        original_save(self)
+
+    monkeypatch.setattr(PhaseTrainer, "_save_last", save_then_die)
+    with pytest.raises(_Killed):
+        run_training(cfg, tmp_path / "run", progress=False)
+    log = tmp_path / "run" / "baseline" / "metrics.jsonl"
+    assert [r["epoch"] for r in read_jsonl(log)] == [0, 1]
+    if torn:  # the kill hit the append itself
+        text = log.read_text()
+        log.write_text(text[: text.rindex("{") + 25])
+
+    monkeypatch.setattr(PhaseTrainer, "_save_last", original_save)
+    summary = run_training(cfg, tmp_path / "run", resume=True, progress=False)
+    epochs = [r["epoch"] for r in read_jsonl(log)]
+    assert epochs == [0, 1, 2]
+    assert log.read_text().endswith("\n") and summary["phases"]["baseline"]["epochs_run"] == 2
+    rows = (tmp_path / "run" / "baseline" / "results.csv").read_text().splitlines()
+    assert [row.split(",")[1] for row in rows[1:]] == ["0", "1", "2"]

@@ -181,7 +181,7 @@ def test_training_curves_errors(tmp_path):
     bad = tmp_path / "bad" / "metrics.jsonl"
     bad.parent.mkdir()
     bad.write_text("not json\n{}\n")
-    with pytest.raises(DefectFusionError, match="metrics.jsonl:1"):
+    with pytest.raises(DefectFusionError, match="metrics.jsonl, line 1: not valid JSON"):
         plots.load_training_records(bad)
 
 

@@ -11,7 +11,6 @@ Run folder::
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,7 +23,7 @@ from ..config import Config, GateConfig, dump_config, validate_config
 from ..data.coco import CocoIndex, load_coco
 from ..data.descriptions import load_descriptions
 from ..errors import CheckpointError, ConfigError, DataError
-from ..io import atomic_write_json, atomic_write_text
+from ..io import atomic_write_json, atomic_write_text, read_json
 from ..models.checkpoint import load_detector, save_detector
 from ..models.detector import DefectDetector, add_fusion, build_detector
 from ..models.text import TextEmbeddings, encode_descriptions
@@ -138,7 +137,7 @@ class TrainingRun:
                         "start": None, "baseline": None, "phases": {}, "gates": [], "final": None}
         summary_path = self.out / "summary.json"
         if self.info.is_main and self.resume and summary_path.is_file():
-            self.summary = json.loads(summary_path.read_text(encoding="utf-8"))
+            self.summary = read_json(summary_path, "run summary")
         barrier(self.info)
 
     def _write_summary(self) -> None:

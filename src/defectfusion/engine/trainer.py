@@ -37,8 +37,8 @@ from tqdm.auto import tqdm
 from ..config import Config, PhaseConfig
 from ..data.coco import CocoDetection, CocoIndex
 from ..data.transforms import DetectionCollator, build_eval_transform, build_train_dataset
-from ..errors import CheckpointError
-from ..io import append_line, atomic_write_json, atomic_write_text
+from ..errors import CheckpointError, DataError
+from ..io import append_line, atomic_write_json, atomic_write_text, read_json, read_jsonl, write_jsonl
 from ..models.checkpoint import detector_state, load_state_into, save_detector
 from ..models.detector import DefectDetector, parameter_group, set_trainable
 from .distributed import DistInfo, barrier, broadcast_object
@@ -78,7 +78,7 @@ class PhaseOutcome:
 
     @classmethod
     def read(cls, path: Path) -> PhaseOutcome:
-        return cls(**json.loads(path.read_text(encoding="utf-8")))
+        return cls(**read_json(path, "phase result"))
 
 
 def seed_phase(seed: int, phase: str) -> int:
@@ -371,10 +371,7 @@ class PhaseTrainer:
 
     def _all_records(self) -> list[dict[str, Any]]:
         path = self.folder / "metrics.jsonl"
-        if not path.is_file():
-            return self.records
-        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        return [json.loads(line) for line in lines]
+        return read_jsonl(path, "metrics log") if path.is_file() else self.records
 
     # ------------------------------------------------------------------ state
 
@@ -406,8 +403,8 @@ class PhaseTrainer:
             if self.ema is not None:
                 load_state_into(self.ema.module, load_file(str(folder / "model.safetensors")), str(folder))
             state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
-            summary = json.loads((folder / "trainer.json").read_text(encoding="utf-8"))
-        except (OSError, RuntimeError, ValueError, json.JSONDecodeError) as exc:
+            summary = read_json(folder / "trainer.json", "trainer state")
+        except (OSError, RuntimeError, ValueError, DataError) as exc:
             raise CheckpointError(f"cannot resume from {folder}: {exc}") from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -418,7 +415,13 @@ class PhaseTrainer:
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.best, self.initial = summary["best"], summary["initial"]
         self.bad_evals, self.stop_reason = int(summary["bad_evals"]), summary["stop_reason"]
-        self.records = self._all_records()
+        # Evaluations logged after the last save (a kill between the two) are redone: drop them,
+        # and a torn last line with them, so that no epoch appears twice.
+        records = self._all_records()
+        self.records = [r for r in records if int(r.get("epoch", 0)) <= self.epoch]
+        if self.info.is_main:
+            write_jsonl(self.folder / "metrics.jsonl", self.records)
+            self._write_results_csv()
         if self.progress:
             tqdm.write(f"{self.name}: resumed after epoch {self.epoch}/{self.phase.epochs} (step {self.step})")
 

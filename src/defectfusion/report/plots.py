@@ -7,7 +7,6 @@ global state), writes the PNG atomically and returns its path. Undefined metrics
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -28,7 +27,7 @@ from matplotlib.ticker import MaxNLocator
 from PIL import Image, ImageDraw, ImageFont
 
 from defectfusion.errors import DefectFusionError
-from defectfusion.io import atomic_path
+from defectfusion.io import atomic_path, read_jsonl
 from defectfusion.report.compare import (
     METRICS,
     MISSING,
@@ -456,25 +455,9 @@ def plot_ap_bars_many(
 # training curves
 # ----------------------------------------------------------------------------------------------
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    records = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise DefectFusionError(f"{path}: cannot read training log ({exc})") from None
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            if number == len(lines):  # a run killed mid-write leaves a partial last line
-                continue
-            raise DefectFusionError(
-                f"{path}:{number}: not a JSON object; each line of metrics.jsonl must be one"
-            ) from None
-        if isinstance(record, dict):
-            record.setdefault("phase", path.parent.name)
-            records.append(record)
+    records = read_jsonl(path, "training log")
+    for record in records:
+        record.setdefault("phase", path.parent.name)
     return records
 
 
