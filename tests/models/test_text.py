@@ -97,3 +97,31 @@ def test_bad_specs_are_named():
         build_text_encoder("bert:foo")
     with pytest.raises(DataError, match="does not exist"):
         encode_texts("file:/nonexistent/emb.safetensors", ["x"])
+
+
+def test_a_retrained_encoder_in_the_same_folder_gets_fresh_embeddings(tiny_clip_dir, tmp_path, monkeypatch):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "my-clip"
+    shutil.copytree(tiny_clip_dir, folder)
+    cache = tmp_path / "cache"
+    texts = ["a deep crack", "a superficial scratch"]
+    before = encode_texts(f"clip:{folder}", texts, cache_dir=cache)
+    # "Retrain": same tensors, same shapes, same file size, other values.
+    weights = folder / "model.safetensors"
+    state = load_file(str(weights))
+    size = weights.stat().st_size
+    save_file({k: v + 0.05 if v.is_floating_point() else v for k, v in state.items()}, str(weights),
+              metadata={"format": "pt"})
+    assert weights.stat().st_size == size
+    after = encode_texts(f"clip:{folder}", texts, cache_dir=cache)
+    assert not torch.allclose(before, after)
+    assert len(list(cache.glob("*.safetensors"))) == 2
+
+    # The content hash is computed once per file version, not at every lookup.
+    reads = []
+    monkeypatch.setattr(text_mod, "_hash_file", lambda path: reads.append(path) or "x")
+    identity = build_text_encoder(f"clip:{folder}").identity
+    assert build_text_encoder(f"clip:{folder}").identity == identity and not reads

