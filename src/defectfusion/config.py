@@ -33,11 +33,22 @@ class ModelConfig(_Section):
 
     preset: str = Field("dinov3_m", description="architecture name (see `defectfusion.models.presets`)")
     checkpoint: str | None = Field(None, description="starting weights: a folder saved by defectfusion or HF")
+    backbone_weights: str | None = Field(
+        None, description="without a checkpoint: pretrained backbone weights (the original's vitt_distill.pt, "
+                          "DINOv3 .pth, PPHGNetV2_*_stage1.pth, or a transformers backbone folder)"
+    )
     image_size: tuple[int, int] | None = Field(None, description="input (H, W); default: the preset's")
     semantics: Literal["original", "transformers"] = Field(
         "original", description="compute as the original DEIMv2 code (default) or as transformers does"
     )
     overrides: dict[str, Any] = Field(default_factory=dict, description="extra Deimv2Config keyword arguments")
+
+    @model_validator(mode="after")
+    def _one_start(self) -> ModelConfig:
+        if self.checkpoint and self.backbone_weights:
+            raise ValueError("give either checkpoint (a whole trained detector) or backbone_weights (a pretrained "
+                             "backbone under a random detector), not both")
+        return self
 
 
 class FusionConfig(_Section):
@@ -242,6 +253,7 @@ def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, 
 # Config keys holding file paths: relative values are resolved against the file that sets them.
 PATH_KEYS: set[tuple[str, ...]] = {
     ("model", "checkpoint"),
+    ("model", "backbone_weights"),
     ("data", "train", "annotations"),
     ("data", "train", "images"),
     ("data", "val", "annotations"),

@@ -151,3 +151,28 @@ def test_a_run_resumed_between_phase1_and_phase2_trains_phase2_as_the_uninterrup
         assert not differ, f"{name}: {len(differ)} tensors differ, e.g. {differ[:3]}"
     phase1 = _weights(tmp_path / "whole" / "phase1" / "last" / "raw.safetensors")
     assert _changed(phase1, _weights(tmp_path / "whole" / "phase2" / "last" / "raw.safetensors"))  # phase 2 trained
+
+
+def test_option2_trains_from_random_initialisation_with_a_pretrained_backbone(tmp_path, synth_data):
+    import torch
+
+    from defectfusion.config import ModelConfig, packaged_config_path
+    from defectfusion.models.detector import build_detector
+
+    torch.manual_seed(7)
+    donor = build_detector(ModelConfig(preset="hgnetv2_micro"), ["a"])
+    donor.model.conv_encoder.model.save_pretrained(tmp_path / "hgnet")
+    option2 = load_config(packaged_config_path("option2_from_scratch"))
+    full = option2.phases["full"].model_dump()
+    cfg_path = write_train_config(tmp_path / "cfg.yml", synth_data, order=["full"],
+                                  phases={"full": {**full, "epochs": 1}},
+                                  model={"backbone_weights": str(tmp_path / "hgnet")})
+    summary = run_training(load_config(cfg_path), tmp_path / "run", progress=False)
+    assert summary["start"]["source"] == f"random initialisation, backbone from {tmp_path / 'hgnet'}"
+    assert summary["phases"]["full"]["epochs_run"] == 1
+    # The phase's epoch-0 model is the random detector on the donor's backbone.
+    first = json.loads((tmp_path / "run" / "full" / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["epoch"] == 0 and first["map50"] == summary["start"]["map50"]
+
+    with pytest.raises(ConfigError, match="either checkpoint .* or backbone_weights"):
+        load_config(cfg_path, ["model.checkpoint=somewhere"])

@@ -24,6 +24,7 @@ from ..data.coco import CocoIndex, load_coco
 from ..data.descriptions import load_descriptions
 from ..errors import CheckpointError, ConfigError, DataError
 from ..io import atomic_write_json, atomic_write_text, read_json
+from ..models.backbone_weights import load_backbone_weights
 from ..models.checkpoint import load_detector, save_detector
 from ..models.detector import DefectDetector, add_fusion, build_detector
 from ..models.text import TextEmbeddings, encode_descriptions
@@ -31,6 +32,11 @@ from .distributed import DistInfo, barrier, broadcast_object, init_distributed
 from .evaluator import write_metrics
 from .trainer import PhaseData, PhaseOutcome, PhaseTrainer, build_phase_data, seed_phase
 from .validation import run_validation
+
+
+def _trains_the_detector(phase) -> bool:
+    """A phase that trains the detector's own heads and trunk can start from random weights."""
+    return {"encoder", "decoder", "class_head"} <= set(phase.trainable)
 
 
 def select_phases(cfg: Config, phase: str) -> list[str]:
@@ -149,19 +155,25 @@ class TrainingRun:
         cfg, first = self.cfg, self.cfg.phases[self.names[0]]
         if cfg.model.checkpoint:
             model, source = load_detector(cfg.model.checkpoint), cfg.model.checkpoint
-        elif not first.fusion:
-            torch.manual_seed(cfg.seed)
-            return build_detector(cfg.model, class_names), "random initialisation"
         else:
             defined = list(cfg.phases)
             previous = defined[defined.index(self.names[0]) - 1] if defined.index(self.names[0]) > 0 else None
             best = self.out / previous / "best" if previous else None
-            if best is None or not (best / "config.json").is_file():
+            if best is not None and (best / "config.json").is_file() and first.fusion:
+                model, source = load_detector(best), str(best)
+            elif not first.fusion or _trains_the_detector(first):
+                # The baseline, or a phase that trains the detector with its fusion (option 2).
+                torch.manual_seed(cfg.seed)
+                model, source = build_detector(cfg.model, class_names), "random initialisation"
+                if cfg.model.backbone_weights:
+                    load_backbone_weights(model, cfg.model.backbone_weights)
+                    source = f"random initialisation, backbone from {cfg.model.backbone_weights}"
+                return model, source
+            else:
                 raise ConfigError(
                     f"phase {self.names[0]!r} starts from a trained model: set model.checkpoint (e.g. the folder "
                     f"`defectfusion convert` wrote) or run the previous phase ({previous}) into {self.out} first"
                 )
-            model, source = load_detector(best), str(best)
         if model.class_names != class_names:
             raise CheckpointError(
                 f"{source} was trained for classes {model.class_names}, the dataset has {class_names}; "
