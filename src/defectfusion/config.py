@@ -103,6 +103,10 @@ class TrainConfig(_Section):
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     amp: bool = Field(True, description="mixed precision on CUDA (ignored on CPU)")
     threads: int | None = Field(None, ge=1, description="torch CPU threads; default: torch's choice")
+    dist_timeout_minutes: float = Field(
+        120.0, gt=0, description="data-parallel: how long processes wait for the main one (it alone validates, "
+                                 "verifies images, encodes text and saves)"
+    )
     weight_decay: float = Field(1.25e-4, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
     warmup_steps: int = Field(500, ge=0, description="linear lr warm-up, in optimisation steps")

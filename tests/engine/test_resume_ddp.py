@@ -87,3 +87,23 @@ def test_two_process_cpu_ddp_run_writes_one_run_folder(tmp_path, synth_data):
     assert [r["epoch"] for r in records] == [0, 1]  # written once, by the main process only
     # each process trained on half of every epoch: 24 images / 2 processes / batch 4 = 3 steps
     assert records[-1]["step"] == 3
+
+
+def test_the_process_group_gets_the_configured_timeout(monkeypatch):
+    import datetime
+
+    import torch.distributed as dist
+
+    from defectfusion.config import load_config
+    from defectfusion.engine import distributed
+
+    seen = {}
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda **kwargs: seen.update(kwargs))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    cfg = load_config(None, ["train.dist_timeout_minutes=90"])
+    info = distributed.init_distributed("cpu", cfg.train.dist_timeout_minutes)
+    assert info.world_size == 2 and info.rank == 1
+    assert seen == {"backend": "gloo", "timeout": datetime.timedelta(minutes=90)}
+    assert load_config(None).train.dist_timeout_minutes == 120  # generous by default

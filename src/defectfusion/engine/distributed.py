@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -42,8 +43,13 @@ def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
     return torch.device(preference)
 
 
-def init_distributed(device_preference: str = "auto") -> DistInfo:
-    """Join the process group when launched by torchrun/accelerate; a single process otherwise."""
+def init_distributed(device_preference: str = "auto", timeout_minutes: float = 120.0) -> DistInfo:
+    """Join the process group when launched by torchrun/accelerate; a single process otherwise.
+
+    ``timeout_minutes`` bounds how long a collective waits. It must cover what the main process
+    does alone while the others wait at a barrier (verifying images, encoding text, validating,
+    saving): torch's default (10 minutes on NCCL) kills such runs on large validation sets.
+    """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -51,7 +57,8 @@ def init_distributed(device_preference: str = "auto") -> DistInfo:
     if world_size > 1 and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
+                                timeout=timedelta(minutes=timeout_minutes))
     return DistInfo(rank, world_size, local_rank, device)
 
 

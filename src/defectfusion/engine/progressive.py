@@ -120,7 +120,7 @@ class TrainingRun:
         for name in self.names:
             if cfg.phases[name].fusion and not cfg.fusion.enabled:
                 raise ConfigError(f"phase {name!r} trains the fusion head but fusion.enabled is false")
-        self.info: DistInfo = init_distributed(cfg.train.device)
+        self.info: DistInfo = init_distributed(cfg.train.device, cfg.train.dist_timeout_minutes)
         self.summary: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ setup
