@@ -157,6 +157,10 @@ class GateConfig(_Section):
     """Decides after a phase whether the next one runs (the seed: 0.80 / 0.82 on mAP@0.5)."""
 
     metric: Literal["map50", "map"] = "map50"
+    value: Literal["best", "last"] = Field(
+        "best", description="the phase's best validation metric (it includes the phase's starting point) or its "
+                            "last evaluation"
+    )
     min: float | None = Field(None, description="continue only if the phase's best metric >= min")
     max: float | None = Field(None, description="continue only if it is < max (otherwise: good enough, stop)")
     relative_to_baseline: bool = Field(False, description="min/max are differences from the baseline's metric")
@@ -190,6 +194,16 @@ class Config(_Section):
         stray = [g for g in self.gates if g not in self.phases]
         if stray:
             raise ValueError(f"gates refer to undefined phases: {stray}")
+        for after, gate in self.gates.items():
+            # A phase's best includes its epoch-0 evaluation, its starting model, which is never below
+            # the baseline (phase 1 starts at it, every later phase at the previous best).
+            if gate.value == "best" and gate.relative_to_baseline and gate.max is None and \
+                    (gate.min is None or gate.min <= 0):
+                raise ValueError(
+                    f"gate after {after!r} (best {gate.metric} >= baseline {gate.min or 0:+g}) cannot fail: a phase's "
+                    f"best includes its starting point, which is never below the baseline. Give min > 0, compare "
+                    f"the phase's last evaluation (value: last), or remove the gate (gates: {{{after}: null}})"
+                )
         return self
 
 

@@ -83,11 +83,34 @@ def test_phase1_starts_exactly_at_the_baseline(run):
     assert summary["phases"]["phase1"]["initial_map50"] == baseline["map50"]
 
 
-def test_final_model_is_never_worse_than_the_baseline(run):
-    _, summary = run
+def test_the_final_model_is_the_recorded_best_and_its_weights_are_that_checkpoint(run):
+    out, summary = run
     final = summary["final"]
-    assert final["map50"] >= summary["baseline"]["map50"]
-    assert final["reason"]
+    candidates = [("baseline", summary["baseline"]["map50"])] + [
+        (name, summary["phases"][name]["best_map50"]) for name in ("phase1", "phase2", "phase3")]
+    best = max(value for _, value in candidates)
+    assert final["phase"] == next(name for name, value in candidates if value == best)  # ties keep the earlier
+    assert final["map50"] == best and final["reason"]
+    source = out / ("baseline" if final["phase"] == "baseline" else final["phase"]) / "best" / "model.safetensors"
+    chosen, copied = _weights(source), _weights(out / "final" / "model.safetensors")
+    assert chosen.keys() == copied.keys() and not _changed(chosen, copied)
+
+
+@pytest.mark.parametrize(("phases", "chosen", "words"), [
+    ({"phase1": 0.61, "phase2": 0.64, "phase3": 0.62}, "phase2", "phase2 has the best validation mAP@0.5 (0.6400)"),
+    ({"phase1": 0.60, "phase2": 0.60}, "baseline", "no phase beat the baseline"),
+    ({"phase1": None, "phase2": 0.59}, "baseline", "no phase beat the baseline"),
+    ({"phase1": 0.6001}, "phase1", "vs the baseline (0.6000)"),
+])
+def test_the_final_choice_follows_the_recorded_metrics(tmp_path, synth_data, phases, chosen, words):
+    from defectfusion.engine.progressive import TrainingRun
+
+    run_ = TrainingRun(load_config(write_train_config(tmp_path / "cfg.yml", synth_data)), tmp_path / "run")
+    run_.summary = {"baseline": {"map50": 0.60, "map": 0.3, "checkpoint": str(tmp_path / "none")}, "gates": [],
+                    "phases": {name: {"best_map50": v, "best_map": v, "best_dir": str(tmp_path / name)}
+                               for name, v in phases.items()}}
+    run_._choose_final()
+    assert run_.summary["final"]["phase"] == chosen and words in run_.summary["final"]["reason"]
 
 
 def test_gates_decide_with_reasons():
@@ -176,3 +199,26 @@ def test_option2_trains_from_random_initialisation_with_a_pretrained_backbone(tm
 
     with pytest.raises(ConfigError, match="either checkpoint .* or backbone_weights"):
         load_config(cfg_path, ["model.checkpoint=somewhere"])
+
+
+def test_a_gate_that_cannot_fail_is_refused(tmp_path, synth_data):
+    path = write_train_config(tmp_path / "cfg.yml", synth_data,
+                              gates={"phase1": {"min": 0.0, "relative_to_baseline": True}})
+    with pytest.raises(ConfigError, match="cannot fail: a phase's best includes its starting point"):
+        load_config(path)
+    # The same bound on the phase's last evaluation can fail, and is accepted.
+    assert load_config(path, ["gates.phase1.value=last"]).gates["phase1"].value == "last"
+
+
+def test_gate_decisions_say_what_they_compared(tmp_path, synth_data):
+    cfg = write_train_config(tmp_path / "cfg.yml", synth_data, order=["baseline", "phase1", "phase2"],
+                             gates={"phase1": {"value": "last", "min": 0.5, "relative_to_baseline": True}})
+    summary = run_training(load_config(cfg), tmp_path / "run", progress=False)
+    gate = summary["gates"][0]
+    phase1 = summary["phases"]["phase1"]
+    baseline = summary["baseline"]["map50"]
+    assert gate["compared_value"] == "last" and gate["epoch"] == phase1["last_epoch"] == 1
+    assert gate["value"] == phase1["last_map50"] and gate["min"] == pytest.approx(baseline + 0.5)
+    assert gate["compared"].startswith(f"phase1's last validation map50 (epoch 1) = {phase1['last_map50']:.4f}")
+    assert f"(baseline {baseline:.4f} +0.5000)" in gate["compared"]
+    assert gate["proceed"] is False and "phase2" not in summary["phases"]

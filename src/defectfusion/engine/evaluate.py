@@ -603,7 +603,8 @@ def _gate_rows(summary: dict[str, Any]) -> list[dict[str, str]]:
     for g in summary.get("gates") or []:
         low, high = as_number(g.get("min")), as_number(g.get("max"))
         bounds = f"[{'-∞' if low is None else f'{low:.3f}'}, {'∞' if high is None else f'{high:.3f}'})"
-        rows.append({"after": str(g.get("after")), "metric": str(g.get("metric")), "value": fmt_value(g.get("value")),
+        rows.append({"after": str(g.get("after")), "metric": str(g.get("metric")),
+                     "compared": str(g.get("compared_value", "best")), "value": fmt_value(g.get("value")),
                      "range to continue": bounds, "next phase": "runs" if g.get("proceed") else "skipped",
                      "reason": str(g.get("reason", ""))})
     return rows

@@ -71,15 +71,31 @@ def load_datasets(cfg: Config, verify: bool = True, progress: bool = True) -> tu
     return train, val
 
 
-def apply_gate(gate: GateConfig, after: str, value: float | None, baseline: float | None) -> dict[str, Any]:
-    """Whether the phase after ``after`` runs, with a plain-language reason."""
+def apply_gate(gate: GateConfig, after: str, value: float | None, baseline: float | None,
+               epoch: int | None = None) -> dict[str, Any]:
+    """Whether the phase after ``after`` runs, with a plain-language reason and what was compared.
+
+    ``value`` is the phase's best or last validation metric (``gate.value``), ``epoch`` the epoch
+    it was measured at, ``baseline`` the baseline's metric (for relative gates).
+    """
     low, high = gate.min, gate.max
     if gate.relative_to_baseline:
         if baseline is None:
             raise ConfigError(f"gate after {after!r} is relative to the baseline, but no baseline was evaluated")
         low = None if low is None else baseline + low
         high = None if high is None else baseline + high
-    decision: dict[str, Any] = {"after": after, "metric": gate.metric, "value": value, "min": low, "max": high}
+    at = f" (epoch {epoch})" if epoch is not None else ""
+    measured = f"{after}'s {gate.value} validation {gate.metric}{at} = {_fmt(value)}"
+    bounds_text = []
+    for bound, word, offset in ((low, "min", gate.min), (high, "max", gate.max)):
+        if bound is not None:
+            relative = f" (baseline {baseline:.4f} {offset:+.4f})" if gate.relative_to_baseline else ""
+            bounds_text.append(f"{word} {bound:.4f}{relative}")
+    decision: dict[str, Any] = {
+        "after": after, "metric": gate.metric, "compared_value": gate.value, "epoch": epoch, "value": value,
+        "min": low, "max": high, "baseline": baseline if gate.relative_to_baseline else None,
+        "compared": f"{measured} against {', '.join(bounds_text) or 'no bound'}",
+    }
     if value is None:
         decision.update(proceed=False, reason=f"{gate.metric} is undefined after {after}: stopping")
     elif low is not None and value < low:
@@ -244,13 +260,18 @@ class TrainingRun:
                 if self.info.is_main:  # the others have no baseline metrics: they follow the main process
                     gate = cfg.gates[name]
                     reference = self.summary.get("baseline") or self.summary.get("start") or {}
-                    value = outcome.best_map50 if gate.metric == "map50" else outcome.best_map
-                    decision = apply_gate(gate, name, value, reference.get(gate.metric))
+                    if gate.value == "best":
+                        value = outcome.best_map50 if gate.metric == "map50" else outcome.best_map
+                        epoch = outcome.best_epoch
+                    else:
+                        value = outcome.last_map50 if gate.metric == "map50" else outcome.last_map
+                        epoch = outcome.last_epoch
+                    decision = apply_gate(gate, name, value, reference.get(gate.metric), epoch)
                 decision = broadcast_object(self.info, decision)
                 self.summary["gates"] = [g for g in self.summary["gates"] if g["after"] != name] + [decision]
                 self._write_summary()
                 if self.progress and self.info.is_main:
-                    print(f"gate after {name}: {decision['reason']}")
+                    print(f"gate after {name}: {decision['compared']}: {decision['reason']}")
                 if not decision["proceed"]:
                     break
 

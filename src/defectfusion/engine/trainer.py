@@ -75,6 +75,9 @@ class PhaseOutcome:
     stop_reason: str
     best_dir: str
     seconds: float
+    last_epoch: int | None = None  # the last evaluation (what `value: last` gates compare)
+    last_map50: float | None = None
+    last_map: float | None = None
 
     @classmethod
     def read(cls, path: Path) -> PhaseOutcome:
@@ -234,7 +237,7 @@ class PhaseTrainer:
             name=self.name, best_epoch=self.best["epoch"], best_map50=self.best["map50"], best_map=self.best["map"],
             initial_map50=self.initial["map50"], initial_map=self.initial["map"], epochs_run=self.epoch,
             stop_reason=self.stop_reason, best_dir=str(self.folder / "best"),
-            seconds=round(time.monotonic() - self.started, 1),
+            seconds=round(time.monotonic() - self.started, 1), **self._last_evaluation(),
         )
         if self.info.is_main:
             atomic_write_json(self.folder / "result.json", asdict(outcome))
@@ -242,6 +245,13 @@ class PhaseTrainer:
                 self.writer.close()
         barrier(self.info)
         return outcome
+
+    def _last_evaluation(self) -> dict[str, Any]:
+        records = self._all_records() if self.info.is_main else self.records
+        if not records:
+            return {}
+        last = records[-1]
+        return {"last_epoch": last.get("epoch"), "last_map50": last.get("map50"), "last_map": last.get("map")}
 
     def _train_one_epoch(self, epoch: int) -> None:
         self.train_dataset.set_epoch(epoch)
