@@ -18,6 +18,7 @@ import yaml
 
 from defectfusion.config import FusionConfig, ModelConfig
 from defectfusion.data.descriptions import load_descriptions
+from defectfusion.models.checkpoint import save_detector
 from defectfusion.models.detector import DefectDetector, build_detector
 from defectfusion.models.text import encode_descriptions
 
@@ -77,7 +78,7 @@ def build_kit(root: Path, synth_data: Path, tiny_clip_dir: Path) -> Kit:
     text = encode_descriptions(load_descriptions("defects6").ordered_like(names), encoder, cache_dir)
 
     baseline = calibrate(build_detector(model_cfg, names))
-    baseline.save(root / "baseline")
+    save_detector(baseline, root / "baseline")
 
     def fused_model(query_selection: bool, seed: int) -> DefectDetector:
         torch.manual_seed(seed)
@@ -86,8 +87,8 @@ def build_kit(root: Path, synth_data: Path, tiny_clip_dir: Path) -> Kit:
                                descriptions="defects6")
         return calibrate(model)
 
-    fused_model(True, 1).save(root / "fused")
-    fused_model(False, 2).save(root / "fused_dec")
+    save_detector(fused_model(True, 1), root / "fused")
+    save_detector(fused_model(False, 2), root / "fused_dec")
 
     silent = copy.deepcopy(baseline)
     with torch.no_grad():
@@ -99,7 +100,7 @@ def build_kit(root: Path, synth_data: Path, tiny_clip_dir: Path) -> Kit:
         for head in (silent.model.enc_bbox_head, silent.model.decoder.pre_bbox_head):
             head.layers[-1].weight.zero_()
             head.layers[-1].bias.copy_(torch.tensor([0.0, 0.0, -30.0, -30.0]))
-    silent.save(root / "silent")
+    save_detector(silent, root / "silent")
     return Kit(root, synth_data, synth_data / "val" / "annotations.json", synth_data / "val" / "images",
                root / "baseline", root / "fused", root / "fused_dec", root / "silent", encoder, cache_dir,
                reworded(root / "reworded.yml"))

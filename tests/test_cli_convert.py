@@ -9,8 +9,8 @@ import yaml
 
 from defectfusion import load_detector
 from defectfusion.cli import main
-from defectfusion.models.convert import convert_original
-from defectfusion.models.original_config import load_original_yaml
+from defectfusion.models.original.config import load_original_yaml
+from defectfusion.models.original.convert import convert_original
 from tests.conftest import ORIGINAL_FIXTURES
 
 NAMES = ["mini_dinov3", "mini_hgnetv2"]

@@ -5,7 +5,7 @@ Public API::
     import defectfusion
     model = defectfusion.load_detector("runs/demo/phase2/best")   # a folder: config.json + model.safetensors
     out = model(pixel_values=x)        # out.logits [B, Q, C], out.pred_boxes [B, Q, 4] (cxcywh, 0..1)
-    model.save("my_model")             # loads back exactly
+    defectfusion.save_detector(model, "my_model")                # loads back exactly
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from defectfusion.engine.evaluate import (
 from defectfusion.engine.evaluator import DetectionEvaluator
 from defectfusion.engine.validation import run_validation
 from defectfusion.errors import CheckpointError, ConfigError
-from defectfusion.models.checkpoint import load_detector
+from defectfusion.models.checkpoint import load_detector, save_detector
 from defectfusion.models.detector import build_detector
 from defectfusion.models.text import TextEmbeddings, write_embeddings_file
 from tests.evalkit import build_kit, without_class
@@ -149,14 +149,14 @@ def test_what_if_errors(kit, tmp_path):
     # the random-text control
     control = build_detector(ModelConfig(preset="hgnetv2_micro", image_size=[96, 96]), names,
                              FusionConfig(text="random", encoder=kit.encoder), torch.zeros(6, 24))
-    control.save(tmp_path / "control")
+    save_detector(control, tmp_path / "control")
     with pytest.raises(ConfigError, match="random-text control"):
         evaluate_checkpoint(tmp_path / "control", kit.val_ann, descriptions=["defects6"], progress=False)
 
 
 def test_a_checkpoint_of_other_classes_is_refused(kit, tmp_path):
     other = build_detector(ModelConfig(preset="hgnetv2_micro", image_size=[96, 96]), ["a", "b"])
-    other.save(tmp_path / "other")
+    save_detector(other, tmp_path / "other")
     with pytest.raises(CheckpointError, match=r"predicts the classes \['a', 'b'\].*same names, same order"):
         evaluate_checkpoint(tmp_path / "other", kit.val_ann, progress=False)
     with pytest.raises(CheckpointError, match="baseline"):
@@ -193,7 +193,7 @@ def test_what_if_warns_when_the_stored_text_embeddings_drifted(kit, tmp_path):
     model = load_detector(kit.fused)
     with torch.no_grad():
         list(model.fusion_heads())[1].text_embeddings.mul_(3.0)  # what a faulty average of buffers leaves
-    model.save(tmp_path / "drifted")
+    save_detector(model, tmp_path / "drifted")
     with pytest.warns(UserWarning, match=r"not the unit vectors they were built with \(norms 1.000..3.000"):
         result = evaluate_checkpoint(tmp_path / "drifted", kit.val_ann, descriptions=["defects6"],
                                      out=tmp_path / "ev", grid=0, progress=False)

@@ -30,6 +30,7 @@ from defectfusion.engine.export import (  # noqa: E402
     reference_detections,
 )
 from defectfusion.engine.onnx_backend import OnnxDetector, is_onnx_checkpoint  # noqa: E402
+from defectfusion.models.checkpoint import save_detector  # noqa: E402
 from defectfusion.models.deploy import DeployDetector  # noqa: E402
 from defectfusion.models.detector import add_fusion, build_detector  # noqa: E402
 from defectfusion.models.fusion import random_text_embeddings  # noqa: E402
@@ -195,7 +196,7 @@ def test_export_of_an_original_checkpoint_reproduces_the_original_deploy_outputs
     folder = ORIGINAL_FIXTURES / name
     if not (folder / "checkpoint.pth").is_file():
         pytest.skip(f"original DEIMv2 fixture {folder} is absent (it lives in ../shared beside the checkout)")
-    from defectfusion.models.convert import convert_original
+    from defectfusion.models.original.convert import convert_original
 
     model = convert_original(folder / "checkpoint.pth", folder / "config.yml").model.eval()
     expected = torch.load(folder / "expected.pt", map_location="cpu", weights_only=True)
@@ -268,7 +269,7 @@ def test_compare_detections_is_tie_tolerant_but_strict():
 def checkpoint(tmp_path_factory) -> Path:
     _, fused = tiny_models("hgnetv2_micro", ["NORMAL", "ROTURA_FRACTURA", "RAYONES_ARANAZOS"])
     folder = tmp_path_factory.mktemp("ckpt") / "model"
-    fused.save(folder)
+    save_detector(fused, folder)
     return folder
 
 

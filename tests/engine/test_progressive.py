@@ -153,11 +153,12 @@ def test_a_run_resumed_between_phase1_and_phase2_trains_phase2_as_the_uninterrup
 
     from defectfusion.config import ModelConfig
     from defectfusion.data.coco import load_coco
+    from defectfusion.models.checkpoint import save_detector
     from defectfusion.models.detector import build_detector
 
     torch.manual_seed(0)
     names = list(load_coco(synth_data / "train" / "annotations.json").class_names)
-    build_detector(ModelConfig(preset="hgnetv2_micro", image_size=(96, 96)), names).save(tmp_path / "start")
+    save_detector(build_detector(ModelConfig(preset="hgnetv2_micro", image_size=(96, 96)), names), tmp_path / "start")
     cfg = load_config(write_train_config(tmp_path / "cfg.yml", synth_data, order=["phase1", "phase2"],
                                          model={"checkpoint": str(tmp_path / "start")}))
     run_training(cfg, tmp_path / "whole", progress=False)

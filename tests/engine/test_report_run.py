@@ -10,7 +10,7 @@ import torch
 
 from defectfusion.engine.evaluate import report_run
 from defectfusion.errors import DataError
-from defectfusion.models.checkpoint import load_detector
+from defectfusion.models.checkpoint import load_detector, save_detector
 from tests.evalkit import build_kit, make_run_folder
 from tests.report.test_summary import check_html
 
@@ -44,7 +44,7 @@ def test_run_report_evaluates_missing_metrics_once_and_shows_phases_gates_and_cu
     assert again.evaluated == [] and again.result.metrics == final
 
     # the final model replaced (a resumed run): its old metrics are stale and evaluated anew
-    load_detector(kit.baseline).save(run / "final")
+    save_detector(load_detector(kit.baseline), run / "final")
     third = report_run(run, grid=0)
     assert third.evaluated == [str(run / "final")]
 

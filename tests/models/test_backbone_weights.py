@@ -8,8 +8,8 @@ import torch
 from defectfusion.config import ModelConfig
 from defectfusion.errors import CheckpointError
 from defectfusion.models.backbone_weights import load_backbone_weights
-from defectfusion.models.convert import convert_original
 from defectfusion.models.detector import DefectDetector, build_detector, parameter_group
+from defectfusion.models.original.convert import convert_original
 from tests.conftest import ORIGINAL_FIXTURES
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import Deimv2ForObjectDetection
 
-from defectfusion import load_detector
+from defectfusion import load_detector, save_detector
 from defectfusion.config import FusionConfig, ModelConfig
 from defectfusion.errors import CheckpointError
 from defectfusion.models.detector import add_fusion, build_detector
@@ -26,7 +26,7 @@ def test_saved_folder_loads_back_exactly(tmp_path, preset, six_classes):
     with torch.no_grad():
         for head in fused.fusion_heads():
             head.gate.fill_(0.2)
-    fused.save(tmp_path / "model")
+    save_detector(fused, tmp_path / "model")
     assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["config.json", "model.safetensors"]
     loaded = load_detector(tmp_path / "model")
     assert loaded.is_fused and loaded.class_names == six_classes
@@ -42,7 +42,7 @@ def test_saving_over_an_existing_folder_replaces_it_whole(tmp_path, six_classes)
     model = build_detector(ModelConfig(preset="hgnetv2_micro"), six_classes)
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "stale.txt").write_text("old")
-    model.save(tmp_path / "m")
+    save_detector(model, tmp_path / "m")
     assert not (tmp_path / "m" / "stale.txt").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
@@ -70,12 +70,12 @@ def test_bad_checkpoints_fail_with_one_clear_message(tmp_path, six_classes):
     with pytest.raises(CheckpointError, match="defectfusion convert"):
         load_detector(pth)
     model = build_detector(ModelConfig(preset="hgnetv2_micro"), six_classes)
-    model.save(tmp_path / "m")
+    save_detector(model, tmp_path / "m")
     weights = tmp_path / "m" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
     with pytest.raises(CheckpointError, match="damaged or incomplete"):
         load_detector(tmp_path / "m")
-    model.save(tmp_path / "m2")
+    save_detector(model, tmp_path / "m2")
     config = json.loads((tmp_path / "m2" / "config.json").read_text())
     config["num_labels"] = 3
     config["id2label"] = {"0": "a", "1": "b", "2": "c"}

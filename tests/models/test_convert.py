@@ -19,15 +19,15 @@ from torchvision.ops import box_convert
 from defectfusion import load_detector
 from defectfusion.config import FusionConfig
 from defectfusion.errors import CheckpointError, ConfigError, DataError
-from defectfusion.models.convert import (
+from defectfusion.models.detector import add_fusion
+from defectfusion.models.fusion import random_text_embeddings
+from defectfusion.models.original.config import OriginalConfig, load_original_yaml
+from defectfusion.models.original.convert import (
     build_from_original,
     class_names_from_annotations,
     convert_original,
     read_checkpoint,
 )
-from defectfusion.models.detector import add_fusion
-from defectfusion.models.fusion import random_text_embeddings
-from defectfusion.models.original_config import OriginalConfig, load_original_yaml
 from tests.conftest import ORIGINAL_FIXTURES
 
 NAMES = ["mini_dinov3", "mini_hgnetv2"]

@@ -15,9 +15,9 @@ import yaml
 
 from defectfusion.config import ModelConfig
 from defectfusion.errors import ConfigError
-from defectfusion.models.convert import build_from_original_config
 from defectfusion.models.detector import detector_config
-from defectfusion.models.original_config import load_original_yaml
+from defectfusion.models.original.config import load_original_yaml
+from defectfusion.models.original.convert import build_from_original_config
 from tests.conftest import ORIGINAL_FIXTURES
 
 OFFICIAL = ORIGINAL_FIXTURES / "official_configs" / "configs" / "deimv2"

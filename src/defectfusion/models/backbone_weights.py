@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 
 from ..errors import CheckpointError
 from .detector import DefectDetector
-from .original_keys import fill_model_only, map_original_state
+from .original.keys import fill_model_only, map_original_state
 
 _MAX_LISTED = 6
 

@@ -195,11 +195,6 @@ class DefectDetector(Deimv2ForObjectDetection):
     def class_names(self) -> list[str]:
         return [self.config.id2label[i] for i in range(self.config.num_labels)]
 
-    def save(self, path) -> None:
-        """Write ``config.json`` + ``model.safetensors`` to a folder, atomically."""
-        from .checkpoint import save_detector
-
-        save_detector(self, path)
 
 
 def parameter_group(name: str) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ..errors import CheckpointError
+from ...errors import CheckpointError
 
 _MAX_LISTED = 8
 

@@ -21,8 +21,8 @@ from typing import Any
 import yaml
 from transformers import Deimv2Config
 
-from ..errors import CheckpointError, ConfigError
-from .field_types import FieldTypeError, coerce, declared_types
+from ...errors import CheckpointError, ConfigError
+from ..field_types import FieldTypeError, coerce, declared_types
 
 INCLUDE_KEY = "__include__"
 

@@ -27,13 +27,14 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from ..errors import CheckpointError, ConfigError, DataError
-from ..io import read_json
-from .checkpoint import CONFIG_NAME, load_state_into, save_detector
-from .detector import META_KEY, DefectDetector, DetectorMeta
-from .original_architecture import Architecture, resolve_architecture
-from .original_config import OriginalConfig, Settings
-from .original_keys import fill_model_only, map_original_state
+from ...errors import CheckpointError, ConfigError, DataError
+from ...io import read_json
+from ..checkpoint import CONFIG_NAME, load_state_into, save_detector
+from ..detector import META_KEY, DefectDetector, DetectorMeta
+from .architecture import resolve_architecture
+from .config import OriginalConfig, Settings
+from .keys import fill_model_only, map_original_state
+from .spec import Architecture
 
 WEIGHT_CHOICES = ("ema", "model")
 _MAX_LISTED = 8
