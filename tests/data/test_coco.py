@@ -100,7 +100,8 @@ def test_images_folder_defaults_to_json_folder_without_images_subfolder(tmp_path
 
 
 def test_degenerate_and_outside_boxes_warn_once_and_training_works(tmp_path: Path) -> None:
-    from defectfusion.data.transforms import DetectionCollator, TrainAugmentConfig, build_train_dataset
+    from defectfusion.config import TrainAugmentConfig
+    from defectfusion.data.transforms import DetectionCollator, build_train_dataset
 
     path = write_coco(
         tmp_path,

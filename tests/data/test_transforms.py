@@ -12,13 +12,13 @@ from PIL import Image
 from pydantic import ValidationError
 from torchvision import tv_tensors
 
+from defectfusion.config import TrainAugmentConfig
 from defectfusion.data.coco import CocoDetection, load_coco
 from defectfusion.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     DetectionCollator,
     MosaicDataset,
-    TrainAugmentConfig,
     build_eval_transform,
     build_train_dataset,
     build_train_transform,

@@ -203,7 +203,7 @@ def load_coco(annotations: str | Path, images: str | Path | None = None) -> Coco
                 f"images folder {images_dir} (for {ann_path}) does not exist; pass the folder holding the images"
             )
 
-    names, cat_ids = _parse_categories(data["categories"], ann_path)
+    names, cat_ids = parse_categories(data["categories"], ann_path)
     cat_to_label = {cid: i for i, cid in enumerate(cat_ids)}
     records = _parse_images(data["images"], ann_path, images_dir)
     _check_files_exist(records, ann_path, images_dir)
@@ -303,25 +303,48 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _parse_categories(cats: list[Any], path: Path) -> tuple[list[str], list[int]]:
-    if not cats:
+def parse_categories(categories: Any, source: str | Path) -> tuple[list[str], list[int]]:
+    """Class names and COCO ids of a ``categories`` list, in list order (label ``i`` = entry ``i``).
+
+    The one place a COCO category list is checked: a non-empty list of ``{"id": int, "name": str}``
+    with unique ids and unique names. ``source`` names the file (or dict) in errors.
+    """
+    if not isinstance(categories, list):
+        raise DataError(f"{source}: 'categories' must be a list of {{'id': int, 'name': str}}, got {categories!r}")
+    if not categories:
         raise DataError(
-            f"{path}: 'categories' is empty; list at least one class as {{'id': int, 'name': str}}"
+            f"{source}: 'categories' is empty; list at least one class as {{'id': int, 'name': str}}"
         )
     names: list[str] = []
     ids: list[int] = []
-    for i, c in enumerate(cats):
+    for i, c in enumerate(categories):
         if not (isinstance(c, dict) and _is_int(c.get("id")) and isinstance(c.get("name"), str)):
             raise DataError(
-                f"{path}: categories[{i}] must have an integer 'id' and a string 'name', got {c!r}"
+                f"{source}: categories[{i}] must have an integer 'id' and a string 'name', got {c!r}"
             )
         if c["id"] in ids:
             raise DataError(
-                f"{path}: categories[{i}] repeats category id {c['id']}; each class needs a unique id"
+                f"{source}: categories[{i}] repeats category id {c['id']}; each class needs a unique id"
+            )
+        if c["name"] in names:
+            raise DataError(
+                f"{source}: categories[{i}] repeats the name {c['name']!r}; each class needs a unique name"
             )
         ids.append(c["id"])
         names.append(c["name"])
     return names, ids
+
+
+def read_categories(path: str | Path) -> tuple[list[str], list[int], dict[str, Any]]:
+    """Class names and ids of a COCO annotations file, and its content (images are not checked)."""
+    path = Path(path)
+    data = read_json(path, "annotations file")
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: expected a COCO object with a 'categories' list, got a {type(data).__name__}")
+    if "categories" not in data:
+        raise DataError(f"{path}: no 'categories' list; expected COCO categories [{{'id': 1, 'name': ...}}, ...]")
+    names, ids = parse_categories(data["categories"], path)
+    return names, ids, data
 
 
 def _parse_images(images: list[Any], path: Path, images_dir: Path) -> list[CocoImageRecord]:

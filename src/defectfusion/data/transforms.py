@@ -34,13 +34,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torchvision import tv_tensors
 from torchvision.ops import box_convert
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from defectfusion.data.coco import CocoDetection, CocoIndex
+from ..config import TrainAugmentConfig
+from .coco import CocoDetection, CocoIndex
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -60,76 +60,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 Sample = tuple[tv_tensors.Image, dict[str, Any]]
 ImageSize = int | Sequence[int]
-
-
-class TrainAugmentConfig(BaseModel):
-    """Training augmentation; defaults follow DEIMv2's recipe (``configs/base/deimv2.yml``)."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-    photometric_prob: float = Field(
-        0.5,
-        ge=0,
-        le=1,
-        description="p of each photometric step (brightness, contrast, saturation, hue, channel order)",
-    )
-    zoom_out_prob: float = Field(
-        0.5, ge=0, le=1, description="p of zoom-out (image placed on a larger canvas)"
-    )
-    zoom_out_fill: int = Field(0, ge=0, le=255, description="canvas value around a zoomed-out image")
-    zoom_out_side_range: tuple[float, float] = Field(
-        (1.0, 4.0), description="canvas side / image side, min and max"
-    )
-    iou_crop_prob: float = Field(0.8, ge=0, le=1, description="p of an SSD-style IoU crop")
-    flip_prob: float = Field(0.5, ge=0, le=1, description="p of a horizontal flip (kept after stop_epoch)")
-    mosaic_prob: float = Field(0.5, ge=0, le=1, description="p that a sample becomes a 2x2 mosaic")
-    mosaic_output_size: int = Field(
-        640, ge=2, description="side of the square mosaic canvas; each tile fits a quarter"
-    )
-    mosaic_rotation: float = Field(
-        10.0, ge=0, description="random affine after mosaic: max rotation in degrees"
-    )
-    mosaic_translate: tuple[float, float] = Field(
-        (0.1, 0.1), description="random affine: max shift as a fraction of the canvas"
-    )
-    mosaic_scale: tuple[float, float] = Field((0.5, 1.5), description="random affine: scale range")
-    mosaic_fill: int = Field(0, ge=0, le=255, description="value of empty mosaic canvas")
-    start_epoch: int = Field(0, ge=0, description="heavy augmentation starts at this epoch")
-    mosaic_stop_epoch: int | None = Field(
-        None, ge=0, description="mosaic off from this epoch on; default stop_epoch"
-    )
-    stop_epoch: int | None = Field(
-        None,
-        ge=0,
-        description="heavy augmentation (mosaic, photometric, zoom-out, IoU crop) off from this epoch on; None: never",
-    )
-    sanitize: bool = Field(
-        True, description="drop boxes narrower/shorter than sanitize_min_size after geometry"
-    )
-    sanitize_min_size: float = Field(1.0, gt=0, description="minimum box side in pixels")
-
-    @model_validator(mode="after")
-    def _check_ranges(self) -> TrainAugmentConfig:
-        lo, hi = self.zoom_out_side_range
-        if not 1.0 <= lo <= hi:
-            raise ValueError(
-                f"zoom_out_side_range must satisfy 1 <= min <= max, got {self.zoom_out_side_range}"
-            )
-        lo, hi = self.mosaic_scale
-        if not 0 < lo <= hi:
-            raise ValueError(f"mosaic_scale must satisfy 0 < min <= max, got {self.mosaic_scale}")
-        if not all(0 <= t <= 1 for t in self.mosaic_translate):
-            raise ValueError(f"mosaic_translate values must be in [0, 1], got {self.mosaic_translate}")
-        return self
-
-    def heavy_enabled(self, epoch: int) -> bool:
-        """Whether photometric distortion, zoom-out and IoU crop run in ``epoch``."""
-        return self.start_epoch <= epoch and (self.stop_epoch is None or epoch < self.stop_epoch)
-
-    def mosaic_enabled(self, epoch: int) -> bool:
-        """Whether mosaic may run in ``epoch`` (inside the heavy window, before mosaic_stop_epoch)."""
-        stop = self.mosaic_stop_epoch
-        return self.mosaic_prob > 0 and self.heavy_enabled(epoch) and (stop is None or epoch < stop)
 
 
 def _hw(image_size: ImageSize) -> tuple[int, int]:

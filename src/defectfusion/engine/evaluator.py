@@ -61,6 +61,7 @@ import numpy as np
 import torch
 from faster_coco_eval import COCO, COCOeval_faster
 
+from defectfusion.data.coco import parse_categories
 from defectfusion.engine.metrics import (
     best_f1,
     coco_class_stats,
@@ -119,22 +120,12 @@ def _load_annotations(annotations: Path | str | dict) -> tuple[dict, str]:
     anns = data.setdefault("annotations", [])
     if not isinstance(anns, list):
         raise DataError(f"{src}: 'annotations' must be a list")
-    cats = data["categories"]
-    if not cats:
-        raise DataError(f"{src}: 'categories' is empty; at least one class is needed")
-    for i, c in enumerate(cats):
-        if not (isinstance(c, dict) and isinstance(c.get("id"), int) and isinstance(c.get("name"), str)):
-            raise DataError(f"{src}: categories[{i}] needs an integer 'id' and a string 'name', got {c!r}")
-    for key in ("id", "name"):
-        values = [c[key] for c in cats]
-        dup = sorted({v for v in values if values.count(v) > 1}, key=str)
-        if dup:
-            raise DataError(f"{src}: duplicate category {key}s {dup}; each class needs a unique {key}")
+    _, category_ids = parse_categories(data["categories"], src)
     for i, img in enumerate(data["images"]):
         if not (isinstance(img, dict) and isinstance(img.get("id"), int)):
             raise DataError(f"{src}: images[{i}] needs an integer 'id', got {img!r}")
     image_ids = {img["id"] for img in data["images"]}
-    cat_ids = {c["id"] for c in cats}
+    cat_ids = set(category_ids)
     for i, a in enumerate(anns):
         where = f"{src}, annotations[{i}]"
         if not isinstance(a, dict):

@@ -33,10 +33,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from ..data.coco import load_image
+from ..data.coco import load_image, read_categories
 from ..data.transforms import build_eval_transform
 from ..errors import CheckpointError, DataError
-from ..io import atomic_path, atomic_write_json, read_json
+from ..io import atomic_path, atomic_write_json
 from ..structures import Detections
 from .postprocess import postprocess
 
@@ -307,18 +307,6 @@ def collect_images(inputs: Sequence[str | os.PathLike], recursive: bool = False)
     return unique
 
 
-def _read_categories(annotations: str | os.PathLike) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    path = Path(annotations)
-    data = read_json(path, "annotations file")
-    if not isinstance(data, dict) or not isinstance(data.get("categories"), list):
-        raise DataError(f"{path}: expected a COCO object with a 'categories' list")
-    cats = data["categories"]
-    if not all(isinstance(c, dict) and isinstance(c.get("id"), int) and isinstance(c.get("name"), str) for c in cats):
-        raise DataError(f"{path}: every category needs an integer 'id' and a string 'name'")
-    images = data.get("images") if isinstance(data.get("images"), list) else []
-    return cats, images
-
-
 def resolve_category_ids(class_names: Sequence[str], annotations: str | os.PathLike | None = None,
                          category_ids: Sequence[int] | Mapping[str, int] | None = None) -> list[int]:
     """The COCO category id of each contiguous label.
@@ -330,8 +318,8 @@ def resolve_category_ids(class_names: Sequence[str], annotations: str | os.PathL
     if annotations is not None and category_ids is not None:
         raise DataError("give the category ids either through an annotations file or explicitly, not both")
     if annotations is not None:
-        cats, _ = _read_categories(annotations)
-        by_name = {c["name"]: c["id"] for c in cats}
+        cat_names, cat_ids, _ = read_categories(annotations)
+        by_name = dict(zip(cat_names, cat_ids, strict=True))
         missing = [n for n in names if n not in by_name]
         if missing:
             raise DataError(
@@ -363,7 +351,8 @@ def resolve_category_ids(class_names: Sequence[str], annotations: str | os.PathL
 def _image_ids_from_annotations(paths: Sequence[Path], annotations: str | os.PathLike
                                 ) -> tuple[list[int], list[tuple[int, int] | None]]:
     """COCO ids (and json sizes) of the inputs, matched by ``file_name`` (the path's tail)."""
-    _, images = _read_categories(annotations)
+    _, _, data = read_categories(annotations)
+    images = data.get("images") if isinstance(data.get("images"), list) else []
     records = [im for im in images if isinstance(im, dict) and isinstance(im.get("id"), int)
                and isinstance(im.get("file_name"), str)]
     by_tail: dict[str, list[dict[str, Any]]] = {}

@@ -27,8 +27,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from ...data.coco import read_categories
 from ...errors import CheckpointError, ConfigError, DataError
-from ...io import read_json
 from ..checkpoint import CONFIG_NAME, load_state_into, save_detector
 from ..detector import META_KEY, DefectDetector, DetectorMeta
 from .architecture import resolve_architecture
@@ -159,13 +159,7 @@ def class_names_from_annotations(path: str | Path, num_classes: int | None = Non
     classes in list order, agree with the model's channels).
     """
     path = Path(path).expanduser()
-    data = read_json(path, "annotations file")
-    categories = data.get("categories") if isinstance(data, dict) else None
-    if not isinstance(categories, list) or not categories:
-        raise DataError(f"{path}: no 'categories' list; expected COCO categories [{{'id': 0, 'name': ...}}, ...]")
-    if not all(isinstance(c, dict) and isinstance(c.get("id"), int) and isinstance(c.get("name"), str) for c in categories):
-        raise DataError(f"{path}: every category needs an integer 'id' and a string 'name'")
-    ids = [c["id"] for c in categories]
+    names, ids, _ = read_categories(path)
     if sorted(ids) != list(range(len(ids))):
         raise DataError(
             f"{path}: category ids are {ids}; the original DEIMv2 (remap_mscoco_category: False) uses the category id as "
@@ -178,7 +172,7 @@ def class_names_from_annotations(path: str | Path, num_classes: int | None = Non
         )
     if num_classes is not None and len(ids) != num_classes:
         raise DataError(f"{path}: {len(ids)} categories, but the checkpoint predicts {num_classes} classes")
-    return [c["name"] for c in categories]
+    return names
 
 
 def _class_names(given: Sequence[str] | None, annotations: str | Path | None, num_classes: int,
