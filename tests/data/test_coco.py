@@ -13,7 +13,8 @@ import torch
 from PIL import Image
 from torchvision import tv_tensors
 
-from defectfusion.data.coco import CocoDetection, CocoWarning, load_coco, load_image
+from defectfusion.data.coco import CocoDetection, CocoWarning, load_coco
+from defectfusion.data.images import load_image
 from defectfusion.errors import DataError
 
 CATS = [{"id": 7, "name": "crack"}, {"id": 3, "name": "scratch"}]

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from defectfusion.data.coco import load_image
+from defectfusion.data.images import load_image
 from defectfusion.errors import CheckpointError, ConfigError
 from defectfusion.models.checkpoint import load_detector
 from defectfusion.report.explain import explain, explain_image, write_explanation

@@ -26,7 +26,8 @@ from typing import Any
 import torch
 
 from ..config import load_config
-from ..data.coco import load_coco, load_image
+from ..data.coco import load_coco
+from ..data.images import load_image
 from ..data.synthetic import generate_synthetic_dataset
 from ..errors import ConfigError, DefectFusionError
 from ..io import atomic_write_json, read_json

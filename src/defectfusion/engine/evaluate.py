@@ -30,7 +30,8 @@ from typing import Any
 
 import torch
 
-from ..data.coco import CocoIndex, load_coco, load_image
+from ..data.coco import CocoIndex, load_coco
+from ..data.images import load_image
 from ..errors import CheckpointError, ConfigError, DataError, DefectFusionError
 from ..io import atomic_write_json, read_json
 from ..report.compare import (

@@ -33,7 +33,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from ..data.coco import load_image, read_categories
+from ..data.coco import read_categories
+from ..data.images import load_image
 from ..data.transforms import build_eval_transform
 from ..errors import CheckpointError, DataError
 from ..io import atomic_path, atomic_write_json

@@ -188,7 +188,7 @@ def _cosine(head: Any, features: torch.Tensor) -> torch.Tensor:
 
 
 def _to_uint8_chw(image: Any) -> tuple[torch.Tensor, str | None]:
-    from ..data.coco import load_image
+    from ..data.images import load_image
 
     if isinstance(image, (str, os.PathLike)):
         return load_image(image).as_subclass(torch.Tensor), str(image)
