@@ -1,16 +1,13 @@
-"""Shared fixtures: tiny random models and offline text encoders built in temp folders."""
+"""Session fixtures: tiny random models, offline text encoders and synthetic data built once in temp folders."""
 
 from __future__ import annotations
 
-import gzip
 from pathlib import Path
 
 import pytest
 import torch
 
-SIX_CLASSES = ["NORMAL", "DEFORMACIONES", "ROTURA_FRACTURA", "RAYONES_ARANAZOS", "PERFORACIONES", "CONTAMINACION"]
-# Checkpoints written by the original DEIMv2 code, beside the project (tests skip without them).
-ORIGINAL_FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "deimv2_original"
+from tests.helpers import SIX_CLASSES, Kit, build_clip_tokenizer, build_kit
 
 
 @pytest.fixture(scope="module")
@@ -32,33 +29,6 @@ def _no_hub(monkeypatch):
 @pytest.fixture
 def six_classes() -> list[str]:
     return list(SIX_CLASSES)
-
-
-def _bytes_to_unicode() -> list[str]:
-    """CLIP's byte-level alphabet (printable bytes map to themselves, the rest above 255)."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    codes = printable[:]
-    extra = 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            codes.append(256 + extra)
-            extra += 1
-    return [chr(c) for c in codes]
-
-
-def build_clip_tokenizer():
-    """A real CLIP tokenizer from the BPE merges that open_clip ships (no download)."""
-    import open_clip
-    from transformers import CLIPTokenizer
-
-    bpe = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
-    lines = gzip.open(bpe).read().decode("utf-8").split("\n")
-    merges = [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]
-    alphabet = _bytes_to_unicode()
-    tokens = alphabet + [t + "</w>" for t in alphabet] + ["".join(m) for m in merges]
-    tokens += ["<|startoftext|>", "<|endoftext|>"]
-    return CLIPTokenizer(vocab={t: i for i, t in enumerate(tokens)}, merges=merges)
 
 
 @pytest.fixture(scope="session")
@@ -89,43 +59,12 @@ def synth_data(tmp_path_factory) -> Path:
     return root
 
 
-def write_train_config(path: Path, dataset: Path, **sections) -> Path:
-    """A fast training config on ``data`` (tiny model, 96 px, no heavy augmentation), as YAML.
-
-    ``sections`` are merged over the defaults (e.g. ``phases=..., order=[...]``).
-    """
-    import yaml
-
-    from defectfusion.config import deep_merge
-
-    base = {
-        "include": ["progressive.yml"],
-        "name": "test",
-        "seed": 0,
-        "model": {"preset": "hgnetv2_micro", "image_size": [96, 96]},
-        "fusion": {"encoder": "sentence:minilm", "cache_dir": str(path.parent / "text-cache")},
-        "data": {
-            "train": {"annotations": str(dataset / "train" / "annotations.json")},
-            "val": {"annotations": str(dataset / "val" / "annotations.json")},
-            "batch_size": 4,
-            "num_workers": 0,
-            "verify_images": True,
-            "augment": {"mosaic_prob": 0.0, "photometric_prob": 0.0, "zoom_out_prob": 0.0, "iou_crop_prob": 0.0},
-        },
-        "train": {"warmup_steps": 2, "threads": 1, "tensorboard": False, "early_stop": {"drop": None}},
-        "phases": {
-            "baseline": {"epochs": 1, "lr": {"backbone": 2e-3, "encoder": 2e-3, "decoder": 2e-3, "class_head": 2e-3}},
-            "phase1": {"epochs": 1, "lr": 1e-2},
-            "phase2": {"epochs": 1, "lr": 1e-3},
-            "phase3": {"epochs": 1, "lr": 1e-3},
-        },
-        "order": ["baseline", "phase1", "phase2", "phase3"],
-        "gates": {"phase1": None, "phase2": None},  # drop the packaged absolute gates
-    }
-    config = deep_merge(base, sections)
-    # the packaged progressive config, by absolute path, so the file can live anywhere
-    from defectfusion.config import packaged_config_path
-
-    config["include"] = [str(packaged_config_path("progressive"))]
-    path.write_text(yaml.safe_dump(config))
-    return path
+@pytest.fixture(scope="session")
+def kit(tmp_path_factory, synth_data, tiny_clip_dir) -> Kit:
+    """The tiny detectors of the evaluation, prediction, explanation and report tests (built once)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return build_kit(tmp_path_factory.mktemp("kit"), synth_data, tiny_clip_dir)
+    finally:
+        torch.set_num_threads(threads)

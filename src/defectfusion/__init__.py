@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from .version import __version__
 
 # Imported on first use, so `defectfusion --help` does not pay for torch/transformers.
 _LAZY = {

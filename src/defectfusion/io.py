@@ -6,7 +6,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -177,3 +177,17 @@ def _jsonl_record(path: Path, what: str, number: int, line: str) -> dict[str, An
 def write_jsonl(path: str | os.PathLike, records: list[dict[str, Any]]) -> None:
     """Replace a JSON-lines file with ``records``, atomically."""
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+
+def unique_names(stems: Sequence[str], suffixes: Sequence[str] | None = None, start: int = 2) -> list[str]:
+    """File names for one folder: ``stem + suffix``, a repeat becoming ``stem_<start> + suffix``, ..."""
+    used: set[str] = set()
+    result = []
+    for i, stem in enumerate(stems):
+        suffix = suffixes[i] if suffixes is not None else ""
+        candidate, n = f"{stem}{suffix}", start
+        while candidate in used:
+            candidate, n = f"{stem}_{n}{suffix}", n + 1
+        used.add(candidate)
+        result.append(candidate)
+    return result

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
+import numpy as np
 import torch
 
 
@@ -30,3 +33,109 @@ class Detections:
     @classmethod
     def empty(cls) -> Detections:
         return cls(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.int64))
+
+
+@dataclass
+class DetectionMatch:
+    """One detection and the similarity of its query feature to every class text.
+
+    Attributes:
+        box: ``x1, y1, x2, y2`` in original-image pixels.
+        label, class_name, score: the detection.
+        query: index of the decoder query it came from.
+        similarity: ``C`` cosine similarities (projected query feature vs class text), label order.
+    """
+
+    box: list[float]
+    label: int
+    class_name: str
+    score: float
+    query: int
+    similarity: list[float]
+
+    def top_matches(self, class_names: Sequence[str], k: int | None = None) -> list[tuple[str, float]]:
+        order = np.argsort(-np.asarray(self.similarity), kind="stable")
+        return [(class_names[i], float(self.similarity[i])) for i in order[: k or len(order)]]
+
+
+@dataclass
+class Explanation:
+    """Similarity maps and detection matches of one image.
+
+    Attributes:
+        image: the image, uint8 ``[H, W, 3]``.
+        class_names: ``C`` names.
+        maps: ``[C, H, W]`` float32 cosine similarity per class at the image's size (mean of levels).
+        level_maps: per feature level, ``[C, h, w]`` before upsampling.
+        map_head: which fusion head projected the feature maps (module path).
+        map_head_note: what that head is trained on.
+        query_head: which fusion head scored the detections' query features.
+        detections: the detections at or above ``threshold``, best first.
+        threshold: the score threshold.
+        source: image path, if read from a file.
+        text: where the model's class texts came from (descriptions file, encoder).
+    """
+
+    image: np.ndarray
+    class_names: list[str]
+    maps: torch.Tensor
+    level_maps: list[torch.Tensor]
+    map_head: str
+    map_head_note: str
+    query_head: str
+    detections: list[DetectionMatch]
+    threshold: float
+    source: str | None = None
+    text: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return int(self.image.shape[0]), int(self.image.shape[1])
+
+    def best_class_share(self) -> list[float]:
+        """Per class, the fraction of pixels where its text matches best."""
+        best = self.maps.argmax(0).flatten()
+        counts = torch.bincount(best, minlength=self.maps.shape[0]).float()
+        return (counts / max(1, best.numel())).tolist()
+
+    def to_json(self) -> dict[str, Any]:
+        names = self.class_names
+
+        def r(x: float) -> float:
+            return round(float(x), 5)
+
+        return {
+            "image": self.source,
+            "image_size": {"height": self.size[0], "width": self.size[1]},
+            "classes": names,
+            "text": self.text,
+            "similarity": "cosine between the fusion head's projection of a visual feature and a class text embedding",
+            "maps": {
+                "head": self.map_head,
+                "head_note": self.map_head_note,
+                "combined": "each level upsampled bilinearly to the image size, then the mean over levels",
+                "per_class": {
+                    n: {"min": r(self.maps[c].min()), "max": r(self.maps[c].max()), "mean": r(self.maps[c].mean())}
+                    for c, n in enumerate(names)
+                },
+                "best_class_share": {  # fraction of pixels where each class's text matches best
+                    n: r(v) for n, v in zip(names, self.best_class_share(), strict=True)
+                },
+                "levels": [
+                    {"height": int(m.shape[1]), "width": int(m.shape[2]),
+                     "similarity": {n: [[r(v) for v in row] for row in m[c].tolist()] for c, n in enumerate(names)}}
+                    for m in self.level_maps
+                ],
+            },
+            "detections": {
+                "head": self.query_head,
+                "threshold": self.threshold,
+                "items": [
+                    {"box_xyxy": [round(v, 2) for v in d.box], "label": d.label, "class": d.class_name,
+                     "score": r(d.score), "query": d.query,
+                     "similarity": {n: r(v) for n, v in zip(names, d.similarity, strict=True)},
+                     "top_matches": [[n, r(v)] for n, v in d.top_matches(names, 3)]}
+                    for d in self.detections
+                ],
+            },
+        }

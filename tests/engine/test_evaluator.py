@@ -15,11 +15,11 @@ import torch
 
 from defectfusion.engine.evaluator import (
     DetectionEvaluator,
-    confusion_between,
     evaluate_results_file,
     write_metrics,
 )
-from defectfusion.errors import ConfigError, DataError
+from defectfusion.errors import ConfigError, DataError, DefectFusionError
+from defectfusion.report.compare import pair_counts
 from defectfusion.structures import Detections
 
 # Category ids deliberately not 0..C-1 and not sorted: label i is the i-th entry of the list.
@@ -170,10 +170,10 @@ def test_confusion_matrix_hand_cases() -> None:
     ]
     assert cm["normalized"][1] == [0.0, 0.5, 0.5, 0.0, 0.0]
     assert cm["normalized"][3] == [None] * 5
-    assert confusion_between(m, "ROTURA", "RAYONES") == 1
-    assert confusion_between(m, "background", "RAYONES") == 2
-    with pytest.raises(ConfigError, match="expected one of"):
-        confusion_between(m, "CRACK", "RAYONES")
+    assert pair_counts(m, "ROTURA", "RAYONES") == (1, 0)
+    assert pair_counts(m, "background", "RAYONES") == (2, 0)
+    with pytest.raises(DefectFusionError, match="unknown class 'CRACK'"):
+        pair_counts(m, "CRACK", "RAYONES")
 
 
 def test_per_class_counts_and_best_f1_on_hand_case() -> None:

@@ -35,7 +35,7 @@ from defectfusion.models.deploy import DeployDetector  # noqa: E402
 from defectfusion.models.detector import add_fusion, build_detector  # noqa: E402
 from defectfusion.models.fusion import random_text_embeddings  # noqa: E402
 from defectfusion.structures import Detections  # noqa: E402
-from tests.conftest import ORIGINAL_FIXTURES
+from tests.helpers import ORIGINAL_FIXTURES
 
 TINY = ["dinov3_micro", "hgnetv2_micro"]
 TEXT_DIM = 24
@@ -196,7 +196,7 @@ def test_export_of_an_original_checkpoint_reproduces_the_original_deploy_outputs
     folder = ORIGINAL_FIXTURES / name
     if not (folder / "checkpoint.pth").is_file():
         pytest.skip(f"original DEIMv2 fixture {folder} is absent (it lives in ../shared beside the checkout)")
-    from defectfusion.models.original.convert import convert_original
+    from defectfusion.commands.convert import convert_original
 
     model = convert_original(folder / "checkpoint.pth", folder / "config.yml").model.eval()
     expected = torch.load(folder / "expected.pt", map_location="cpu", weights_only=True)

@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 
 from defectfusion.config import load_config
 from defectfusion.engine.progressive import run_training
-from tests.conftest import write_train_config
+from tests.helpers import write_train_config
 
 pytestmark = pytest.mark.slow
 SIZE = 128

@@ -9,7 +9,7 @@ from defectfusion.config import GateConfig, load_config
 from defectfusion.engine.progressive import apply_gate, run_training, select_phases
 from defectfusion.errors import ConfigError
 from defectfusion.models.detector import parameter_group
-from tests.conftest import write_train_config
+from tests.helpers import write_train_config
 
 
 @pytest.fixture(scope="module")

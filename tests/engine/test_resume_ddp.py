@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from tests.conftest import write_train_config
+from tests.helpers import write_train_config
 
 pytestmark = pytest.mark.slow
 

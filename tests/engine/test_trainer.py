@@ -11,7 +11,7 @@ from defectfusion.engine.distributed import DistInfo
 from defectfusion.engine.trainer import PhaseTrainer, build_phase_data
 from defectfusion.models.detector import add_fusion, build_detector
 from defectfusion.models.fusion import random_text_embeddings
-from tests.conftest import write_train_config
+from tests.helpers import write_train_config
 
 CONSTANTS = ("model.decoder.up", "model.decoder.reg_scale")
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from defectfusion.commands.convert import convert_original
 from defectfusion.config import ModelConfig
 from defectfusion.errors import CheckpointError
 from defectfusion.models.backbone_weights import load_backbone_weights
 from defectfusion.models.detector import DefectDetector, build_detector, parameter_group
-from defectfusion.models.original.convert import convert_original
-from tests.conftest import ORIGINAL_FIXTURES
+from tests.helpers import ORIGINAL_FIXTURES
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

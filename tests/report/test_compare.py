@@ -8,16 +8,14 @@ import pytest
 
 from defectfusion.errors import DefectFusionError
 from defectfusion.report.compare import (
-    MISSING,
-    OVERALL,
     compare_many,
     compare_metrics,
     confusion_pair,
-    markdown_table,
     pair_counts,
     pair_table,
     per_class_rows,
 )
+from defectfusion.report.values import MISSING, OVERALL, markdown_table
 
 LABELS = ["CRACK", "SCRATCH", "HOLE", "background"]
 

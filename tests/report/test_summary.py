@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import base64
-import io
 import re
-from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -15,6 +12,7 @@ from PIL import Image
 
 from defectfusion.errors import DefectFusionError
 from defectfusion.report.summary import Section, build_report, write_report
+from tests.helpers import check_html
 
 NAMES = ["NORMAL", "ROTURA_FRACTURA", "RAYONES_ARANAZOS", "PERFORACIONES"]
 
@@ -71,43 +69,6 @@ def fake_metrics(ap50s, crack_as_scratch, absent=()) -> dict:
         },
         "pr_curves": curves,
     }
-
-
-class Resources(HTMLParser):
-    """Collects every src/href, and the tags seen."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.images: list[str] = []
-        self.refs: list[tuple[str, str, str]] = []
-        self.tags: list[str] = []
-
-    def handle_starttag(self, tag, attrs):
-        self.tags.append(tag)
-        for name, value in attrs:
-            if name in ("src", "href", "srcset", "poster", "data"):
-                self.refs.append((tag, name, value or ""))
-            if tag == "img" and name == "src":
-                self.images.append(value or "")
-
-
-def check_html(path: Path) -> Resources:
-    parser = Resources()
-    parser.feed(path.read_text(encoding="utf-8"))
-    for tag, name, value in parser.refs:
-        if tag == "img" and name == "src":
-            continue
-        assert value.startswith("#"), f"external reference in the HTML: <{tag} {name}={value[:60]!r}>"
-    for src in parser.images:
-        prefix = "data:image/png;base64,"
-        assert src.startswith(prefix), src[:60]
-        data = base64.b64decode(src[len(prefix) :], validate=True)
-        with Image.open(io.BytesIO(data)) as im:
-            assert im.format == "PNG"
-            im.verify()
-    assert "<script" not in path.read_text(encoding="utf-8").lower()
-    assert "url(" not in path.read_text(encoding="utf-8")  # no stylesheet resources either
-    return parser
 
 
 def md_links(path: Path) -> list[Path]:
@@ -214,6 +175,7 @@ def test_build_report_end_to_end(tmp_path):
         training=records,
         images=images,
         what_if=[("defects6.yml", fused), ("short.yml", baseline)],
+        pair=("ROTURA_FRACTURA", "RAYONES_ARANAZOS"),
     )
     links = md_links(md)
     assert len(links) >= 8 and all(p.is_file() for p in links)

@@ -13,8 +13,8 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 
-from .. import __version__
 from ..errors import DefectFusionError
+from ..version import __version__
 
 Handler = Callable[[argparse.Namespace], int | None]
 

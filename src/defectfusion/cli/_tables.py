@@ -24,7 +24,7 @@ def rows_table(rows: Sequence[Mapping[str, Any]], title: str | None = None, nume
     """A rich table from display rows (dicts with the same keys, in column order)."""
     from rich.table import Table
 
-    from ..report.compare import format_cell, numeric_columns
+    from ..report.values import format_cell, numeric_columns
 
     table = Table(title=title, title_justify="left")
     if not rows:

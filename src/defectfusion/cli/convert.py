@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..models.original.convert import convert_original
+    from ..commands.convert import convert_original
 
     class_names = args.class_names.split(",") if args.class_names is not None else None
     result = convert_original(args.checkpoint, args.config, args.out, weights=args.weights,

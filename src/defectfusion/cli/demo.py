@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engine.demo import run_demo
+    from ..commands.demo import run_demo
 
     result = run_demo(args.out, quick=args.quick, progress=not args.quiet, workers=args.workers)
     for line in result.summary["verdict"]:

@@ -25,12 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data.descriptions import load_descriptions
-    from ..models.text import encode_descriptions, write_embeddings_file
+    from ..commands.encode_text import encode_text
 
-    descriptions = load_descriptions(args.descriptions)
-    embeddings = encode_descriptions(descriptions, args.encoder, args.cache_dir)
-    write_embeddings_file(embeddings, args.out)
+    embeddings = encode_text(args.descriptions, args.encoder, args.out, args.cache_dir)
     console = console_out()
     console.print(similarity_table(embeddings.class_names, embeddings.similarity_matrix().tolist(),
                                    title=f"cosine similarity of class texts ({args.encoder})"))

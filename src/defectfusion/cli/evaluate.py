@@ -71,7 +71,7 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engine.evaluate import evaluate_checkpoint, evaluate_predictions
+    from ..commands.evaluate import evaluate_checkpoint, evaluate_predictions
 
     _check_args(args)
     progress = False if args.quiet else None
@@ -93,7 +93,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def print_result(result) -> None:
-    from ..report.compare import fmt_value, per_class_rows
+    from ..report.compare import per_class_rows
+    from ..report.values import fmt_value
 
     console = wide_console()
     m = result.metrics
@@ -125,7 +126,7 @@ def print_result(result) -> None:
 
 
 def what_if_display(result) -> list[dict[str, str]]:
-    from ..report.compare import fmt_delta, fmt_value
+    from ..report.values import fmt_delta, fmt_value
 
     rows = []
     for row in result.what_if_rows():

@@ -27,9 +27,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..commands.explain import explain
     from ..errors import ConfigError
-    from ..report.explain import explain
 
+    if not 0.0 <= args.threshold <= 1.0:
+        raise ConfigError(f"--threshold must be in [0, 1], got {args.threshold}")
     if args.max_detections < 0:
         raise ConfigError(f"--max-detections must be >= 0, got {args.max_detections}")
     for image in args.images:

@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engine.export import export_onnx
+    from ..commands.export import export_onnx
     from ..errors import ConfigError
 
     if args.top_k < 1:

@@ -48,7 +48,7 @@ def _category_ids(text: str | None) -> list[int] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engine.predictor import predict
+    from ..commands.predict import predict
     from ..errors import ConfigError
 
     if not 0.0 <= args.threshold <= 1.0:

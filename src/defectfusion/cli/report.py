@@ -26,9 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engine.evaluate import report_run
+    from ..commands.report_run import report_run
     from ..errors import ConfigError
-    from ..report.compare import fmt_value
+    from ..report.values import fmt_value
 
     if args.grid < 0 or args.batch_size < 1:
         raise ConfigError("--grid must be >= 0 and --batch-size >= 1")

@@ -26,22 +26,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import load_config
-    from ..engine.progressive import run_training
+    from ..commands.train import train
     from ..errors import ConfigError
 
-    if args.config is None:
-        if not (args.resume and args.out):
-            raise ConfigError("give a config (e.g. `defectfusion train progressive ...`), or --resume --out RUN_DIR")
-        cfg = load_config(args.out / "config.yaml", args.override)
-    else:
-        cfg = load_config(args.config, args.override)
-    out = args.out or Path("runs") / cfg.name
-    summary = run_training(cfg, out, phase=args.phase, resume=args.resume, progress=not args.quiet)
+    if args.config is None and not (args.resume and args.out):
+        raise ConfigError("give a config (e.g. `defectfusion train progressive ...`), or --resume --out RUN_DIR")
+    result = train(args.config, args.out, phase=args.phase, resume=args.resume, overrides=args.override,
+                   progress=not args.quiet)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, one process reports
         return 0
-    final = summary.get("final") or {}
-    print(f"run folder: {out}")
+    final = result.summary.get("final") or {}
+    print(f"run folder: {result.out}")
     if final:
         print(f"final model: {final['checkpoint']} ({final['phase']}, val mAP@0.5 {final['map50']})")
     return 0

@@ -29,7 +29,19 @@ import torch
 from torchvision import tv_tensors
 
 from ..errors import DataError
-from ..io import read_json
+from .coco_schema import (
+    CocoAnnotationRecord,
+    CocoImageRecord,
+    ann_name,
+    capped,
+    check_references,
+    is_int,
+    is_number,
+    parse_categories,
+    parse_images,
+    read_categories,
+    read_coco_json,
+)
 from .images import displayed_size, load_image
 
 __all__ = [
@@ -43,38 +55,12 @@ __all__ = [
     "read_categories",
 ]
 
-_REQUIRED_KEYS = ("images", "annotations", "categories")
-_MAX_LISTED = 20  # how many offending records an error message names before "and N more"
 
 Transform = Callable[[tv_tensors.Image, dict[str, Any]], tuple[tv_tensors.Image, dict[str, Any]]]
 
 
 class CocoWarning(UserWarning):
     """A recoverable problem in a COCO dataset (boxes dropped or clipped)."""
-
-
-@dataclass(frozen=True)
-class CocoImageRecord:
-    """One entry of ``images``; ``width``/``height`` are the displayed (EXIF-oriented) size."""
-
-    id: int
-    file_name: str
-    path: Path
-    width: int
-    height: int
-
-
-@dataclass(frozen=True)
-class CocoAnnotationRecord:
-    """One kept annotation. ``bbox`` is ``(x1, y1, x2, y2)`` in pixels, already clipped."""
-
-    id: int
-    image_id: int
-    category_id: int
-    label: int
-    bbox: tuple[float, float, float, float]
-    area: float
-    iscrowd: bool
 
 
 @dataclass
@@ -136,7 +122,7 @@ class CocoIndex:
         if problems:
             raise DataError(
                 f"{len(problems)} of {len(self.images)} images listed in {self.annotations_file} "
-                f"cannot be used: " + "; ".join(_capped(problems))
+                f"cannot be used: " + "; ".join(capped(problems))
             )
 
     def to_coco_dict(self) -> dict[str, Any]:
@@ -190,7 +176,7 @@ def load_coco(annotations: str | Path, images: str | Path | None = None) -> Coco
         CocoWarning: once, if boxes were dropped (non-positive size) or clipped to the image.
     """
     ann_path = Path(annotations)
-    data = _read_json(ann_path)
+    data = read_coco_json(ann_path)
     if images is None:
         images_dir = ann_path.parent / "images"
         if not images_dir.is_dir():
@@ -204,27 +190,27 @@ def load_coco(annotations: str | Path, images: str | Path | None = None) -> Coco
 
     names, cat_ids = parse_categories(data["categories"], ann_path)
     cat_to_label = {cid: i for i, cid in enumerate(cat_ids)}
-    records = _parse_images(data["images"], ann_path, images_dir)
+    records = parse_images(data["images"], ann_path, images_dir)
     _check_files_exist(records, ann_path, images_dir)
     records = [_fill_missing_size(r, ann_path) for r in records]
 
     by_image: dict[int, list[CocoAnnotationRecord]] = {r.id: [] for r in records}
     sizes = {r.id: (r.width, r.height) for r in records}
     anns = data["annotations"]
-    _check_references(anns, ann_path, cat_to_label, sizes)
+    check_references(anns, ann_path, cat_to_label, sizes)
 
-    used_ids = {a["id"] for a in anns if _is_int(a.get("id"))}
+    used_ids = {a["id"] for a in anns if is_int(a.get("id"))}
     next_id = max(used_ids, default=0) + 1
     dropped: list[str] = []
     clipped: list[str] = []
     for i, a in enumerate(anns):
-        if _is_int(a.get("id")):
+        if is_int(a.get("id")):
             ann_id = a["id"]
         else:  # pycocotools indexes by id: give id-less records fresh ones
             ann_id, next_id = next_id, next_id + 1
-        where = _ann_name(a, i)
+        where = ann_name(a, i)
         bbox = a.get("bbox")
-        if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
+        if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(is_number(v) for v in bbox)):
             raise DataError(
                 f"{ann_path}: {where} has bbox {bbox!r}; expected 4 numbers [x, y, width, height] in pixels"
             )
@@ -240,7 +226,7 @@ def load_coco(annotations: str | Path, images: str | Path | None = None) -> Coco
             continue
         if (x1, y1, x2, y2) != (x, y, x + w, y + h):
             clipped.append(where)
-        area = float(a["area"]) if _is_number(a.get("area")) else (x2 - x1) * (y2 - y1)
+        area = float(a["area"]) if is_number(a.get("area")) else (x2 - x1) * (y2 - y1)
         by_image[a["image_id"]].append(
             CocoAnnotationRecord(
                 id=ann_id,
@@ -257,12 +243,12 @@ def load_coco(annotations: str | Path, images: str | Path | None = None) -> Coco
         if dropped:
             parts.append(
                 f"dropped {len(dropped)} box(es) with non-positive width/height or lying outside "
-                f"their image ({', '.join(_capped(dropped, 5))})"
+                f"their image ({', '.join(capped(dropped, 5))})"
             )
         if clipped:
             parts.append(
                 f"clipped {len(clipped)} box(es) extending outside their image to its bounds "
-                f"({', '.join(_capped(clipped, 5))})"
+                f"({', '.join(capped(clipped, 5))})"
             )
         warnings.warn(
             f"{ann_path}: " + "; ".join(parts) + ". Fix the boxes in the file to silence this.",
@@ -284,101 +270,12 @@ def load_coco(annotations: str | Path, images: str | Path | None = None) -> Coco
     )
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    data = read_json(path, "annotations file")
-    if not isinstance(data, dict):
-        raise DataError(
-            f"{path}: expected a COCO object {{'images', 'annotations', 'categories'}}, got a {type(data).__name__}"
-        )
-    missing = [k for k in _REQUIRED_KEYS if k not in data]
-    if missing:
-        raise DataError(
-            f"{path}: missing top-level key(s) {missing} (found {sorted(data)}); a COCO detection file "
-            f"needs 'images', 'annotations' and 'categories' ('annotations' may be an empty list)"
-        )
-    for k in _REQUIRED_KEYS:
-        if not isinstance(data[k], list):
-            raise DataError(f"{path}: '{k}' must be a list, got {type(data[k]).__name__}")
-    return data
-
-
-def parse_categories(categories: Any, source: str | Path) -> tuple[list[str], list[int]]:
-    """Class names and COCO ids of a ``categories`` list, in list order (label ``i`` = entry ``i``).
-
-    The one place a COCO category list is checked: a non-empty list of ``{"id": int, "name": str}``
-    with unique ids and unique names. ``source`` names the file (or dict) in errors.
-    """
-    if not isinstance(categories, list):
-        raise DataError(f"{source}: 'categories' must be a list of {{'id': int, 'name': str}}, got {categories!r}")
-    if not categories:
-        raise DataError(
-            f"{source}: 'categories' is empty; list at least one class as {{'id': int, 'name': str}}"
-        )
-    names: list[str] = []
-    ids: list[int] = []
-    for i, c in enumerate(categories):
-        if not (isinstance(c, dict) and _is_int(c.get("id")) and isinstance(c.get("name"), str)):
-            raise DataError(
-                f"{source}: categories[{i}] must have an integer 'id' and a string 'name', got {c!r}"
-            )
-        if c["id"] in ids:
-            raise DataError(
-                f"{source}: categories[{i}] repeats category id {c['id']}; each class needs a unique id"
-            )
-        if c["name"] in names:
-            raise DataError(
-                f"{source}: categories[{i}] repeats the name {c['name']!r}; each class needs a unique name"
-            )
-        ids.append(c["id"])
-        names.append(c["name"])
-    return names, ids
-
-
-def read_categories(path: str | Path) -> tuple[list[str], list[int], dict[str, Any]]:
-    """Class names and ids of a COCO annotations file, and its content (images are not checked)."""
-    path = Path(path)
-    data = read_json(path, "annotations file")
-    if not isinstance(data, dict):
-        raise DataError(f"{path}: expected a COCO object with a 'categories' list, got a {type(data).__name__}")
-    if "categories" not in data:
-        raise DataError(f"{path}: no 'categories' list; expected COCO categories [{{'id': 1, 'name': ...}}, ...]")
-    names, ids = parse_categories(data["categories"], path)
-    return names, ids, data
-
-
-def _parse_images(images: list[Any], path: Path, images_dir: Path) -> list[CocoImageRecord]:
-    records: list[CocoImageRecord] = []
-    seen: set[int] = set()
-    for i, im in enumerate(images):
-        if not (isinstance(im, dict) and _is_int(im.get("id")) and isinstance(im.get("file_name"), str)):
-            raise DataError(
-                f"{path}: images[{i}] must have an integer 'id' and a string 'file_name', got {im!r}"
-            )
-        if im["id"] in seen:
-            raise DataError(
-                f"{path}: images[{i}] ({im['file_name']}) repeats image id {im['id']}; image ids must be unique"
-            )
-        seen.add(im["id"])
-        w, h = im.get("width"), im.get("height")
-        if (w is None) != (h is None) or (
-            w is not None and not (_is_int(w) and _is_int(h) and w > 0 and h > 0)
-        ):
-            raise DataError(
-                f"{path}: images[{i}] (id {im['id']}, {im['file_name']}) has width={w!r}, height={h!r}; "
-                f"expected positive integers (or neither, to read them from the file)"
-            )
-        records.append(
-            CocoImageRecord(im["id"], im["file_name"], images_dir / im["file_name"], w or 0, h or 0)
-        )
-    return records
-
-
 def _check_files_exist(records: list[CocoImageRecord], path: Path, images_dir: Path) -> None:
     missing = [r.file_name for r in records if not r.path.is_file()]
     if missing:
         raise DataError(
             f"{path}: {len(missing)} of {len(records)} image file(s) are not in {images_dir}: "
-            f"{', '.join(_capped(missing))}. Pass the right images folder or remove those records."
+            f"{', '.join(capped(missing))}. Pass the right images folder or remove those records."
         )
 
 
@@ -391,50 +288,6 @@ def _fill_missing_size(rec: CocoImageRecord, path: Path) -> CocoImageRecord:
     except (OSError, SyntaxError, ValueError) as e:
         raise DataError(f"image {rec.path} (id {rec.id} in {path}) cannot be opened: {e}") from None
     return CocoImageRecord(rec.id, rec.file_name, rec.path, w, h)
-
-
-def _check_references(
-    anns: list[Any], path: Path, cat_to_label: dict[int, int], sizes: dict[int, tuple[int, int]]
-) -> None:
-    """Every annotation must be an object pointing at a known image and category."""
-    bad_cat: list[str] = []
-    bad_img: list[str] = []
-    for i, a in enumerate(anns):
-        if not isinstance(a, dict):
-            raise DataError(f"{path}: annotations[{i}] must be an object, got {a!r}")
-        cat, img = a.get("category_id"), a.get("image_id")
-        if not (_is_int(cat) and cat in cat_to_label):
-            bad_cat.append(f"{_ann_name(a, i)} has category_id {cat!r}")
-        if not (_is_int(img) and img in sizes):
-            bad_img.append(f"{_ann_name(a, i)} has image_id {img!r}")
-    if bad_cat:
-        raise DataError(
-            f"{path}: {len(bad_cat)} annotation(s) use unknown category ids: {'; '.join(_capped(bad_cat, 5))}. "
-            f"Known category ids: {list(cat_to_label)}. Add the category to 'categories' or fix the annotation."
-        )
-    if bad_img:
-        raise DataError(
-            f"{path}: {len(bad_img)} annotation(s) refer to images not in 'images': "
-            f"{'; '.join(_capped(bad_img, 5))}. Add the image record or remove the annotation."
-        )
-
-
-def _ann_name(a: dict[str, Any], index: int) -> str:
-    return (
-        f"annotation id {a['id']} (annotations[{index}])" if _is_int(a.get("id")) else f"annotations[{index}]"
-    )
-
-
-def _capped(items: list[str], cap: int = _MAX_LISTED) -> list[str]:
-    return items if len(items) <= cap else [*items[:cap], f"... and {len(items) - cap} more"]
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 # --------------------------------------------------------------------------- dataset

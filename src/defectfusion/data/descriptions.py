@@ -12,6 +12,7 @@ A descriptions file is YAML (see ``configs/descriptions/defects6.yml``)::
         keywords: [deep crack, fracture]
         contrast: "penetrates deeply ... vs intact surface"
         prompts: ["a photo of a cracked metal part"]   # optional extra prompts
+    confusable_pair: [ROTURA_FRACTURA, RAYONES_ARANAZOS]   # optional: the look-alikes to call out
 
 Every class yields one or more prompts (its *prompt ensemble*); the text encoder embeds each and
 the class embedding is their re-normalised mean.
@@ -61,6 +62,9 @@ class DescriptionSet(BaseModel):
     keywords_template: str = "a surface with {keywords}"
     use: list[Field_] = Field(default_factory=lambda: ["description", "keywords", "contrast", "prompts"])
     classes: list[ClassDescription]
+    confusable_pair: tuple[str, str] | None = Field(
+        None, description="the two look-alike classes evaluations call out (confusions both ways)"
+    )
     source: str | None = Field(None, exclude=True)
 
     @model_validator(mode="after")
@@ -74,6 +78,12 @@ class DescriptionSet(BaseModel):
             raise ValueError("'classes' is empty")
         if "description" not in self.use and "prompts" not in self.use:
             raise ValueError("'use' must include 'description' or 'prompts'")
+        if self.confusable_pair is not None:
+            a, b = self.confusable_pair
+            unknown = [n for n in (a, b) if n not in seen]
+            if a == b or unknown:
+                raise ValueError(f"confusable_pair must name two different described classes, got {[a, b]}"
+                                 + (f" ({', '.join(unknown)} not described)" if unknown else ""))
         return self
 
     @property
@@ -162,3 +172,40 @@ def validate_against_classes(descriptions: DescriptionSet, class_names: Sequence
             f"{where} does not match the dataset's categories ({'; '.join(parts)}). "
             f"Dataset classes: {', '.join(dataset)}. Edit the descriptions so every class has exactly one entry."
         )
+
+
+def descriptions_near(annotations: str | Path) -> list[Path]:
+    """Descriptions files that belong to a dataset: ``descriptions.yml`` beside its annotations or one level up.
+
+    ``defectfusion synth`` writes ``<out>/descriptions.yml`` beside ``<out>/train`` and ``<out>/val``.
+    """
+    folder = Path(annotations).expanduser().parent
+    return [p for p in (folder / "descriptions.yml", folder.parent / "descriptions.yml") if p.is_file()]
+
+
+def resolve_pair(pair: Sequence[str] | None, class_names: Sequence[str],
+                 descriptions: Sequence[str | Path | None] = ()) -> tuple[str, str] | None:
+    """The confusable pair to call out: ``pair`` checked against the classes, else the first
+    ``confusable_pair`` of ``descriptions`` (files or packaged names; unreadable ones are skipped)
+    whose classes exist, else None.
+    """
+    names = list(class_names)
+    if pair is not None:
+        if len(pair) != 2 or pair[0] == pair[1]:
+            raise ConfigError(f"the confusable pair needs two different class names, got {list(pair)}")
+        for name in pair:
+            if name not in names:
+                close = [n for n in names if name.lower() in n.lower()] or difflib.get_close_matches(name, names, n=1)
+                hint = f" Did you mean {close[0]!r}?" if close else ""
+                raise ConfigError(f"confusable pair: unknown class {name!r}; the classes are {', '.join(names)}.{hint}")
+        return (pair[0], pair[1])
+    for source in descriptions:
+        if source is None:
+            continue
+        try:
+            found = load_descriptions(source).confusable_pair
+        except DataError:
+            continue
+        if found is not None and all(n in names for n in found):
+            return found
+    return None

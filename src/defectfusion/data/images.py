@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import glob
+import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +13,8 @@ from PIL import Image, ImageOps
 from torchvision import tv_tensors
 
 from ..errors import DataError
+
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 
 
 def _exif_orientation(im: Image.Image) -> int:
@@ -119,3 +124,51 @@ def _scale_to_uint8(a: np.ndarray, sixteen_bit: bool) -> np.ndarray:
     else:
         return np.zeros(a.shape, dtype=np.uint8)
     return np.round(np.clip(a * scale, 0, 255)).astype(np.uint8)
+
+
+def _is_image(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def collect_images(inputs: Sequence[str | os.PathLike], recursive: bool = False) -> list[Path]:
+    """Files, folders (their images; ``recursive``: also in subfolders) and glob patterns -> image paths.
+
+    Order: inputs in the order given, each folder's / pattern's matches sorted; duplicates once.
+
+    Raises:
+        DataError: listing every input that matched nothing (a missing file, an empty folder, a
+            pattern without matches), or when no image at all was found.
+    """
+    if not inputs:
+        raise DataError("no images given: pass image files, folders or glob patterns (e.g. 'images/*.png')")
+    found: list[Path] = []
+    unmatched: list[str] = []
+    for item in inputs:
+        text = os.fspath(item)
+        path = Path(text).expanduser()
+        if path.is_file():
+            matches = [path]
+        elif path.is_dir():
+            pattern = "**/*" if recursive else "*"
+            matches = sorted(p for p in path.glob(pattern) if _is_image(p))
+        elif glob.has_magic(text):
+            matches = sorted(Path(p) for p in glob.glob(os.path.expanduser(text), recursive=True) if _is_image(Path(p)))
+        else:
+            matches = []
+        if not matches:
+            unmatched.append(text)
+        found.extend(matches)
+    if unmatched:
+        exts = ", ".join(sorted(IMAGE_EXTENSIONS))
+        raise DataError(
+            f"{len(unmatched)} input(s) matched no image: {', '.join(repr(u) for u in unmatched)}. Give existing image "
+            f"files, folders holding images ({exts}) or glob patterns such as 'images/*.png' (quote them)"
+        )
+    seen: set[Path] = set()
+    unique = []
+    for p in found:
+        key = p.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(p)
+    return unique

@@ -61,8 +61,8 @@ import numpy as np
 import torch
 from faster_coco_eval import COCO, COCOeval_faster
 
-from defectfusion.data.coco import parse_categories
-from defectfusion.engine.metrics import (
+from ..data.coco import parse_categories
+from ..engine.metrics import (
     best_f1,
     coco_class_stats,
     confusion_image,
@@ -70,9 +70,9 @@ from defectfusion.engine.metrics import (
     mean_or_none,
     row_normalize,
 )
-from defectfusion.errors import ConfigError, DataError
-from defectfusion.io import atomic_write_json, read_json
-from defectfusion.structures import Detections
+from ..errors import ConfigError, DataError
+from ..io import atomic_write_json, read_json
+from ..structures import Detections
 
 BACKGROUND = "background"
 RECALL_POINTS = np.linspace(0.0, 1.0, 101)  # COCO's recThrs
@@ -325,24 +325,22 @@ class DetectionEvaluator:
         return [s[0] for s in stats], [s[1] for s in stats], [s[2] for s in stats]
 
 
-def evaluate_results_file(
-    results_json: Path | str, annotations: Path | str | dict, *, all_images: bool = True, **kw: Any
-) -> dict[str, Any]:
-    """Metrics of any detector's COCO results file against COCO annotations.
+def read_results_file(results_json: Path | str, image_ids: Sequence[int], category_ids: Sequence[int],
+                      source: str = "the annotations") -> dict[int, Detections]:
+    """The detections of a COCO results file, per image id (boxes ``xyxy``, best score first).
 
-    ``results_json`` is a list of ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}``.
-    A results file cannot say which images were run, so by default every annotated image is
-    evaluated (images without a record: "predicted nothing"); ``all_images=False`` keeps only
-    images with at least one record. ``kw`` goes to :class:`DetectionEvaluator`.
+    ``results_json`` is a list of ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}``;
+    every record must name one of ``image_ids`` and ``category_ids`` (label ``i`` is
+    ``category_ids[i]``). Each bad record is one :class:`DataError` naming it.
     """
-    ev = DetectionEvaluator(annotations, **kw)
     path = Path(results_json)
     records = read_json(path, "results file")
     if not isinstance(records, list):
         raise DataError(
             f"results file {path}: expected a JSON list of detections, got {type(records).__name__}"
         )
-    label_of = {cid: i for i, cid in enumerate(ev.cat_ids)}
+    known_images = set(image_ids)
+    label_of = {cid: i for i, cid in enumerate(category_ids)}
     grouped: dict[int, list[tuple[list[float], float, int]]] = defaultdict(list)
     for n, r in enumerate(records):
         where = f"results file {path}, record {n}"
@@ -353,22 +351,37 @@ def evaluate_results_file(
             raise DataError(
                 f"{where}: missing {missing}; each record needs image_id, category_id, bbox, score"
             )
-        if r["image_id"] not in ev._gt:
-            raise DataError(f"{where}: image_id {r['image_id']!r} is not in {ev.source}")
+        if r["image_id"] not in known_images:
+            raise DataError(f"{where}: image_id {r['image_id']!r} is not in {source}")
         if r["category_id"] not in label_of:
-            raise DataError(f"{where}: category_id {r['category_id']!r} is not in {ev.source}'s categories")
+            raise DataError(f"{where}: category_id {r['category_id']!r} is not in {source}'s categories")
         _check_bbox(r["bbox"], where)
         if not _is_number(r["score"]):
             raise DataError(f"{where}: 'score' must be a finite number, got {r['score']!r}")
         grouped[r["image_id"]].append((r["bbox"], float(r["score"]), label_of[r["category_id"]]))
-    for img_id, recs in grouped.items():
-        boxes = _xywh_to_xyxy(np.array([b for b, _, _ in recs], dtype=np.float64))
-        ev._add(
-            img_id,
-            boxes,
-            np.array([s for _, s, _ in recs]),
-            np.array([c for _, _, c in recs], dtype=np.int64),
-        )
+    out = {}
+    for image_id, recs in grouped.items():
+        recs.sort(key=lambda t: -t[1])
+        boxes = _xywh_to_xyxy(np.array([b for b, _, _ in recs], dtype=np.float64).reshape(-1, 4))
+        # float64: the evaluator scores the file's numbers exactly as written
+        out[image_id] = Detections(torch.tensor(boxes, dtype=torch.float64),
+                                   torch.tensor([s for _, s, _ in recs], dtype=torch.float64),
+                                   torch.tensor([c for _, _, c in recs], dtype=torch.int64))
+    return out
+
+
+def evaluate_results_file(
+    results_json: Path | str, annotations: Path | str | dict, *, all_images: bool = True, **kw: Any
+) -> dict[str, Any]:
+    """Metrics of any detector's COCO results file against COCO annotations.
+
+    A results file cannot say which images were run, so by default every annotated image is
+    evaluated (images without a record: "predicted nothing"); ``all_images=False`` keeps only
+    images with at least one record. ``kw`` goes to :class:`DetectionEvaluator`.
+    """
+    ev = DetectionEvaluator(annotations, **kw)
+    detections = read_results_file(results_json, ev.image_ids, ev.cat_ids, ev.source)
+    ev.process(list(detections), list(detections.values()))
     return ev.evaluate(all_images=all_images)
 
 
@@ -379,13 +392,3 @@ def write_metrics(metrics: dict[str, Any], path: Path | str) -> None:
     except ValueError as e:
         raise ValueError(f"metrics hold NaN or infinity, which strict JSON cannot store: {e}") from None
     atomic_write_json(path, metrics)
-
-
-def confusion_between(metrics: dict[str, Any], a: str, b: str) -> int:
-    """How many ground-truth boxes of class ``a`` were predicted as ``b`` (either may be "background")."""
-    cm = metrics["confusion_matrix"]
-    labels = cm["labels"]
-    for name in (a, b):
-        if name not in labels:
-            raise ConfigError(f"unknown class {name!r}; expected one of {labels}")
-    return int(cm["counts"][labels.index(a)][labels.index(b)])

@@ -30,10 +30,10 @@ from pathlib import Path
 
 import torch
 
-from .. import __version__
-from ..errors import CheckpointError, ConfigError, DefectFusionError
+from ..errors import ConfigError, DefectFusionError
 from ..io import atomic_path
 from ..structures import Detections
+from ..version import __version__
 from .onnx_backend import FORMAT_KEY, INPUT_NAMES, ONNX_FORMAT, OUTPUT_NAMES, OnnxDetector
 from .postprocess import postprocess
 
@@ -225,7 +225,7 @@ def check_opset(opset: int) -> int:
 def check_out(out: str | os.PathLike) -> Path:
     path = Path(out).expanduser()
     if path.is_dir():
-        raise ConfigError(f"--out {path} is a folder; give the path of the .onnx file to write, e.g. {path / 'model.onnx'}")
+        raise ConfigError(f"{path} is a folder; give the path of the .onnx file to write, e.g. {path / 'model.onnx'}")
     return path
 
 
@@ -316,7 +316,7 @@ def export_model(model: torch.nn.Module, out: str | os.PathLike, *, size: Sequen
         raise ConfigError(f"threads must be at least 1, got {threads}")
     model = model.to("cpu", torch.float32).eval()
     image_size = tuple(int(s) for s in (size or model.meta.image_size))
-    check_image_size(model.config, image_size, "export size (--size H W)")
+    check_image_size(model.config, image_size, "export size (H, W)")
     deploy = DeployDetector(model, image_size, top_k=top_k).eval()
     metadata = onnx_metadata(model, image_size, batch, opset, deploy.top_k)
     result = ExportResult(out, image_size, batch, opset, deploy.top_k, list(model.class_names),
@@ -346,37 +346,3 @@ def export_model(model: torch.nn.Module, out: str | os.PathLike, *, size: Sequen
         result.size_bytes = tmp.stat().st_size
     result.seconds = time.perf_counter() - start
     return result
-
-
-def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, *, size: Sequence[int] | None = None,
-                batch: int | str = "dynamic", opset: int = DEFAULT_OPSET, top_k: int = DEFAULT_TOP_K,
-                check: bool = True, threads: int | None = None) -> ExportResult:
-    """Export a detector folder to one ONNX file, checked by onnxruntime against PyTorch.
-
-    Args:
-        checkpoint: a detector folder (``config.json`` + ``model.safetensors``).
-        out: the ``.onnx`` file to write (replaced atomically; nothing is written on any error).
-        size: ``(H, W)`` the graph takes; default: the model's image size. Must be multiples of
-            the model's largest stride.
-        batch: ``"dynamic"`` or a fixed batch size.
-        opset: ONNX opset, :data:`MIN_OPSET` .. :data:`MAX_OPSET`.
-        top_k: detections per image the graph returns.
-        check: run onnxruntime on a test batch (batch 1 and 2 when dynamic) and compare with PyTorch.
-        threads: onnxruntime threads for the check.
-
-    Raises:
-        ConfigError: unsupported opset, batch or size. CheckpointError: unreadable checkpoint.
-        ExportError: the exporter failed or the graph's detections differ from PyTorch's.
-    """
-    check_opset(opset)
-    parse_batch(batch)
-    check_out(out)
-    path = Path(checkpoint).expanduser()
-    if not path.exists():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
-    if path.is_file() and path.suffix.lower() == ".onnx":
-        raise CheckpointError(f"{path} is already an ONNX file; export takes a detector folder")
-    from ..models.checkpoint import load_detector
-
-    model = load_detector(path)
-    return export_model(model, out, size=size, batch=batch, opset=opset, top_k=top_k, check=check, threads=threads)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import torch
-from torchvision.ops import box_convert
 
+from ..models.postprocess import query_boxes_in_pixels, top_k_queries
 from ..structures import Detections
 
 
@@ -23,16 +23,8 @@ def postprocess(logits: torch.Tensor, pred_boxes: torch.Tensor, orig_sizes: torc
         One :class:`Detections` per image: boxes ``xyxy`` in original pixels, sorted by score.
     """
     batch, queries, classes = logits.shape
-    scores = logits.sigmoid().flatten(1)
-    k = min(top_k, queries * classes)
-    top_scores, index = torch.topk(scores, k, dim=1)
-    labels = index % classes
-    query = torch.div(index, classes, rounding_mode="floor")
-    boxes = box_convert(pred_boxes, "cxcywh", "xyxy")
-    boxes = boxes.gather(1, query.unsqueeze(-1).expand(-1, -1, 4))
-    h, w = orig_sizes[:, 0:1].to(boxes.dtype), orig_sizes[:, 1:2].to(boxes.dtype)
-    scale = torch.cat([w, h, w, h], dim=1).unsqueeze(1)
-    boxes = boxes * scale
+    top_scores, labels, query = top_k_queries(logits, min(top_k, queries * classes))
+    boxes = query_boxes_in_pixels(pred_boxes, query, orig_sizes)
     results = []
     for b in range(batch):
         keep = top_scores[b] >= threshold

@@ -11,6 +11,7 @@ Run folder::
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,7 +31,8 @@ from ..models.detector import DefectDetector, add_fusion, build_detector
 from ..models.text import TextEmbeddings, encode_descriptions
 from .distributed import DistInfo, barrier, broadcast_object, init_distributed
 from .evaluator import write_metrics
-from .trainer import PhaseData, PhaseOutcome, PhaseTrainer, build_phase_data, seed_phase
+from .seeding import seed_phase
+from .trainer import PhaseData, PhaseOutcome, PhaseTrainer, build_phase_data
 from .validation import run_validation
 
 
@@ -321,6 +323,17 @@ class TrainingRun:
         self._write_summary()
         if self.progress:
             print(f"final: {label} (val mAP@0.5 {_fmt(map50)}) -> {final_dir}: {reason}")
+
+
+def find_run_folder(checkpoint: str | os.PathLike | None) -> Path | None:
+    """The training run folder a checkpoint lives in (``run/final``, ``run/phase1/best``), if any."""
+    if checkpoint is None:
+        return None
+    path = Path(checkpoint).expanduser().resolve()
+    for folder in (path.parent, path.parent.parent):
+        if (folder / "summary.json").is_file() and (folder / "config.yaml").is_file():
+            return folder
+    return None
 
 
 def run_training(cfg: Config, out: str | Path, phase: str = "all", resume: bool = False,

@@ -1,10 +1,14 @@
-"""Learning-rate schedule: linear warm-up, flat, then cosine (DEIM's flat-cosine)."""
+"""The optimiser's parameter groups and the learning-rate schedule (linear warm-up, flat, then cosine)."""
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
+
+from ..config import PhaseConfig
+from ..models.detector import parameter_group
 
 
 def flat_cosine_factor(step: int, total: int, warmup: int, flat_fraction: float, min_factor: float) -> float:
@@ -23,3 +27,21 @@ def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup: 
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: flat_cosine_factor(step, total_steps, warmup, flat_fraction, min_factor)
     )
+
+
+def optimizer_groups(model: torch.nn.Module, phase: PhaseConfig, weight_decay: float) -> list[dict[str, Any]]:
+    """One AdamW group per trainable model group (its own lr), split by weight decay.
+
+    No weight decay on 1-D tensors: norms, biases, and the fusion's logit scale, bias and gate.
+    """
+    groups: dict[tuple[str, bool], list[torch.nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        decays = param.ndim > 1 and "norm" not in name
+        groups.setdefault((parameter_group(name), decays), []).append(param)
+    return [
+        {"params": params, "lr": phase.lr_for(group), "weight_decay": weight_decay if decays else 0.0,
+         "name": group if decays else f"{group}/no_decay"}
+        for (group, decays), params in groups.items()
+    ]

@@ -16,10 +16,8 @@ state, keep batch-norm statistics and are not averaged.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
-import random
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -40,12 +38,13 @@ from ..data.transforms import DetectionCollator, build_eval_transform, build_tra
 from ..errors import CheckpointError, DataError
 from ..io import append_line, atomic_write_json, atomic_write_text, read_json, read_jsonl, write_jsonl
 from ..models.checkpoint import detector_state, load_state_into, save_detector
-from ..models.detector import DefectDetector, parameter_group, set_trainable
+from ..models.detector import DefectDetector, set_trainable
 from .distributed import DistInfo, barrier, broadcast_object
 from .ema import ModelEMA
 from .evaluator import DetectionEvaluator, write_metrics
 from .loss import install_deim_loss
-from .schedule import build_scheduler
+from .schedule import build_scheduler, optimizer_groups
+from .seeding import rng_state, set_rng_state
 from .validation import run_validation
 
 STATE_FILE = "trainer_state.pt"
@@ -84,19 +83,6 @@ class PhaseOutcome:
         return cls(**read_json(path, "phase result"))
 
 
-def seed_phase(seed: int, phase: str) -> int:
-    """Seed every RNG from (run seed, phase name): a phase's result does not depend on what ran before it.
-
-    Called before the phase builds anything random (fusion heads, the first batch's noise), so a
-    run resumed between two phases trains the next one exactly as the uninterrupted run does.
-    """
-    digest = hashlib.sha256(f"{seed}:{phase}".encode()).digest()
-    phase_seed = int.from_bytes(digest[:8], "little") % 2**63
-    random.seed(phase_seed)
-    torch.manual_seed(phase_seed)  # also seeds every CUDA device
-    return phase_seed
-
-
 def build_phase_data(cfg: Config, train_index: CocoIndex, val_index: CocoIndex, image_size: tuple[int, int],
                      image_mean, image_std) -> PhaseData:
     collator = DetectionCollator(image_mean, image_std)
@@ -107,24 +93,6 @@ def build_phase_data(cfg: Config, train_index: CocoIndex, val_index: CocoIndex, 
     )
     evaluator = DetectionEvaluator(val_index.to_coco_dict(), iou_threshold=0.5)
     return PhaseData(train_index, val_index, val_loader, evaluator, collator)
-
-
-def optimizer_groups(model: torch.nn.Module, phase: PhaseConfig, weight_decay: float) -> list[dict[str, Any]]:
-    """One AdamW group per trainable model group (its own lr), split by weight decay.
-
-    No weight decay on 1-D tensors: norms, biases, and the fusion's logit scale, bias and gate.
-    """
-    groups: dict[tuple[str, bool], list[torch.nn.Parameter]] = {}
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        decays = param.ndim > 1 and "norm" not in name
-        groups.setdefault((parameter_group(name), decays), []).append(param)
-    return [
-        {"params": params, "lr": phase.lr_for(group), "weight_decay": weight_decay if decays else 0.0,
-         "name": group if decays else f"{group}/no_decay"}
-        for (group, decays), params in groups.items()
-    ]
 
 
 class PhaseTrainer:
@@ -395,7 +363,7 @@ class PhaseTrainer:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
-            "rng": _rng_state(),
+            "rng": rng_state(),
         }
         summary = {"phase": self.name, "epoch": self.epoch, "step": self.step, "best": self.best,
                    "initial": self.initial, "bad_evals": self.bad_evals, "stop_reason": self.stop_reason}
@@ -421,7 +389,7 @@ class PhaseTrainer:
         self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None and state["ema"] is not None:
             self.ema.load_state_dict(state["ema"])
-        _set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.best, self.initial = summary["best"], summary["initial"]
         self.bad_evals, self.stop_reason = int(summary["bad_evals"]), summary["stop_reason"]
@@ -434,20 +402,3 @@ class PhaseTrainer:
             self._write_results_csv()
         if self.progress:
             tqdm.write(f"{self.name}: resumed after epoch {self.epoch}/{self.phase.epochs} (step {self.step})")
-
-
-def _rng_state() -> dict[str, Any]:
-    version, internal, gauss = random.getstate()
-    state = {"torch": torch.get_rng_state(), "python": [version, list(internal), gauss]}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-

@@ -1,14 +1,22 @@
-"""Run a detector over a dataset and score it: preprocess -> inference -> postprocess -> metrics."""
+"""Run a detector over a dataset and score it: preprocess -> inference -> postprocess -> metrics.
+
+:func:`run_validation` scores a model on a training-time loader; :func:`evaluate_on_index` scores
+any :class:`~.predictor.Predictor` (PyTorch or ONNX) on a COCO index, image files as they are.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
+from ..data.coco import CocoIndex
+from ..structures import Detections
 from .evaluator import DetectionEvaluator
 from .postprocess import postprocess
+from .predictor import Predictor
 
 
 @torch.inference_mode()
@@ -25,3 +33,20 @@ def run_validation(model: torch.nn.Module, loader, evaluator: DetectionEvaluator
         evaluator.process(batch["image_ids"].tolist(), [d.to("cpu") for d in detections])
     model.train(was_training)
     return evaluator.evaluate()
+
+
+def evaluate_on_index(predictor: Predictor, index: CocoIndex, *, iou_threshold: float = 0.5,
+                      conf_threshold: float = 0.25, keep: Sequence[int] = (), progress: bool | None = None,
+                      desc: str = "evaluate") -> tuple[dict[str, Any], dict[int, Detections]]:
+    """Metrics of a predictor on every image of ``index``, and the detections of the ids in ``keep``."""
+    evaluator = DetectionEvaluator(index.to_coco_dict(), iou_threshold=iou_threshold, conf_threshold=conf_threshold)
+    kept: dict[int, Detections] = {}
+    wanted = set(keep)
+    paths = [r.path for r in index.images]
+    ids = [r.id for r in index.images]
+    sizes = [(r.width, r.height) for r in index.images]
+    for pred in predictor.predict_files(paths, ids, expected_sizes=sizes, progress=progress, desc=desc):
+        evaluator.process([pred.image_id], [pred.detections])
+        if pred.image_id in wanted:
+            kept[pred.image_id] = pred.detections
+    return evaluator.evaluate(all_images=True), kept

@@ -36,6 +36,7 @@ from transformers.models.deimv2 import modeling_deimv2 as hf
 
 from ..errors import ConfigError
 from .detector import DefectDetector, check_image_size
+from .postprocess import query_boxes_in_pixels, top_k_queries
 from .semantics import OriginalDeimv2Decoder
 
 DEFAULT_TOP_K = 300
@@ -353,16 +354,9 @@ class DeployDetector(nn.Module):
 
     def postprocess(self, logits: torch.Tensor, pred_boxes: torch.Tensor, orig_target_sizes: torch.Tensor
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The original DEIMv2 post-processor (as :func:`~defectfusion.engine.postprocess.postprocess`)."""
-        scores, index = torch.topk(torch.sigmoid(logits).flatten(1), self.top_k, dim=1)
-        query = torch.div(index, self.num_classes, rounding_mode="floor")
-        labels = index - query * self.num_classes
-        cx, cy, w, h = pred_boxes.unbind(-1)
-        boxes = torch.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], dim=-1)
-        boxes = boxes.gather(1, query.unsqueeze(-1).expand(-1, -1, 4))
-        sizes = orig_target_sizes.to(boxes.dtype)
-        height, width = sizes[:, 0:1], sizes[:, 1:2]
-        return labels, boxes * torch.cat([width, height, width, height], dim=1).unsqueeze(1), scores
+        """The original DEIMv2 post-processor (the core :func:`~.postprocess.top_k_queries` shares)."""
+        scores, labels, queries = top_k_queries(logits, self.top_k)
+        return labels, query_boxes_in_pixels(pred_boxes, queries, orig_target_sizes), scores
 
     def forward(self, images: torch.Tensor, orig_target_sizes: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

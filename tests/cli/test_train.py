@@ -1,0 +1,100 @@
+"""`defectfusion train` on malformed datasets: one readable line and exit 2, or one warning and training."""
+
+import json
+import shutil
+
+import pytest
+
+from defectfusion.cli import main
+from tests.helpers import write_train_config
+
+
+@pytest.fixture
+def dataset(tmp_path, synth_data):
+    """A writable copy of the synthetic dataset with 8 training images."""
+    root = tmp_path / "data"
+    shutil.copytree(synth_data, root)
+    ann = json.loads((root / "train" / "annotations.json").read_text())
+    keep = {img["id"] for img in ann["images"][:8]}
+    ann["images"] = [img for img in ann["images"] if img["id"] in keep]
+    ann["annotations"] = [a for a in ann["annotations"] if a["image_id"] in keep]
+    (root / "train" / "annotations.json").write_text(json.dumps(ann))
+    return root
+
+
+def _train(tmp_path, dataset, capsys):
+    cfg = write_train_config(tmp_path / "cfg.yml", dataset, order=["baseline"])
+    code = main(["train", str(cfg), "--out", str(tmp_path / "run"), "--quiet"])
+    captured = capsys.readouterr()
+    return code, captured.err
+
+
+def _edit(dataset, edit):
+    path = dataset / "train" / "annotations.json"
+    ann = json.loads(path.read_text())
+    edit(ann)
+    path.write_text(json.dumps(ann))
+    return path
+
+
+def _one_error_line(err):
+    lines = [line for line in err.strip().splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_truncated_json(tmp_path, dataset, capsys):
+    path = dataset / "train" / "annotations.json"
+    path.write_text(path.read_text()[:200])
+    code, err = _train(tmp_path, dataset, capsys)
+    line = _one_error_line(err)
+    assert code == 2 and str(path) in line
+
+
+def test_missing_images_are_all_listed(tmp_path, dataset, capsys):
+    images = sorted((dataset / "train" / "images").iterdir())
+    for image in images[:3]:
+        image.unlink()
+    code, err = _train(tmp_path, dataset, capsys)
+    line = _one_error_line(err)
+    assert code == 2 and all(image.name in line for image in images[:3])
+
+
+def test_unknown_category_id(tmp_path, dataset, capsys):
+    def edit(ann):
+        ann["annotations"][0]["category_id"] = 42
+
+    _edit(dataset, edit)
+    code, err = _train(tmp_path, dataset, capsys)
+    line = _one_error_line(err)
+    assert code == 2 and "42" in line and "annotations.json" in line
+
+
+def test_corrupt_image_is_named(tmp_path, dataset, capsys):
+    image = sorted((dataset / "train" / "images").iterdir())[2]
+    image.write_bytes(image.read_bytes()[:100])
+    code, err = _train(tmp_path, dataset, capsys)
+    line = _one_error_line(err)
+    assert code == 2 and image.name in line
+
+
+def test_degenerate_and_outside_boxes_warn_once_and_train(tmp_path, dataset, capsys):
+    def edit(ann):
+        ann["annotations"][0]["bbox"] = [10, 10, 0, 5]  # zero width: dropped
+        ann["annotations"][1]["bbox"] = [-20, 30, 50, 20]  # starts left of the image: clipped
+        ann["annotations"][2]["bbox"] = [80, 80, 40, 40]  # runs past the corner: clipped
+
+    _edit(dataset, edit)
+    code, err = _train(tmp_path, dataset, capsys)
+    assert code == 0, err
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    box_warnings = [w for w in warnings if "box" in w]
+    assert len(box_warnings) == 1, warnings
+    assert "1" in box_warnings[0] and "2" in box_warnings[0]
+    assert (tmp_path / "run" / "summary.json").is_file()
+
+
+def test_missing_data_section_says_how_to_fix(tmp_path, capsys):
+    code = main(["train", "baseline", "--out", str(tmp_path / "run"), "--quiet"])
+    line = _one_error_line(capsys.readouterr().err)
+    assert code == 2 and "data.train" in line and "-o data.train.annotations=" in line

@@ -1,0 +1,293 @@
+"""Shared test helpers: tiny detectors and datasets, the CLI runner, HTML checks, training configs.
+
+Fixtures that build these once per session live in ``conftest.py``.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import gzip
+import io
+import json
+from dataclasses import dataclass
+from html.parser import HTMLParser
+from pathlib import Path
+
+import torch
+import yaml
+from PIL import Image
+
+from defectfusion.config import FusionConfig, ModelConfig
+from defectfusion.data.descriptions import load_descriptions
+from defectfusion.models.checkpoint import save_detector
+from defectfusion.models.detector import DefectDetector, build_detector
+from defectfusion.models.text import encode_descriptions
+
+SIX_CLASSES = ["NORMAL", "DEFORMACIONES", "ROTURA_FRACTURA", "RAYONES_ARANAZOS", "PERFORACIONES", "CONTAMINACION"]
+# Checkpoints written by the original DEIMv2 code, beside the project (tests skip without them).
+ORIGINAL_FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "deimv2_original"
+SIZE = 96
+
+
+# ---------------------------------------------------------------------------- tiny models (the kit)
+
+
+@dataclass
+class Kit:
+    root: Path
+    data: Path  # synthetic dataset root (train/, val/)
+    val_ann: Path
+    val_images: Path
+    baseline: Path  # plain detector folder
+    fused: Path  # fused detector folder (query-selection fusion, gate open), clip:tiny text
+    fused_decoder_only: Path  # fused without query-selection fusion
+    silent: Path  # plain detector whose scores are all ~0: predicts nothing above any threshold
+    encoder: str  # text encoder spec of the fused models
+    cache_dir: Path
+    other_descriptions: Path  # a reworded descriptions file (same classes)
+
+
+def calibrate(model: DefectDetector, seed: int = 0, steps: int = 3) -> DefectDetector:
+    """Set batch-norm running statistics from random inputs (cumulative average), then eval mode."""
+    generator = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+            module.momentum = None
+    model.train()
+    with torch.no_grad():
+        for _ in range(steps):
+            model(pixel_values=torch.rand(4, 3, SIZE, SIZE, generator=generator))
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.momentum = 0.1
+    return model.eval()
+
+
+def reworded(path: Path) -> Path:
+    """The packaged six-class descriptions with other wording (what-if input)."""
+    data = yaml.safe_load(load_descriptions("defects6").model_dump_json())
+    for item in data["classes"]:
+        item["description"] = f"an image region that looks like {item['name'].lower().replace('_', ' ')}"
+        item["keywords"] = [item["name"].lower()]
+        item["contrast"] = None
+        item["prompts"] = []
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def build_kit(root: Path, synth_data: Path, tiny_clip_dir: Path) -> Kit:
+    torch.manual_seed(0)
+    names = [c["name"] for c in json.loads((synth_data / "val" / "annotations.json").read_text())["categories"]]
+    model_cfg = ModelConfig(preset="hgnetv2_micro", image_size=[SIZE, SIZE])
+    encoder = f"clip:{tiny_clip_dir}"
+    cache_dir = root / "text-cache"
+    text = encode_descriptions(load_descriptions("defects6").ordered_like(names), encoder, cache_dir)
+
+    baseline = calibrate(build_detector(model_cfg, names))
+    save_detector(baseline, root / "baseline")
+
+    def fused_model(query_selection: bool, seed: int) -> DefectDetector:
+        torch.manual_seed(seed)
+        fusion = FusionConfig(encoder=encoder, query_selection=query_selection, gate_init=1.0)
+        model = build_detector(model_cfg, names, fusion, text.class_embeddings, encoder=text.encoder,
+                               descriptions="defects6")
+        return calibrate(model)
+
+    save_detector(fused_model(True, 1), root / "fused")
+    save_detector(fused_model(False, 2), root / "fused_dec")
+
+    silent = copy.deepcopy(baseline)
+    with torch.no_grad():
+        for name, param in silent.named_parameters():
+            if "class_embed" in name and name.endswith("bias") or "enc_score_head.bias" in name:
+                param.fill_(-1e4)
+        # ... and whose boxes are points: score-0 detections are still ranked, and a real box
+        # could match an object by chance
+        for head in (silent.model.enc_bbox_head, silent.model.decoder.pre_bbox_head):
+            head.layers[-1].weight.zero_()
+            head.layers[-1].bias.copy_(torch.tensor([0.0, 0.0, -30.0, -30.0]))
+    save_detector(silent, root / "silent")
+    return Kit(root, synth_data, synth_data / "val" / "annotations.json", synth_data / "val" / "images",
+               root / "baseline", root / "fused", root / "fused_dec", root / "silent", encoder, cache_dir,
+               reworded(root / "reworded.yml"))
+
+
+def without_class(annotations: Path, name: str, out: Path) -> Path:
+    """A copy of a COCO file with every annotation of one class removed (the class stays listed)."""
+    data = json.loads(annotations.read_text())
+    cid = next(c["id"] for c in data["categories"] if c["name"] == name)
+    data["annotations"] = [a for a in data["annotations"] if a["category_id"] != cid]
+    out.write_text(json.dumps(data))
+    return out
+
+
+def make_run_folder(root: Path, kit: Kit) -> Path:
+    """A run folder as `defectfusion train` leaves it, without any metrics.json next to the checkpoints.
+
+    baseline phase -> phase1 (fused) -> gate stops phase2; final = phase1's best.
+    """
+    import shutil
+
+    run = root / "run"
+    run.mkdir(parents=True)
+    write_train_config(run / "config.yaml", kit.data)
+    shutil.copytree(kit.baseline, run / "baseline" / "best")
+    shutil.copytree(kit.fused, run / "phase1" / "best")
+    shutil.copytree(kit.fused, run / "final")
+    for phase, values in (("baseline", [0.05, 0.12, 0.2]), ("phase1", [0.2, 0.24, 0.23])):
+        lines = []
+        for epoch, v in enumerate(values):
+            lines.append(json.dumps({"phase": phase, "epoch": epoch, "map50": v, "map": v / 2,
+                                     "train_loss": None if epoch == 0 else 10.0 - epoch, "lr": 1e-3,
+                                     "time": f"2026-01-0{1 if phase == 'baseline' else 2}T00:00:0{epoch}+00:00"}))
+        (run / phase / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+
+    def outcome(name: str, best: float, epoch: int) -> dict:
+        return {"name": name, "best_epoch": epoch, "best_map50": best, "best_map": best / 2, "initial_map50": 0.0,
+                "initial_map": 0.0, "epochs_run": 2, "stop_reason": "completed 2 epochs",
+                "best_dir": str(run / name / "best"), "seconds": 12.5}
+
+    summary = {
+        "name": "fabricated", "phases_requested": ["baseline", "phase1", "phase2"], "start": None,
+        "baseline": {"source": "phase baseline", "checkpoint": str(run / "baseline" / "best"), "map50": 0.2,
+                     "map": 0.1},
+        "phases": {"baseline": outcome("baseline", 0.2, 2), "phase1": outcome("phase1", 0.24, 1)},
+        "gates": [{"after": "phase1", "metric": "map50", "value": 0.24, "min": 0.8, "max": None, "proceed": False,
+                   "reason": "map50 0.2400 < 0.8000: below the gate, the next phase does not run (review phase1 "
+                             "before going on)"}],
+        "final": {"phase": "phase1", "checkpoint": str(run / "final"), "source": str(run / "phase1" / "best"),
+                  "map50": 0.24, "map": 0.12, "reason": "phase1 has the best validation mAP@0.5"},
+    }
+    (run / "summary.json").write_text(json.dumps(summary, indent=2))
+    return run
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    from defectfusion.cli import main
+
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def one_line_error(argv: list[str], capsys) -> str:
+    """Run the CLI expecting a user error: exit 2, one `error: ...` line, no traceback. Returns the line."""
+    code, _, err = run_cli(argv, capsys)
+    assert code == 2, err
+    lines = [line for line in err.strip().splitlines() if not line.startswith("warning:")]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
+# ---------------------------------------------------------------------------- HTML reports
+
+
+class Resources(HTMLParser):
+    """Collects every src/href, and the tags seen."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.images: list[str] = []
+        self.refs: list[tuple[str, str, str]] = []
+        self.tags: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        for name, value in attrs:
+            if name in ("src", "href", "srcset", "poster", "data"):
+                self.refs.append((tag, name, value or ""))
+            if tag == "img" and name == "src":
+                self.images.append(value or "")
+
+
+def check_html(path: Path) -> Resources:
+    parser = Resources()
+    parser.feed(path.read_text(encoding="utf-8"))
+    for tag, name, value in parser.refs:
+        if tag == "img" and name == "src":
+            continue
+        assert value.startswith("#"), f"external reference in the HTML: <{tag} {name}={value[:60]!r}>"
+    for src in parser.images:
+        prefix = "data:image/png;base64,"
+        assert src.startswith(prefix), src[:60]
+        data = base64.b64decode(src[len(prefix) :], validate=True)
+        with Image.open(io.BytesIO(data)) as im:
+            assert im.format == "PNG"
+            im.verify()
+    assert "<script" not in path.read_text(encoding="utf-8").lower()
+    assert "url(" not in path.read_text(encoding="utf-8")  # no stylesheet resources either
+    return parser
+
+
+# ---------------------------------------------------------------------------- text and training
+
+
+def _bytes_to_unicode() -> list[str]:
+    """CLIP's byte-level alphabet (printable bytes map to themselves, the rest above 255)."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    codes = printable[:]
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            codes.append(256 + extra)
+            extra += 1
+    return [chr(c) for c in codes]
+
+
+def build_clip_tokenizer():
+    """A real CLIP tokenizer from the BPE merges that open_clip ships (no download)."""
+    import open_clip
+    from transformers import CLIPTokenizer
+
+    bpe = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
+    lines = gzip.open(bpe).read().decode("utf-8").split("\n")
+    merges = [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]
+    alphabet = _bytes_to_unicode()
+    tokens = alphabet + [t + "</w>" for t in alphabet] + ["".join(m) for m in merges]
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    return CLIPTokenizer(vocab={t: i for i, t in enumerate(tokens)}, merges=merges)
+
+
+def write_train_config(path: Path, dataset: Path, **sections) -> Path:
+    """A fast training config on ``data`` (tiny model, 96 px, no heavy augmentation), as YAML.
+
+    ``sections`` are merged over the defaults (e.g. ``phases=..., order=[...]``).
+    """
+    import yaml
+
+    from defectfusion.config import deep_merge
+
+    base = {
+        "include": ["progressive.yml"],
+        "name": "test",
+        "seed": 0,
+        "model": {"preset": "hgnetv2_micro", "image_size": [96, 96]},
+        "fusion": {"encoder": "sentence:minilm", "cache_dir": str(path.parent / "text-cache")},
+        "data": {
+            "train": {"annotations": str(dataset / "train" / "annotations.json")},
+            "val": {"annotations": str(dataset / "val" / "annotations.json")},
+            "batch_size": 4,
+            "num_workers": 0,
+            "verify_images": True,
+            "augment": {"mosaic_prob": 0.0, "photometric_prob": 0.0, "zoom_out_prob": 0.0, "iou_crop_prob": 0.0},
+        },
+        "train": {"warmup_steps": 2, "threads": 1, "tensorboard": False, "early_stop": {"drop": None}},
+        "phases": {
+            "baseline": {"epochs": 1, "lr": {"backbone": 2e-3, "encoder": 2e-3, "decoder": 2e-3, "class_head": 2e-3}},
+            "phase1": {"epochs": 1, "lr": 1e-2},
+            "phase2": {"epochs": 1, "lr": 1e-3},
+            "phase3": {"epochs": 1, "lr": 1e-3},
+        },
+        "order": ["baseline", "phase1", "phase2", "phase3"],
+        "gates": {"phase1": None, "phase2": None},  # drop the packaged absolute gates
+    }
+    config = deep_merge(base, sections)
+    # the packaged progressive config, by absolute path, so the file can live anywhere
+    from defectfusion.config import packaged_config_path
+
+    config["include"] = [str(packaged_config_path("progressive"))]
+    path.write_text(yaml.safe_dump(config))
+    return path
