@@ -140,7 +140,7 @@ def test_phase_selection_and_existing_run_folder(tmp_path, synth_data):
         select_phases(cfg, "7")
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "config.yaml").write_text("name: x\n")
-    with pytest.raises(ConfigError, match="--resume"):
+    with pytest.raises(ConfigError, match="already holds a run: resume it"):
         run_training(cfg, tmp_path / "run", phase="baseline", progress=False)
     with pytest.raises(ConfigError, match="starts from a trained model"):
         run_training(cfg, tmp_path / "run2", phase="2", progress=False)

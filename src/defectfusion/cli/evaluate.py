@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--images", type=Path, default=None, help="images folder (default: beside the json)")
     p.add_argument("--baseline", type=Path, default=None, help="baseline checkpoint evaluated on the same images")
     p.add_argument("--pair", nargs=2, metavar=("A", "B"), default=None,
-                   help="the confusable pair to call out (default: ROTURA_FRACTURA RAYONES_ARANAZOS when present)")
+                   help="the confusable pair to call out (default: the confusable_pair of the model's descriptions)")
     p.add_argument("--descriptions", nargs="+", default=[], metavar="FILE",
                    help="what-if: description files (or packaged names) to evaluate the fused model with, compared "
                         "in one table")

@@ -31,6 +31,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.config is None and not (args.resume and args.out):
         raise ConfigError("give a config (e.g. `defectfusion train progressive ...`), or --resume --out RUN_DIR")
+    if args.out is not None and (args.out / "config.yaml").is_file() and not args.resume:
+        raise ConfigError(f"run folder {args.out} already holds a run: pass --resume to continue it, or another "
+                          f"--out to start a new one")
     result = train(args.config, args.out, phase=args.phase, resume=args.resume, overrides=args.override,
                    progress=not args.quiet)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, one process reports

@@ -99,7 +99,7 @@ def _image_ids_from_annotations(paths: Sequence[Path], annotations: str | os.Pat
         shown = ", ".join(unmatched[:5]) + (f" and {len(unmatched) - 5} more" if len(unmatched) > 5 else "")
         raise DataError(
             f"{len(unmatched)} image(s) are not listed in {annotations}'s 'images' (matched by file_name): {shown}. "
-            f"Predict the annotated images only, or give --category-ids instead of --annotations"
+            f"Predict the annotated images only, or give the category ids explicitly instead of the annotations file"
         )
     return ids, sizes
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import load_config
+from ..engine.distributed import shutdown
 from ..engine.progressive import run_training
 from ..errors import ConfigError
 
@@ -32,5 +33,8 @@ def train(config: str | os.PathLike | None, out: str | os.PathLike | None = None
     else:
         cfg = load_config(config, overrides)
     folder = Path(out) if out is not None else Path("runs") / cfg.name
-    summary = run_training(cfg, folder, phase=phase, resume=resume, progress=progress)
+    try:
+        summary = run_training(cfg, folder, phase=phase, resume=resume, progress=progress)
+    finally:
+        shutdown()
     return TrainResult(folder, summary)

@@ -76,6 +76,7 @@ def broadcast_object(info: DistInfo, value):
     return box[0]
 
 
-def shutdown(info: DistInfo) -> None:
-    if info.distributed and dist.is_initialized():
+def shutdown() -> None:
+    """Leave the process group (at the end of a data-parallel run; torch warns otherwise)."""
+    if dist.is_initialized():
         dist.destroy_process_group()

@@ -162,7 +162,7 @@ class OnnxDetector:
             raise DataError(
                 f"{self.path.name} takes images [B, 3, {self.image_size[0]}, {self.image_size[1]}] (it was exported at "
                 f"{self.image_size[0]}x{self.image_size[1]}), got {list(pixel_values.shape)}; resize the images to "
-                f"the exported size or export again with --size"
+                f"the exported size, or export again at this size"
             )
         if orig_sizes.shape != (pixel_values.shape[0], 2):
             raise DataError(f"orig_sizes must be [B, 2] (H, W) for {pixel_values.shape[0]} images, "

@@ -45,7 +45,7 @@ def select_phases(cfg: Config, phase: str) -> list[str]:
     """``all`` -> ``cfg.order``; ``1`` -> ``phase1``; a phase name -> itself."""
     if phase == "all":
         if not cfg.order:
-            raise ConfigError("the config has no 'order' of phases; give --phase NAME or add 'order: [...]'")
+            raise ConfigError("the config has no 'order' of phases; name the phase to run, or add 'order: [...]' to it")
         return list(cfg.order)
     for candidate in (phase, f"phase{phase}"):
         if candidate in cfg.phases:
@@ -148,8 +148,8 @@ class TrainingRun:
         if self.info.is_main:
             if config_path.exists():
                 if not self.resume:
-                    raise ConfigError(f"run folder {self.out} already holds a run: pass --resume to continue it, or "
-                                      f"--out to start a new one")
+                    raise ConfigError(f"run folder {self.out} already holds a run: resume it to continue, or choose "
+                                      f"another output folder to start a new one")
                 saved = validate_config(yaml.safe_load(config_path.read_text(encoding="utf-8")), str(config_path))
                 if saved != self.cfg:
                     raise ConfigError(f"{config_path} differs from the config given: resume with the config the run "

@@ -17,7 +17,7 @@ from transformers import Deimv2Config
 
 from ..errors import CheckpointError
 from ..io import atomic_write_dir
-from .detector import META_KEY, DefectDetector
+from .detector import DefectDetector
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -132,11 +132,3 @@ def load_detector(path: str | Path, device: str | torch.device = "cpu") -> Defec
     model = DefectDetector(config)
     load_state_into(model, state, str(weights))
     return model.to(device).eval()
-
-
-def is_defectfusion_folder(path: str | Path) -> bool:
-    try:
-        data = json.loads((Path(path) / CONFIG_NAME).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return False
-    return META_KEY in data

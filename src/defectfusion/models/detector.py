@@ -24,13 +24,13 @@ from torch import nn
 from transformers import Deimv2Config, Deimv2ForObjectDetection
 from transformers.models.deimv2.modeling_deimv2 import Deimv2FrozenBatchNorm2d
 
-from ..config import FusionConfig, ModelConfig
+from ..config import ALL_GROUPS, FusionConfig, ModelConfig
 from ..errors import ConfigError
 from .fusion import FusedClassifier, TextFusionHead, random_text_embeddings
 from .presets import IMAGENET_MEAN, IMAGENET_STD, NO_MEAN, NO_STD, get_preset
 from .semantics import apply_original_semantics
 
-GROUPS: tuple[str, ...] = ("backbone", "encoder", "decoder", "class_head", "fusion")
+GROUPS: tuple[str, ...] = ALL_GROUPS  # the parameter groups phases train or freeze
 META_KEY = "defectfusion"
 
 

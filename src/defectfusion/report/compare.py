@@ -25,6 +25,7 @@ from .values import (
     Metrics,
     as_number,
     check_metrics,
+    confusion_matrix,
     delta,
     fmt_delta,
     fmt_value,
@@ -191,12 +192,7 @@ def pair_counts(metrics: Metrics, a: str, b: str) -> tuple[int, int]:
 
     Rows of ``confusion_matrix.counts`` are ground truth, columns are predictions.
     """
-    cm = metrics.get("confusion_matrix") if isinstance(metrics, Mapping) else None
-    if not isinstance(cm, Mapping) or "labels" not in cm or "counts" not in cm:
-        raise DefectFusionError(
-            "metrics: field 'confusion_matrix' with 'labels' and 'counts' is missing; "
-            "re-run the evaluation with a current defectfusion"
-        )
+    cm = confusion_matrix(metrics)
     labels = list(cm["labels"])
     counts = cm["counts"]
     for name in (a, b):

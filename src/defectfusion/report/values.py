@@ -139,3 +139,20 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
     for row in rows:
         lines.append("| " + " | ".join(cell(row.get(c)) for c in columns) + " |")
     return "\n".join(lines)
+
+
+def confusion_matrix(metrics: Mapping[str, Any], what: str = "metrics") -> Mapping[str, Any]:
+    """The evaluator's ``confusion_matrix`` dict (from a metrics dict or the matrix itself), checked square."""
+    cm = metrics.get("confusion_matrix", metrics) if isinstance(metrics, Mapping) else None
+    if not isinstance(cm, Mapping) or "labels" not in cm or "counts" not in cm:
+        raise DefectFusionError(
+            f"{what}: no 'confusion_matrix' with 'labels' and 'counts' (the evaluator's metrics.json holds one); "
+            f"re-run the evaluation with a current defectfusion"
+        )
+    n = len(cm["labels"])
+    counts = cm["counts"]
+    if len(counts) != n or any(len(r) != n for r in counts):
+        raise DefectFusionError(
+            f"{what}: confusion_matrix 'counts' must be {n} x {n} (one row and column per label), got {len(counts)} rows"
+        )
+    return cm

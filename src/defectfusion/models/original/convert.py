@@ -163,7 +163,7 @@ def class_names_from_annotations(path: str | Path, num_classes: int | None = Non
     if sorted(ids) != list(range(len(ids))):
         raise DataError(
             f"{path}: category ids are {ids}; the original DEIMv2 (remap_mscoco_category: False) uses the category id as "
-            f"the class channel, so the ids must be 0..{len(ids) - 1}. Pass --class-names in channel order instead"
+            f"the class channel, so the ids must be 0..{len(ids) - 1}. Give the class names in channel order instead"
         )
     if ids != sorted(ids):
         raise DataError(
@@ -183,7 +183,7 @@ def _class_names(given: Sequence[str] | None, annotations: str | Path | None, nu
         if remap:
             raise ConfigError(
                 f"{s.config.path}: remap_mscoco_category is True (labels are the 80 COCO classes remapped); class names "
-                f"cannot come from an annotation file's ids. Pass --class-names in channel order"
+                f"cannot come from an annotation file's ids. Give the class names in channel order"
             )
         names = class_names_from_annotations(annotations, num_classes)
         s.note("class names", ", ".join(names), "config", f"categories of {annotations}")

@@ -19,7 +19,7 @@ from matplotlib.patches import Patch, Rectangle
 
 from ...errors import DefectFusionError
 from ..compare import compare_many
-from ..values import METRICS, MISSING, as_number, check_metrics, delta, fmt_delta
+from ..values import METRICS, MISSING, as_number, check_metrics, confusion_matrix, delta, fmt_delta
 from .style import (
     GAIN,
     LOSS,
@@ -36,21 +36,7 @@ from .style import (
 # confusion matrix
 # ----------------------------------------------------------------------------------------------
 def _confusion(cm: Mapping[str, Any]) -> Mapping[str, Any]:
-    if "confusion_matrix" in cm:
-        cm = cm["confusion_matrix"]
-    if not isinstance(cm, Mapping) or "labels" not in cm or "counts" not in cm:
-        raise DefectFusionError(
-            "plot_confusion_matrix: expected the evaluator's 'confusion_matrix' dict with 'labels' and "
-            "'counts' (or a metrics dict holding one)"
-        )
-    n = len(cm["labels"])
-    counts = cm["counts"]
-    if len(counts) != n or any(len(r) != n for r in counts):
-        raise DefectFusionError(
-            f"confusion_matrix: 'counts' must be {n} x {n} (one row and column per label), "
-            f"got {len(counts)} rows"
-        )
-    return cm
+    return confusion_matrix(cm, "plot_confusion_matrix")
 
 
 def _row_normalized(counts: np.ndarray) -> np.ndarray:
