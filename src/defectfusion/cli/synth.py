@@ -23,9 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data.synthetic import generate_synthetic_dataset
+    from ..commands.synth import synth
 
-    summary = generate_synthetic_dataset(args.out, train=args.train, val=args.val, size=args.size, seed=args.seed,
+    summary = synth(args.out, train=args.train, val=args.val, size=args.size, seed=args.seed,
                                          progress=True)
     for name, split in summary.splits.items():
         counts = ", ".join(f"{k} {v}" for k, v in split.instances.items())
