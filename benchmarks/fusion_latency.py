@@ -83,8 +83,9 @@ def onnx_runner(path: Path, images: torch.Tensor, sizes: torch.Tensor, threads: 
     return lambda: session.run(None, feeds)
 
 
-def interleaved(base: Callable[[], object], fused: Callable[[], object], budget: float, min_pairs: int,
-                max_pairs: int, warmup: int) -> dict[str, dict[str, list[float]]]:
+def interleaved(
+    base: Callable[[], object], fused: Callable[[], object], budget: float, min_pairs: int, max_pairs: int, warmup: int
+) -> dict[str, dict[str, list[float]]]:
     """Pairs of runs, base/fused then fused/base, ..., until ``budget`` seconds (within the pair limits).
 
     Returns ``{clock: {"base": [...], "fused": [...]}}`` for the wall clock and the process CPU clock;
@@ -114,9 +115,11 @@ def report(label: str, backend: str, times: dict[str, dict[str, list[float]]], s
         b, f = statistics.median(base), statistics.median(fused)
         ratios[clock] = statistics.median(x / y for x, y in zip(fused, base, strict=True))
         low, high = statistics.quantiles(base, n=4)[0::2]
-        print(f"{label} {backend} [{clock}, {len(base)} pairs]: median base {b * 1e3:.1f} ms, {second} {f * 1e3:.1f} ms "
-              f"(ratio of medians {f / b:.3f}; base quartiles {low * 1e3:.1f}..{high * 1e3:.1f} ms; "
-              f"median of paired ratios {ratios[clock]:.3f})")
+        print(
+            f"{label} {backend} [{clock}, {len(base)} pairs]: median base {b * 1e3:.1f} ms, {second} {f * 1e3:.1f} ms "
+            f"(ratio of medians {f / b:.3f}; base quartiles {low * 1e3:.1f}..{high * 1e3:.1f} ms; "
+            f"median of paired ratios {ratios[clock]:.3f})"
+        )
     print(f"{label} {backend} {second}/base ratio={ratios['cpu']:.3f}")
     return ratios["cpu"]
 
@@ -140,20 +143,26 @@ def head_cost(model: torch.nn.Module, iters: int = 50) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--budget", type=float, default=120.0,
-                        help="seconds of timed pairs per setting and backend (default: 120)")
+    parser.add_argument(
+        "--budget", type=float, default=120.0, help="seconds of timed pairs per setting and backend (default: 120)"
+    )
     parser.add_argument("--min-pairs", type=int, default=10, help="at least this many pairs, whatever the budget")
     parser.add_argument("--max-pairs", type=int, default=300, help="at most this many pairs")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch and onnxruntime intra-op threads")
     parser.add_argument("--skip-m", action="store_true", help="only the demo size (the M export takes minutes)")
     parser.add_argument("--skip-onnx", action="store_true", help="PyTorch only")
-    parser.add_argument("--control", action="store_true",
-                        help="also time the base against an identical copy of itself: the noise floor of the ratio")
+    parser.add_argument(
+        "--control",
+        action="store_true",
+        help="also time the base against an identical copy of itself: the noise floor of the ratio",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} thread(s), batch 1; interleaved pairs for {args.budget:.0f} s "
-          f"({args.min_pairs}..{args.max_pairs} pairs) after {args.warmup} warm-up pairs")
+    print(
+        f"torch {torch.__version__}, {args.threads} thread(s), batch 1; interleaved pairs for {args.budget:.0f} s "
+        f"({args.min_pairs}..{args.max_pairs} pairs) after {args.warmup} warm-up pairs"
+    )
     pairs = (args.budget, args.min_pairs, args.max_pairs, args.warmup)
     settings = [s for s in SETTINGS if not (args.skip_m and s[1] == "dinov3_m")]
     with tempfile.TemporaryDirectory() as tmp:
@@ -161,18 +170,18 @@ def main() -> None:
             base, fused = build_pair(preset, size)
             images = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
             sizes = torch.tensor([[size, size]])
-            times = interleaved(torch_runner(base, images, sizes), torch_runner(fused, images, sizes),
-                                *pairs)
+            times = interleaved(torch_runner(base, images, sizes), torch_runner(fused, images, sizes), *pairs)
             report(label, "pytorch", times)
             plain, head = head_cost(fused)
             share = (head - plain) / statistics.median(times["cpu"]["base"])
-            print(f"{label} fused class head alone: {head * 1e3:.2f} ms vs {plain * 1e3:.2f} ms for the plain projection "
-                  f"({fused.config.num_queries} queries, d={fused.config.d_model}, text {TEXT_DIM}-d): "
-                  f"+{share * 100:.2f}% of the base forward")
+            print(
+                f"{label} fused class head alone: {head * 1e3:.2f} ms vs {plain * 1e3:.2f} ms for the plain projection "
+                f"({fused.config.num_queries} queries, d={fused.config.d_model}, text {TEXT_DIM}-d): "
+                f"+{share * 100:.2f}% of the base forward"
+            )
             if args.control:
                 twin = copy.deepcopy(base).eval()
-                control = interleaved(torch_runner(base, images, sizes), torch_runner(twin, images, sizes),
-                                      *pairs)
+                control = interleaved(torch_runner(base, images, sizes), torch_runner(twin, images, sizes), *pairs)
                 report(f"{label} control", "pytorch", control, second="copy")
             if args.skip_onnx:
                 continue
@@ -183,10 +192,15 @@ def main() -> None:
                 start = time.perf_counter()
                 result = export_model(model, Path(tmp) / f"{preset}_{name}.onnx", threads=args.threads)
                 checks = "; ".join(r.summary() for r in result.parity)
-                print(f"{label} exported {name} in {time.perf_counter() - start:.0f} s, onnxruntime = PyTorch: {checks}")
+                print(
+                    f"{label} exported {name} in {time.perf_counter() - start:.0f} s, onnxruntime = PyTorch: {checks}"
+                )
                 paths[name] = result.path
-            times = interleaved(onnx_runner(paths["base"], images, sizes, args.threads),
-                                onnx_runner(paths["fused"], images, sizes, args.threads), *pairs)
+            times = interleaved(
+                onnx_runner(paths["base"], images, sizes, args.threads),
+                onnx_runner(paths["fused"], images, sizes, args.threads),
+                *pairs,
+            )
             report(label, "onnxruntime", times)
 
 

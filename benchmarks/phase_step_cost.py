@@ -33,8 +33,12 @@ def _batch(batch: int, size: int, boxes: int = 6, seed: int = 0):
     for _ in range(batch):
         centers = torch.rand(boxes, 2, generator=generator) * 0.6 + 0.2
         sizes = torch.rand(boxes, 2, generator=generator) * 0.2 + 0.05
-        labels.append({"class_labels": torch.randint(0, len(CLASSES), (boxes,), generator=generator),
-                       "boxes": torch.cat([centers, sizes], dim=1)})
+        labels.append(
+            {
+                "class_labels": torch.randint(0, len(CLASSES), (boxes,), generator=generator),
+                "boxes": torch.cat([centers, sizes], dim=1),
+            }
+        )
     return pixels, labels
 
 

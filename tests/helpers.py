@@ -91,8 +91,9 @@ def build_kit(root: Path, synth_data: Path, tiny_clip_dir: Path) -> Kit:
     def fused_model(query_selection: bool, seed: int) -> DefectDetector:
         torch.manual_seed(seed)
         fusion = FusionConfig(encoder=encoder, query_selection=query_selection, gate_init=1.0)
-        model = build_detector(model_cfg, names, fusion, text.class_embeddings, encoder=text.encoder,
-                               descriptions="defects6")
+        model = build_detector(
+            model_cfg, names, fusion, text.class_embeddings, encoder=text.encoder, descriptions="defects6"
+        )
         return calibrate(model)
 
     save_detector(fused_model(True, 1), root / "fused")
@@ -109,9 +110,19 @@ def build_kit(root: Path, synth_data: Path, tiny_clip_dir: Path) -> Kit:
             head.layers[-1].weight.zero_()
             head.layers[-1].bias.copy_(torch.tensor([0.0, 0.0, -30.0, -30.0]))
     save_detector(silent, root / "silent")
-    return Kit(root, synth_data, synth_data / "val" / "annotations.json", synth_data / "val" / "images",
-               root / "baseline", root / "fused", root / "fused_dec", root / "silent", encoder, cache_dir,
-               reworded(root / "reworded.yml"))
+    return Kit(
+        root,
+        synth_data,
+        synth_data / "val" / "annotations.json",
+        synth_data / "val" / "images",
+        root / "baseline",
+        root / "fused",
+        root / "fused_dec",
+        root / "silent",
+        encoder,
+        cache_dir,
+        reworded(root / "reworded.yml"),
+    )
 
 
 def without_class(annotations: Path, name: str, out: Path) -> Path:
@@ -139,26 +150,66 @@ def make_run_folder(root: Path, kit: Kit) -> Path:
     for phase, values in (("baseline", [0.05, 0.12, 0.2]), ("phase1", [0.2, 0.24, 0.23])):
         lines = []
         for epoch, v in enumerate(values):
-            lines.append(json.dumps({"phase": phase, "epoch": epoch, "map50": v, "map": v / 2,
-                                     "train_loss": None if epoch == 0 else 10.0 - epoch, "lr": 1e-3,
-                                     "time": f"2026-01-0{1 if phase == 'baseline' else 2}T00:00:0{epoch}+00:00"}))
+            lines.append(
+                json.dumps(
+                    {
+                        "phase": phase,
+                        "epoch": epoch,
+                        "map50": v,
+                        "map": v / 2,
+                        "train_loss": None if epoch == 0 else 10.0 - epoch,
+                        "lr": 1e-3,
+                        "time": f"2026-01-0{1 if phase == 'baseline' else 2}T00:00:0{epoch}+00:00",
+                    }
+                )
+            )
         (run / phase / "metrics.jsonl").write_text("\n".join(lines) + "\n")
 
     def outcome(name: str, best: float, epoch: int) -> dict:
-        return {"name": name, "best_epoch": epoch, "best_map50": best, "best_map": best / 2, "initial_map50": 0.0,
-                "initial_map": 0.0, "epochs_run": 2, "stop_reason": "completed 2 epochs",
-                "best_dir": str(run / name / "best"), "seconds": 12.5}
+        return {
+            "name": name,
+            "best_epoch": epoch,
+            "best_map50": best,
+            "best_map": best / 2,
+            "initial_map50": 0.0,
+            "initial_map": 0.0,
+            "epochs_run": 2,
+            "stop_reason": "completed 2 epochs",
+            "best_dir": str(run / name / "best"),
+            "seconds": 12.5,
+        }
 
     summary = {
-        "name": "fabricated", "phases_requested": ["baseline", "phase1", "phase2"], "start": None,
-        "baseline": {"source": "phase baseline", "checkpoint": str(run / "baseline" / "best"), "map50": 0.2,
-                     "map": 0.1},
+        "name": "fabricated",
+        "phases_requested": ["baseline", "phase1", "phase2"],
+        "start": None,
+        "baseline": {
+            "source": "phase baseline",
+            "checkpoint": str(run / "baseline" / "best"),
+            "map50": 0.2,
+            "map": 0.1,
+        },
         "phases": {"baseline": outcome("baseline", 0.2, 2), "phase1": outcome("phase1", 0.24, 1)},
-        "gates": [{"after": "phase1", "metric": "map50", "value": 0.24, "min": 0.8, "max": None, "proceed": False,
-                   "reason": "map50 0.2400 < 0.8000: below the gate, the next phase does not run (review phase1 "
-                             "before going on)"}],
-        "final": {"phase": "phase1", "checkpoint": str(run / "final"), "source": str(run / "phase1" / "best"),
-                  "map50": 0.24, "map": 0.12, "reason": "phase1 has the best validation mAP@0.5"},
+        "gates": [
+            {
+                "after": "phase1",
+                "metric": "map50",
+                "value": 0.24,
+                "min": 0.8,
+                "max": None,
+                "proceed": False,
+                "reason": "map50 0.2400 < 0.8000: below the gate, the next phase does not run (review phase1 "
+                "before going on)",
+            }
+        ],
+        "final": {
+            "phase": "phase1",
+            "checkpoint": str(run / "final"),
+            "source": str(run / "phase1" / "best"),
+            "map50": 0.24,
+            "map": 0.12,
+            "reason": "phase1 has the best validation mAP@0.5",
+        },
     }
     (run / "summary.json").write_text(json.dumps(summary, indent=2))
     return run
@@ -226,7 +277,9 @@ def check_html(path: Path) -> Resources:
 
 def _bytes_to_unicode() -> list[str]:
     """CLIP's byte-level alphabet (printable bytes map to themselves, the rest above 255)."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    printable = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     codes = printable[:]
     extra = 0
     for b in range(256):

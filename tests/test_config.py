@@ -12,7 +12,9 @@ def test_defaults_are_the_seed_choices():
 
 def test_include_chain_merges_in_order_with_paths_relative_to_each_file(tmp_path):
     (tmp_path / "sub").mkdir()
-    (tmp_path / "sub" / "base.yml").write_text("model: {preset: dinov3_s, checkpoint: ckpt}\nfusion: {temperature: 0.1}\n")
+    (tmp_path / "sub" / "base.yml").write_text(
+        "model: {preset: dinov3_s, checkpoint: ckpt}\nfusion: {temperature: 0.1}\n"
+    )
     (tmp_path / "sub" / "ckpt").mkdir()
     (tmp_path / "mid.yml").write_text("include: [sub/base.yml]\nfusion: {temperature: 0.2, descriptions: d.yml}\n")
     (tmp_path / "top.yml").write_text("include: [mid.yml]\nmodel: {preset: dinov3_m}\n")
@@ -66,7 +68,11 @@ def test_dump_round_trips(tmp_path):
 
 
 def test_null_removes_an_included_mapping(tmp_path):
-    (tmp_path / "top.yml").write_text("include: [progressive.yml]\ngates: {phase1: null}\n".replace(
-        "progressive.yml", str(__import__("defectfusion.config", fromlist=["x"]).packaged_config_path("progressive"))))
+    (tmp_path / "top.yml").write_text(
+        "include: [progressive.yml]\ngates: {phase1: null}\n".replace(
+            "progressive.yml",
+            str(__import__("defectfusion.config", fromlist=["x"]).packaged_config_path("progressive")),
+        )
+    )
     cfg = load_config(tmp_path / "top.yml")
     assert "phase1" not in cfg.gates and "phase2" in cfg.gates

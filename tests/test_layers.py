@@ -60,8 +60,12 @@ def _imports(path: Path) -> list[tuple[str, list[str], int, bool]]:
             names = [a.name for a in node.names]
             if target.startswith("defectfusion"):
                 # `from . import plots` imports a module, not a name
-                modules = [f"{target}.{n}" for n in names if (PACKAGE.parent / f"{target}.{n}".replace(".", "/")).exists()
-                           or (PACKAGE.parent / (f"{target}.{n}".replace(".", "/") + ".py")).exists()]
+                modules = [
+                    f"{target}.{n}"
+                    for n in names
+                    if (PACKAGE.parent / f"{target}.{n}".replace(".", "/")).exists()
+                    or (PACKAGE.parent / (f"{target}.{n}".replace(".", "/") + ".py")).exists()
+                ]
                 for m in modules:
                     found.append((m, [], node.lineno, bool(node.level)))
                 rest = [n for n in names if f"{target}.{n}" not in modules]
@@ -108,8 +112,13 @@ def test_no_private_name_is_used_outside_its_module():
             if isinstance(node, ast.ImportFrom) and node.level:
                 module_aliases.update(a.asname or a.name for a in node.names)
         for node in ast.walk(tree):
-            if (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
-                    and isinstance(node.value, ast.Name) and node.value.id in module_aliases):
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr.startswith("_")
+                and not node.attr.startswith("__")
+                and isinstance(node.value, ast.Name)
+                and node.value.id in module_aliases
+            ):
                 problems.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: uses {node.value.id}.{node.attr}")
     assert not problems, "\n".join(problems)
 
@@ -133,7 +142,7 @@ def test_the_import_graph_has_no_cycle():
         stack.append(node)
         for nxt in sorted(edges.get(node, ())):
             if state.get(nxt) == 1:
-                return stack[stack.index(nxt):] + [nxt]
+                return stack[stack.index(nxt) :] + [nxt]
             if nxt not in state and (cycle := visit(nxt)):
                 return cycle
         stack.pop()
@@ -146,8 +155,11 @@ def test_the_import_graph_has_no_cycle():
 
 
 def test_every_module_is_under_400_lines():
-    long = [f"{p.relative_to(PACKAGE.parent)}: {n}" for p in _sources()
-            if (n := len(p.read_text(encoding="utf-8").splitlines())) > 420]
+    long = [
+        f"{p.relative_to(PACKAGE.parent)}: {n}"
+        for p in _sources()
+        if (n := len(p.read_text(encoding="utf-8").splitlines())) > 420
+    ]
     assert not long, "modules over ~400 lines (split them by job):\n" + "\n".join(long)
 
 

@@ -122,8 +122,11 @@ class Explanation:
                     n: r(v) for n, v in zip(names, self.best_class_share(), strict=True)
                 },
                 "levels": [
-                    {"height": int(m.shape[1]), "width": int(m.shape[2]),
-                     "similarity": {n: [[r(v) for v in row] for row in m[c].tolist()] for c, n in enumerate(names)}}
+                    {
+                        "height": int(m.shape[1]),
+                        "width": int(m.shape[2]),
+                        "similarity": {n: [[r(v) for v in row] for row in m[c].tolist()] for c, n in enumerate(names)},
+                    }
                     for m in self.level_maps
                 ],
             },
@@ -131,10 +134,15 @@ class Explanation:
                 "head": self.query_head,
                 "threshold": self.threshold,
                 "items": [
-                    {"box_xyxy": [round(v, 2) for v in d.box], "label": d.label, "class": d.class_name,
-                     "score": r(d.score), "query": d.query,
-                     "similarity": {n: r(v) for n, v in zip(names, d.similarity, strict=True)},
-                     "top_matches": [[n, r(v)] for n, v in d.top_matches(names, 3)]}
+                    {
+                        "box_xyxy": [round(v, 2) for v in d.box],
+                        "label": d.label,
+                        "class": d.class_name,
+                        "score": r(d.score),
+                        "query": d.query,
+                        "similarity": {n: r(v) for n, v in zip(names, d.similarity, strict=True)},
+                        "top_matches": [[n, r(v)] for n, v in d.top_matches(names, 3)],
+                    }
                     for d in self.detections
                 ],
             },

@@ -40,10 +40,23 @@ def _top_detections(logits: torch.Tensor, top_k: int) -> tuple[torch.Tensor, tor
 def test_convert_writes_a_folder_that_reproduces_the_original(tmp_path, capsys, name, six_classes):
     folder = fixture_dir(name)
     ann = tmp_path / "train.json"
-    ann.write_text(json.dumps({"images": [], "annotations": [],
-                               "categories": [{"id": i, "name": n} for i, n in enumerate(six_classes)]}))
-    code = main(["convert", str(folder / "checkpoint.pth"), "--config", str(folder / "config.yml"),
-                 "--out", str(tmp_path / "out"), "--annotations", str(ann)])
+    ann.write_text(
+        json.dumps(
+            {"images": [], "annotations": [], "categories": [{"id": i, "name": n} for i, n in enumerate(six_classes)]}
+        )
+    )
+    code = main(
+        [
+            "convert",
+            str(folder / "checkpoint.pth"),
+            "--config",
+            str(folder / "config.yml"),
+            "--out",
+            str(tmp_path / "out"),
+            "--annotations",
+            str(ann),
+        ]
+    )
     printed = capsys.readouterr().out
     assert code == 0
     for heading in ("read from the YAML", "weights: ema", "verified: decoder.anchors", f"wrote {tmp_path / 'out'}"):
@@ -71,15 +84,29 @@ def test_convert_writes_a_folder_that_reproduces_the_original(tmp_path, capsys, 
 
 def test_convert_takes_the_model_weights_when_asked(tmp_path, capsys):
     folder = fixture_dir("mini_dinov3")
-    code = main(["convert", str(folder / "checkpoint.pth"), "--config", str(folder / "config.yml"),
-                 "--out", str(tmp_path / "out"), "--weights", "model", "--class-names", "a,b,c,d,e,f"])
+    code = main(
+        [
+            "convert",
+            str(folder / "checkpoint.pth"),
+            "--config",
+            str(folder / "config.yml"),
+            "--out",
+            str(tmp_path / "out"),
+            "--weights",
+            "model",
+            "--class-names",
+            "a,b,c,d,e,f",
+        ]
+    )
     assert code == 0 and "weights: model" in capsys.readouterr().out
     model = load_detector(tmp_path / "out")
     assert model.class_names == ["a", "b", "c", "d", "e", "f"]
     expected = _load(folder / "expected.pt")["model"]
     with torch.no_grad():
         out = model(pixel_values=_load(folder / "input.pt"))
-    assert (out.logits.max(-1).values.sort().values - expected["pred_logits"].max(-1).values.sort().values).abs().max() < 1e-4
+    assert (
+        out.logits.max(-1).values.sort().values - expected["pred_logits"].max(-1).values.sort().values
+    ).abs().max() < 1e-4
 
 
 def _expect_one_line_error(capsys, code: int, *fragments: str) -> str:
@@ -113,24 +140,54 @@ def test_a_key_missing_from_the_yaml_is_named(tmp_path, capsys):
     cfg = load_original_yaml(folder / "config.yml")
     del cfg["DINOv3STAs"]["interaction_indexes"]
     (tmp_path / "cfg.yml").write_text(yaml.safe_dump(cfg))
-    code = main(["convert", str(folder / "checkpoint.pth"), "--config", str(tmp_path / "cfg.yml"),
-                 "--out", str(tmp_path / "out")])
+    code = main(
+        [
+            "convert",
+            str(folder / "checkpoint.pth"),
+            "--config",
+            str(tmp_path / "cfg.yml"),
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     _expect_one_line_error(capsys, code, "DINOv3STAs.interaction_indexes is missing")
     assert not (tmp_path / "out").exists()
 
 
 def test_wrong_number_of_class_names_is_a_user_error(tmp_path, capsys):
     folder = fixture_dir("mini_hgnetv2")
-    code = main(["convert", str(folder / "checkpoint.pth"), "--config", str(folder / "config.yml"),
-                 "--out", str(tmp_path / "out"), "--class-names", "crack,scratch"])
+    code = main(
+        [
+            "convert",
+            str(folder / "checkpoint.pth"),
+            "--config",
+            str(folder / "config.yml"),
+            "--out",
+            str(tmp_path / "out"),
+            "--class-names",
+            "crack,scratch",
+        ]
+    )
     _expect_one_line_error(capsys, code, "2 class names given, but the checkpoint predicts 6")
     assert not (tmp_path / "out").exists()
 
 
 def test_annotations_and_class_names_exclude_each_other(tmp_path):
     with pytest.raises(SystemExit) as info:
-        main(["convert", "x.pth", "--config", "c.yml", "--out", str(tmp_path / "o"),
-              "--annotations", "a.json", "--class-names", "a,b"])
+        main(
+            [
+                "convert",
+                "x.pth",
+                "--config",
+                "c.yml",
+                "--out",
+                str(tmp_path / "o"),
+                "--annotations",
+                "a.json",
+                "--class-names",
+                "a,b",
+            ]
+        )
     assert info.value.code == 2
 
 
@@ -141,8 +198,16 @@ def test_numbers_written_as_people_write_them_convert(tmp_path, capsys):
     cfg["DEIMTransformer"].update(label_noise_ratio=1, box_noise_scale=1, reg_scale=4, num_denoising=100.0)
     cfg["HybridEncoder"].update(pe_temperature=1e4, expansion="0.34")
     (tmp_path / "cfg.yml").write_text(yaml.safe_dump(cfg))
-    code = main(["convert", str(folder / "checkpoint.pth"), "--config", str(tmp_path / "cfg.yml"),
-                 "--out", str(tmp_path / "out")])
+    code = main(
+        [
+            "convert",
+            str(folder / "checkpoint.pth"),
+            "--config",
+            str(tmp_path / "cfg.yml"),
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     config = load_detector(tmp_path / "out").config
     assert config.box_noise_scale == 1.0 and isinstance(config.box_noise_scale, float)
@@ -155,8 +220,17 @@ def test_a_value_of_the_wrong_type_is_one_line(tmp_path, capsys):
     cfg = load_original_yaml(folder / "config.yml")
     cfg["HybridEncoder"]["depth_mult"] = [0.34]
     (tmp_path / "cfg.yml").write_text(yaml.safe_dump(cfg))
-    code = main(["convert", str(folder / "checkpoint.pth"), "--config", str(tmp_path / "cfg.yml"),
-                 "--out", str(tmp_path / "out")])
-    _expect_one_line_error(capsys, code, str(tmp_path / "cfg.yml"), "HybridEncoder.depth_mult is [0.34]",
-                           "expected a number")
+    code = main(
+        [
+            "convert",
+            str(folder / "checkpoint.pth"),
+            "--config",
+            str(tmp_path / "cfg.yml"),
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
+    _expect_one_line_error(
+        capsys, code, str(tmp_path / "cfg.yml"), "HybridEncoder.depth_mult is [0.34]", "expected a number"
+    )
     assert not (tmp_path / "out").exists()

@@ -12,8 +12,23 @@ from tests.helpers import check_html, one_line_error, run_cli, without_class
 
 def test_evaluate_with_a_baseline_prints_the_comparison_and_writes_it(kit, tmp_path, capsys):
     out = tmp_path / "ev"
-    code, printed, _ = run_cli(["evaluate", "--checkpoint", kit.fused, "--data", kit.val_ann, "--baseline",
-                                kit.baseline, "--out", out, "--grid", "2", "--quiet"], capsys)
+    code, printed, _ = run_cli(
+        [
+            "evaluate",
+            "--checkpoint",
+            kit.fused,
+            "--data",
+            kit.val_ann,
+            "--baseline",
+            kit.baseline,
+            "--out",
+            out,
+            "--grid",
+            "2",
+            "--quiet",
+        ],
+        capsys,
+    )
     assert code == 0
     assert "AP per class: baseline vs fused" in printed and "ROTURA_FRACTURA called RAYONES_ARANAZOS" in printed
     assert "all classes (mAP)" in printed and "wrote" in printed and "report.html" in printed
@@ -25,19 +40,51 @@ def test_evaluate_with_a_baseline_prints_the_comparison_and_writes_it(kit, tmp_p
 
 
 def test_a_named_pair_is_called_out(kit, tmp_path, capsys):
-    code, printed, _ = run_cli(["evaluate", "--checkpoint", kit.fused, "--data", kit.val_ann, "--pair", "NORMAL",
-                                "CONTAMINACION", "--out", tmp_path, "--no-report", "--quiet"], capsys)
+    code, printed, _ = run_cli(
+        [
+            "evaluate",
+            "--checkpoint",
+            kit.fused,
+            "--data",
+            kit.val_ann,
+            "--pair",
+            "NORMAL",
+            "CONTAMINACION",
+            "--out",
+            tmp_path,
+            "--no-report",
+            "--quiet",
+        ],
+        capsys,
+    )
     assert code == 0 and "NORMAL called CONTAMINACION" in printed and "CONTAMINACION called NORMAL" in printed
     assert (tmp_path / "metrics.json").is_file() and not (tmp_path / "report.html").exists()
 
 
 def test_what_if_with_two_description_files_gives_a_two_row_table(kit, tmp_path, capsys):
     out = tmp_path / "wi"
-    code, printed, _ = run_cli(["evaluate", "--checkpoint", kit.fused, "--data", kit.val_ann, "--descriptions",
-                                "defects6", kit.other_descriptions, "--cache-dir", kit.cache_dir, "--out", out,
-                                "--grid", "0", "--quiet"], capsys)
+    code, printed, _ = run_cli(
+        [
+            "evaluate",
+            "--checkpoint",
+            kit.fused,
+            "--data",
+            kit.val_ann,
+            "--descriptions",
+            "defects6",
+            kit.other_descriptions,
+            "--cache-dir",
+            kit.cache_dir,
+            "--out",
+            out,
+            "--grid",
+            "0",
+            "--quiet",
+        ],
+        capsys,
+    )
     assert code == 0
-    table = printed[printed.index("what-if descriptions"):]
+    table = printed[printed.index("what-if descriptions") :]
     body = [line for line in table.splitlines() if line.startswith("│")]
     assert len(body) == 2 and "defects6" in body[0] and "reworded" in body[1]
     # descriptions, mAP@0.5, its change, AP@0.5 of each class of the pair, confusions both ways
@@ -47,15 +94,54 @@ def test_what_if_with_two_description_files_gives_a_two_row_table(kit, tmp_path,
 
 
 def test_results_file_mode(kit, tmp_path, capsys):
-    code, _, _ = run_cli(["predict", "--checkpoint", kit.fused, kit.val_images, "--out", tmp_path / "pred",
-                          "--threshold", "0", "--annotations", kit.val_ann, "--no-draw", "--quiet"], capsys)
+    code, _, _ = run_cli(
+        [
+            "predict",
+            "--checkpoint",
+            kit.fused,
+            kit.val_images,
+            "--out",
+            tmp_path / "pred",
+            "--threshold",
+            "0",
+            "--annotations",
+            kit.val_ann,
+            "--no-draw",
+            "--quiet",
+        ],
+        capsys,
+    )
     assert code == 0
-    code, printed, _ = run_cli(["evaluate", "--predictions", tmp_path / "pred" / "results.json", "--annotations",
-                                kit.val_ann, "--out", tmp_path / "ev", "--grid", "2"], capsys)
+    code, printed, _ = run_cli(
+        [
+            "evaluate",
+            "--predictions",
+            tmp_path / "pred" / "results.json",
+            "--annotations",
+            kit.val_ann,
+            "--out",
+            tmp_path / "ev",
+            "--grid",
+            "2",
+        ],
+        capsys,
+    )
     assert code == 0 and "metrics per class" in printed
     from_file = json.loads((tmp_path / "ev" / "metrics.json").read_text())
-    code, _, _ = run_cli(["evaluate", "--checkpoint", kit.fused, "--data", kit.val_ann, "--out", tmp_path / "ck",
-                          "--no-report", "--quiet"], capsys)
+    code, _, _ = run_cli(
+        [
+            "evaluate",
+            "--checkpoint",
+            kit.fused,
+            "--data",
+            kit.val_ann,
+            "--out",
+            tmp_path / "ck",
+            "--no-report",
+            "--quiet",
+        ],
+        capsys,
+    )
     from_model = json.loads((tmp_path / "ck" / "metrics.json").read_text())
     assert from_file["num_detections"] == from_model["num_detections"]
     for name, entry in from_model["per_class"].items():  # the results file rounds boxes and scores a little
@@ -65,9 +151,25 @@ def test_results_file_mode(kit, tmp_path, capsys):
 
 def test_absent_classes_images_without_gt_and_a_model_that_predicts_nothing(kit, tmp_path, capsys):
     ann = without_class(kit.val_ann, "PERFORACIONES", tmp_path / "ann.json")
-    code, printed, _ = run_cli(["evaluate", "--checkpoint", kit.silent, "--data", ann, "--images", kit.val_images,
-                                "--baseline", kit.baseline, "--out", tmp_path / "ev", "--grid", "8", "--quiet"],
-                               capsys)
+    code, printed, _ = run_cli(
+        [
+            "evaluate",
+            "--checkpoint",
+            kit.silent,
+            "--data",
+            ann,
+            "--images",
+            kit.val_images,
+            "--baseline",
+            kit.baseline,
+            "--out",
+            tmp_path / "ev",
+            "--grid",
+            "8",
+            "--quiet",
+        ],
+        capsys,
+    )
     assert code == 0
     assert "undefined (no ground truth here, shown as –): PERFORACIONES" in printed
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
@@ -75,8 +177,9 @@ def test_absent_classes_images_without_gt_and_a_model_that_predicts_nothing(kit,
     assert metrics["map50"] == 0.0
     empty = tmp_path / "empty.json"
     empty.write_text("[]")
-    code, printed, _ = run_cli(["evaluate", "--predictions", empty, "--annotations", ann, "--out", tmp_path / "e2"],
-                               capsys)
+    code, printed, _ = run_cli(
+        ["evaluate", "--predictions", empty, "--annotations", ann, "--out", tmp_path / "e2"], capsys
+    )
     assert code == 0 and "0 detections" in printed
     saved = json.loads((tmp_path / "e2" / "metrics.json").read_text())
     assert saved["per_class"]["NORMAL"]["precision"] is None and saved["per_class"]["PERFORACIONES"]["ap"] is None
@@ -93,19 +196,34 @@ def test_user_errors_are_one_line(kit, tmp_path, capsys):
         (["evaluate", "--data", ann], "give --checkpoint CKPT --data ANN.json, or --predictions"),
         (["evaluate", "--checkpoint", ck, "--predictions", bad_results, "--data", ann], "not both"),
         (["evaluate", "--checkpoint", ck], "--data/--annotations ANN.json is required"),
-        (["evaluate", "--predictions", bad_results, "--annotations", ann, "--baseline", ck], "--baseline needs --checkpoint"),
-        (["evaluate", "--checkpoint", ck, "--data", ann, "--encoder", "clip:x"], "--encoder is only used with --descriptions"),
+        (
+            ["evaluate", "--predictions", bad_results, "--annotations", ann, "--baseline", ck],
+            "--baseline needs --checkpoint",
+        ),
+        (
+            ["evaluate", "--checkpoint", ck, "--data", ann, "--encoder", "clip:x"],
+            "--encoder is only used with --descriptions",
+        ),
         (["evaluate", "--checkpoint", ck, "--data", ann, "--iou", "0"], "--iou must be in (0, 1]"),
         (["evaluate", "--checkpoint", ck, "--data", ann, "--conf", "2"], "--conf must be in [0, 1]"),
         (["evaluate", "--checkpoint", ck, "--data", ann, "--top-k", "0"], "--top-k and --batch-size must be >= 1"),
-        (["evaluate", "--checkpoint", ck, "--data", ann, "--device", "cuda:3"] if not torch.cuda.is_available()
-         else ["evaluate", "--checkpoint", ck, "--data", ann, "--device", "tpu"], "--device"),
-        (["evaluate", "--checkpoint", ck, "--data", ann, "--pair", "ROTURA", "NORMAL"],
-         "unknown class 'ROTURA'; the classes are"),
+        (
+            ["evaluate", "--checkpoint", ck, "--data", ann, "--device", "cuda:3"]
+            if not torch.cuda.is_available()
+            else ["evaluate", "--checkpoint", ck, "--data", ann, "--device", "tpu"],
+            "--device",
+        ),
+        (
+            ["evaluate", "--checkpoint", ck, "--data", ann, "--pair", "ROTURA", "NORMAL"],
+            "unknown class 'ROTURA'; the classes are",
+        ),
         (["evaluate", "--checkpoint", tmp_path / "missing", "--data", ann], "does not exist"),
         (["evaluate", "--checkpoint", ck, "--data", tmp_path / "missing.json"], "missing.json does not exist"),
         (["evaluate", "--checkpoint", ck, "--data", other_classes], "predicts the classes"),
-        (["evaluate", "--checkpoint", kit.baseline, "--data", ann, "--descriptions", "defects6"], "no text-fusion head"),
+        (
+            ["evaluate", "--checkpoint", kit.baseline, "--data", ann, "--descriptions", "defects6"],
+            "no text-fusion head",
+        ),
         (["evaluate", "--checkpoint", ck, "--data", ann, "--descriptions", "nosuchset"], "no descriptions file"),
         (["evaluate", "--predictions", bad_results, "--annotations", ann], "expected a JSON list of detections"),
     ]

@@ -9,8 +9,10 @@ from tests.helpers import one_line_error, run_cli
 
 def test_explain_writes_maps_matches_and_numbers(kit, tmp_path, capsys):
     image = kit.val_images / "000000.png"
-    code, printed, _ = run_cli(["explain", "--checkpoint", kit.fused, image, "--out", tmp_path,
-                                "--threshold", "0", "--max-detections", "3"], capsys)
+    code, printed, _ = run_cli(
+        ["explain", "--checkpoint", kit.fused, image, "--out", tmp_path, "--threshold", "0", "--max-detections", "3"],
+        capsys,
+    )
     assert code == 0
     assert "maps: model.model.enc_score_head.fusion" in printed
     assert "similarity maps (cosine)" in printed and "what each detection matched in text" in printed
@@ -18,8 +20,9 @@ def test_explain_writes_maps_matches_and_numbers(kit, tmp_path, capsys):
         assert (tmp_path / name).is_file()
     assert len(json.loads((tmp_path / "explanation.json").read_text())["detections"]["items"]) == 3
 
-    code, _, _ = run_cli(["explain", "--checkpoint", kit.fused, image, kit.val_images / "000001.png", "--out",
-                          tmp_path / "two"], capsys)
+    code, _, _ = run_cli(
+        ["explain", "--checkpoint", kit.fused, image, kit.val_images / "000001.png", "--out", tmp_path / "two"], capsys
+    )
     assert code == 0
     assert (tmp_path / "two" / "000000" / "similarity_maps.png").is_file()
     assert (tmp_path / "two" / "000001" / "explanation.json").is_file()

@@ -20,13 +20,25 @@ def demo(tmp_path_factory):
 
 def test_every_step_leaves_its_files(demo):
     for path in [
-        "data/train/annotations.json", "data/val/annotations.json", "data/descriptions.yml",
-        "baseline/summary.json", "baseline/baseline/best/model.safetensors", "text/summary.json",
+        "data/train/annotations.json",
+        "data/val/annotations.json",
+        "data/descriptions.yml",
+        "baseline/summary.json",
+        "baseline/baseline/best/model.safetensors",
+        "text/summary.json",
         "text/phase1/metrics.jsonl",
-        "text/phase2/best/metrics.json", "text/phase3/results.csv", "text/final/config.json",
-        "control/summary.json", "control/phase1/metrics.jsonl", "control/final/model.safetensors",
-        "summary.json", "report/report.md", "report/report.html", "report/plots/ap50_all_models.png",
-        "report/plots/confusion_matrix.png", "report/plots/training_curves.png",
+        "text/phase2/best/metrics.json",
+        "text/phase3/results.csv",
+        "text/final/config.json",
+        "control/summary.json",
+        "control/phase1/metrics.jsonl",
+        "control/final/model.safetensors",
+        "summary.json",
+        "report/report.md",
+        "report/report.html",
+        "report/plots/ap50_all_models.png",
+        "report/plots/confusion_matrix.png",
+        "report/plots/training_curves.png",
     ]:
         assert (demo / path).is_file(), path
     assert list((demo / "report" / "explain").glob("*/similarity_maps.png"))
@@ -89,9 +101,12 @@ def test_a_failed_control_run_is_one_message_with_its_last_line_and_log(tmp_path
 
     log = tmp_path / "control.log"
     with open(log, "w") as sink:
-        proc = subprocess.Popen([sys.executable, "-c", "print('loading'); print('error: disk full'); raise SystemExit(2)"],
-                                stdout=sink)
-    with pytest.raises(DemoError, match=r"exit code 2: error: disk full \(whole log: .*control.log\); run the demo again"):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "print('loading'); print('error: disk full'); raise SystemExit(2)"], stdout=sink
+        )
+    with pytest.raises(
+        DemoError, match=r"exit code 2: error: disk full \(whole log: .*control.log\); run the demo again"
+    ):
         _finish_control(proc, tmp_path / "control", log)
 
 

@@ -27,8 +27,11 @@ from tests.helpers import check_html, without_class
 def test_evaluate_gives_the_numbers_of_training_time_validation(kit):
     model = load_detector(kit.fused)
     index = load_coco(kit.val_ann)
-    loader = DataLoader(CocoDetection(index, build_eval_transform(model.meta.image_size)), batch_size=4,
-                        collate_fn=DetectionCollator(model.meta.image_mean, model.meta.image_std))
+    loader = DataLoader(
+        CocoDetection(index, build_eval_transform(model.meta.image_size)),
+        batch_size=4,
+        collate_fn=DetectionCollator(model.meta.image_mean, model.meta.image_std),
+    )
     expected = run_validation(model, loader, DetectionEvaluator(index.to_coco_dict()), torch.device("cpu"))
     result = evaluate_checkpoint(kit.fused, kit.val_ann, progress=False)
     got = result.metrics
@@ -41,8 +44,9 @@ def test_evaluate_gives_the_numbers_of_training_time_validation(kit):
 
 
 def test_baseline_comparison_pair_and_report(kit, tmp_path):
-    result = evaluate_checkpoint(kit.fused, kit.val_ann, baseline=kit.baseline, out=tmp_path / "ev", grid=3,
-                                 progress=False)
+    result = evaluate_checkpoint(
+        kit.fused, kit.val_ann, baseline=kit.baseline, out=tmp_path / "ev", grid=3, progress=False
+    )
     out = tmp_path / "ev"
     metrics = json.loads((out / "metrics.json").read_text())
     baseline = json.loads((out / "baseline_metrics.json").read_text())
@@ -65,8 +69,14 @@ def test_baseline_comparison_pair_and_report(kit, tmp_path):
     # the report: every figure inside the HTML, the md links real files
     parsed = check_html(result.report_html)
     plots = {p.name for p in (out / "plots").glob("*.png")}
-    assert {"ap_bars.png", "confusion_matrix.png", "confusion_matrix_normalized.png", "pr_curves.png",
-            "predictions.png", "confusion_matrix_normalized_baseline.png"} <= plots
+    assert {
+        "ap_bars.png",
+        "confusion_matrix.png",
+        "confusion_matrix_normalized.png",
+        "pr_curves.png",
+        "predictions.png",
+        "confusion_matrix_normalized_baseline.png",
+    } <= plots
     assert len(parsed.images) == len(plots)
     md = result.report_md.read_text()
     assert "Comparison with the baseline" in md and f"{a} called {b}" in md
@@ -87,8 +97,9 @@ def test_any_pair_can_be_named_and_is_checked(kit):
 
 def test_what_if_descriptions_swap_the_text_without_retraining(kit, tmp_path):
     files = ["defects6", str(kit.other_descriptions)]
-    result = evaluate_checkpoint(kit.fused, kit.val_ann, descriptions=files, cache_dir=kit.cache_dir,
-                                 out=tmp_path / "wi", grid=0, progress=False)
+    result = evaluate_checkpoint(
+        kit.fused, kit.val_ann, descriptions=files, cache_dir=kit.cache_dir, out=tmp_path / "wi", grid=0, progress=False
+    )
     rows = result.what_if_rows()
     assert [r["descriptions"] for r in rows] == ["defects6", "reworded"]
     # the file the model was trained with reproduces the model exactly ...
@@ -125,20 +136,28 @@ def test_what_if_errors(kit, tmp_path):
     desc = load_descriptions("defects6").ordered_like(names)
     prompts = desc.prompts()
     flat = sum(prompts, [])
-    emb = TextEmbeddings(names, prompts, torch.nn.functional.normalize(torch.randn(len(flat), 8), dim=-1),
-                         torch.nn.functional.normalize(torch.randn(len(names), 8), dim=-1), "file:other")
+    emb = TextEmbeddings(
+        names,
+        prompts,
+        torch.nn.functional.normalize(torch.randn(len(flat), 8), dim=-1),
+        torch.nn.functional.normalize(torch.randn(len(names), 8), dim=-1),
+        "file:other",
+    )
     other = write_embeddings_file(emb, tmp_path / "other.safetensors")
     with pytest.raises(ConfigError, match="gives 8-dimensional embeddings.*trained on 24-dimensional"):
-        evaluate_checkpoint(kit.fused, kit.val_ann, descriptions=["defects6"], encoder=f"file:{other}",
-                            progress=False)
+        evaluate_checkpoint(kit.fused, kit.val_ann, descriptions=["defects6"], encoder=f"file:{other}", progress=False)
     # descriptions of other classes
     bad = tmp_path / "bad.yml"
     bad.write_text("classes:\n  - name: CRACK\n    description: a crack\n")
     with pytest.raises(ConfigError, match="does not match the dataset's categories"):
         evaluate_checkpoint(kit.fused, kit.val_ann, descriptions=[str(bad)], progress=False)
     # the random-text control
-    control = build_detector(ModelConfig(preset="hgnetv2_micro", image_size=[96, 96]), names,
-                             FusionConfig(text="random", encoder=kit.encoder), torch.zeros(6, 24))
+    control = build_detector(
+        ModelConfig(preset="hgnetv2_micro", image_size=[96, 96]),
+        names,
+        FusionConfig(text="random", encoder=kit.encoder),
+        torch.zeros(6, 24),
+    )
     save_detector(control, tmp_path / "control")
     with pytest.raises(ConfigError, match="random-text control"):
         evaluate_checkpoint(tmp_path / "control", kit.val_ann, descriptions=["defects6"], progress=False)
@@ -155,8 +174,9 @@ def test_a_checkpoint_of_other_classes_is_refused(kit, tmp_path):
 
 def test_absent_classes_empty_images_and_a_silent_model_give_nulls_not_crashes(kit, tmp_path):
     ann = without_class(kit.val_ann, "PERFORACIONES", tmp_path / "ann.json")
-    result = evaluate_checkpoint(kit.silent, ann, kit.val_images, baseline=kit.fused, out=tmp_path / "ev",
-                                 grid=2, progress=False)
+    result = evaluate_checkpoint(
+        kit.silent, ann, kit.val_images, baseline=kit.fused, out=tmp_path / "ev", grid=2, progress=False
+    )
     saved = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     perf = saved["per_class"]["PERFORACIONES"]
     assert perf["ap50"] is None and perf["ap"] is None and perf["num_gt"] == 0
@@ -185,6 +205,7 @@ def test_what_if_warns_when_the_stored_text_embeddings_drifted(kit, tmp_path):
         list(model.fusion_heads())[1].text_embeddings.mul_(3.0)  # what a faulty average of buffers leaves
     save_detector(model, tmp_path / "drifted")
     with pytest.warns(UserWarning, match=r"not the unit vectors they were built with \(norms 1.000..3.000"):
-        result = evaluate_checkpoint(tmp_path / "drifted", kit.val_ann, descriptions=["defects6"],
-                                     out=tmp_path / "ev", grid=0, progress=False)
+        result = evaluate_checkpoint(
+            tmp_path / "drifted", kit.val_ann, descriptions=["defects6"], out=tmp_path / "ev", grid=0, progress=False
+        )
     assert len(result.notes) == 1 and "## Notes" in result.report_md.read_text()

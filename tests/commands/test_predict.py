@@ -70,8 +70,16 @@ def test_category_ids_come_from_the_annotations_or_a_mapping(kit, tmp_path):
         im["id"] += 100
     ann = tmp_path / "ann.json"
     ann.write_text(json.dumps(data))
-    run = predict(kit.fused, [kit.val_images], tmp_path / "out", threshold=0.0, top_k=5, annotations=ann,
-                  draw=False, progress=False)
+    run = predict(
+        kit.fused,
+        [kit.val_images],
+        tmp_path / "out",
+        threshold=0.0,
+        top_k=5,
+        annotations=ann,
+        draw=False,
+        progress=False,
+    )
     records = json.loads(run.results_json.read_text())
     assert {r["category_id"] for r in records} <= set(range(10, 16))
     assert {r["image_id"] for r in records} == set(range(101, 109))
@@ -110,8 +118,14 @@ def test_any_backend_plugs_in(kit, tmp_path):
 
     def backend(pixel_values, orig_sizes):
         calls.append((tuple(pixel_values.shape), orig_sizes.tolist()))
-        return [Detections(torch.tensor([[1.0, 2.0, 30.0, 40.0], [0.0, 0.0, 5.0, 5.0]]), torch.tensor([0.9, 0.1]),
-                           torch.tensor([2, 3])) for _ in range(len(pixel_values))]
+        return [
+            Detections(
+                torch.tensor([[1.0, 2.0, 30.0, 40.0], [0.0, 0.0, 5.0, 5.0]]),
+                torch.tensor([0.9, 0.1]),
+                torch.tensor([2, 3]),
+            )
+            for _ in range(len(pixel_values))
+        ]
 
     predictor = Predictor(backend, ["a", "b", "c", "d"], (64, 32), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), batch_size=3)
     run = predict(predictor, [kit.val_images], tmp_path / "out", threshold=0.5, progress=False)
@@ -129,5 +143,3 @@ def test_a_damaged_onnx_file_is_a_clear_error(kit, tmp_path):
     fake.write_bytes(b"not really")
     with pytest.raises(CheckpointError, match="model.onnx"):
         predict(fake, [kit.val_images], tmp_path / "out")
-
-

@@ -25,8 +25,14 @@ def test_run_report_evaluates_missing_metrics_once_and_shows_phases_gates_and_cu
     assert rep.phase_rows[1]["Δ mAP@0.5"] == "+0.040" and rep.phase_rows[0]["Δ mAP@0.5"] == "–"
     assert rep.gate_rows[0]["next phase"] == "skipped" and "below the gate" in rep.gate_rows[0]["reason"]
     md = (out / "report.md").read_text()
-    for heading in ("Training phases", "Gate decisions", "Evaluated now", "Training curves",
-                    "Comparison with the baseline", "Predictions on validation images"):
+    for heading in (
+        "Training phases",
+        "Gate decisions",
+        "Evaluated now",
+        "Training curves",
+        "Comparison with the baseline",
+        "Predictions on validation images",
+    ):
         assert heading in md
     assert md.index("Training phases") < md.index("Per-class metrics")  # the run comes first
     parsed = check_html(out / "report.html")

@@ -92,9 +92,7 @@ def test_labels_follow_categories_order_negatives_kept_crowd_excluded(tmp_path: 
 def test_images_folder_defaults_to_json_folder_without_images_subfolder(tmp_path: Path) -> None:
     rgb().save(tmp_path / "x.png")
     path = tmp_path / "a.json"
-    path.write_text(
-        json.dumps({"images": [{"id": 5, "file_name": "x.png"}], "annotations": [], "categories": CATS})
-    )
+    path.write_text(json.dumps({"images": [{"id": 5, "file_name": "x.png"}], "annotations": [], "categories": CATS}))
     index = load_coco(path)
     assert index.images_dir == tmp_path
     assert (index.images[0].width, index.images[0].height) == (40, 30)  # read from the file
@@ -168,9 +166,7 @@ def test_missing_top_level_keys_are_named(tmp_path: Path) -> None:
 def test_all_missing_images_are_listed_up_to_a_cap(tmp_path: Path) -> None:
     path = write_coco(tmp_path, {"present.png": rgb()}, [])
     data = json.loads(path.read_text())
-    data["images"] += [
-        {"id": 100 + k, "file_name": f"gone_{k:02d}.png", "width": 4, "height": 4} for k in range(25)
-    ]
+    data["images"] += [{"id": 100 + k, "file_name": f"gone_{k:02d}.png", "width": 4, "height": 4} for k in range(25)]
     path.write_text(json.dumps(data))
     with pytest.raises(DataError) as err:
         load_coco(path)

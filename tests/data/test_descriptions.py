@@ -15,8 +15,9 @@ def test_packaged_defaults_hold_the_six_classes(six_classes):
 def test_mismatch_lists_both_sides_in_one_error():
     d = load_descriptions("defects6")
     with pytest.raises(ConfigError) as info:
-        validate_against_classes(d, ["NORMAL", "DEFORMACIONES", "ROTURA", "RAYONES_ARANAZOS", "PERFORACIONES",
-                                     "CONTAMINACION", "OXIDO"])
+        validate_against_classes(
+            d, ["NORMAL", "DEFORMACIONES", "ROTURA", "RAYONES_ARANAZOS", "PERFORACIONES", "CONTAMINACION", "OXIDO"]
+        )
     message = str(info.value)
     assert "without a description: ROTURA, OXIDO" in message
     assert "not in the dataset: ROTURA_FRACTURA" in message

@@ -30,14 +30,10 @@ QUIET = dict(photometric_prob=0.0, zoom_out_prob=0.0, iou_crop_prob=0.0, flip_pr
 NO_AFFINE = dict(mosaic_rotation=0.0, mosaic_translate=(0.0, 0.0), mosaic_scale=(1.0, 1.0))
 
 
-def sample(
-    h: int = 40, w: int = 60, box: tuple[float, ...] = (10, 5, 30, 25), label: int = 1, image_id: int = 1
-):
+def sample(h: int = 40, w: int = 60, box: tuple[float, ...] = (10, 5, 30, 25), label: int = 1, image_id: int = 1):
     image = tv_tensors.Image(torch.randint(0, 256, (3, h, w), dtype=torch.uint8))
     target = {
-        "boxes": tv_tensors.BoundingBoxes(
-            torch.tensor([box], dtype=torch.float32), format="XYXY", canvas_size=(h, w)
-        ),
+        "boxes": tv_tensors.BoundingBoxes(torch.tensor([box], dtype=torch.float32), format="XYXY", canvas_size=(h, w)),
         "labels": torch.tensor([label]),
         "image_id": image_id,
         "orig_size": torch.tensor([h, w]),
@@ -55,9 +51,7 @@ def write_dataset(root: Path, n: int = 4) -> Path:
         arr[10:30, 12:36] = 255
         Image.fromarray(arr).save(root / "images" / f"{i}.png")
         images.append({"id": i + 1, "file_name": f"{i}.png", "width": w, "height": h})
-        anns.append(
-            {"id": i + 1, "image_id": i + 1, "category_id": i % 2, "bbox": [12, 10, 24, 20], "iscrowd": 0}
-        )
+        anns.append({"id": i + 1, "image_id": i + 1, "category_id": i % 2, "bbox": [12, 10, 24, 20], "iscrowd": 0})
     cats = [{"id": 0, "name": "a"}, {"id": 1, "name": "b"}]
     path = root / "annotations.json"
     path.write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
@@ -185,9 +179,9 @@ def test_collator_shapes_normalisation_and_cxcywh() -> None:
     b[1]["orig_size"] = torch.tensor([400, 600])
     batch = DetectionCollator(IMAGENET_MEAN, IMAGENET_STD)([a, b])
     assert batch["pixel_values"].shape == (2, 3, 40, 60) and batch["pixel_values"].dtype == torch.float32
-    expected = (a[0].float() / 255 - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(
-        IMAGENET_STD
-    ).view(3, 1, 1)
+    expected = (a[0].float() / 255 - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(
+        3, 1, 1
+    )
     assert torch.allclose(batch["pixel_values"][0], expected, atol=1e-6)
     first, second = batch["labels"]
     assert first["class_labels"].dtype == torch.int64 and first["boxes"].dtype == torch.float32
@@ -212,9 +206,7 @@ def test_collator_handles_negatives_and_rejects_mixed_sizes() -> None:
 
 def test_dataloader_with_workers_and_epochs(tmp_path: Path) -> None:
     index = load_coco(write_dataset(tmp_path))
-    ds = build_train_dataset(
-        index, TrainAugmentConfig(mosaic_output_size=96, stop_epoch=1), image_size=64, seed=0
-    )
+    ds = build_train_dataset(index, TrainAugmentConfig(mosaic_output_size=96, stop_epoch=1), image_size=64, seed=0)
     assert isinstance(ds, MosaicDataset)
     loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=2, collate_fn=DetectionCollator())
     seen = []

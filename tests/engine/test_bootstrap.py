@@ -1,4 +1,3 @@
-
 import numpy as np
 import torch
 
@@ -8,8 +7,10 @@ from defectfusion.structures import Detections
 
 def _gt(n):
     images = [{"id": i, "file_name": f"{i}.png", "width": 100, "height": 100} for i in range(1, n + 1)]
-    anns = [{"id": i, "image_id": i, "category_id": 7, "bbox": [10, 10, 30, 30], "area": 900, "iscrowd": 0}
-            for i in range(1, n + 1)]
+    anns = [
+        {"id": i, "image_id": i, "category_id": 7, "bbox": [10, 10, 30, 30], "area": 900, "iscrowd": 0}
+        for i in range(1, n + 1)
+    ]
     return {"images": images, "annotations": anns, "categories": [{"id": 7, "name": "crack"}]}
 
 
@@ -48,7 +49,11 @@ def test_only_each_images_best_100_detections_count_as_in_coco():
         scores = torch.cat([torch.tensor([hit_score]), torch.linspace(0.8, 0.5, 149)])
         return Detections(boxes, scores, torch.zeros(150, dtype=torch.long))
 
-    samples = bootstrap_map50(gt, {"hit_first": {i: crowded(0.9) for i in range(1, 11)},
-                                   "hit_last": {i: crowded(0.1) for i in range(1, 11)}}, draws=5, seed=0)
+    samples = bootstrap_map50(
+        gt,
+        {"hit_first": {i: crowded(0.9) for i in range(1, 11)}, "hit_last": {i: crowded(0.1) for i in range(1, 11)}},
+        draws=5,
+        seed=0,
+    )
     assert np.all(samples["hit_first"] > 0.99)
     assert np.allclose(samples["hit_last"], 0.0)  # ranked 150th: past COCO's 100 per image

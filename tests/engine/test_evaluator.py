@@ -54,17 +54,13 @@ def _random_case(seed: int = 0) -> tuple[dict, list[dict]]:
                 j = rng.normal(0, 0.06, 4) * [w, h, w, h]
                 pc = cid if rng.random() < 0.8 else int(rng.choice([7, 2, 5, 9]))
                 box = [x + j[0], y + j[1], max(w + j[2], 2.0), max(h + j[3], 2.0)]
-                results.append(
-                    {"image_id": img, "category_id": pc, "bbox": box, "score": float(rng.uniform(0.05, 1))}
-                )
+                results.append({"image_id": img, "category_id": pc, "bbox": box, "score": float(rng.uniform(0.05, 1))})
         for _ in range(rng.integers(0, 3)):  # false positives
             box = [*rng.uniform(0, 300, 2), *rng.uniform(10, 60, 2)]
             results.append({"image_id": img, "category_id": int(rng.choice([7, 2, 5, 9])), "bbox": box,
                             "score": float(rng.uniform(0.05, 1))})  # fmt: skip
     anns.append({"image_id": 3, "category_id": 2, "bbox": [300, 200, 90, 90], "iscrowd": 1})
-    results.append(
-        {"image_id": 3, "category_id": 2, "bbox": [310, 210, 30, 30], "score": 0.95}
-    )  # on the crowd
+    results.append({"image_id": 3, "category_id": 2, "bbox": [310, 210, 30, 30], "score": 0.95})  # on the crowd
     results.append({"image_id": 9, "category_id": 5, "bbox": [10, 10, 40, 40], "score": 0.6})
     return _coco(10, anns), results
 
@@ -184,9 +180,7 @@ def test_per_class_counts_and_best_f1_on_hand_case() -> None:
     assert (ray["precision"], ray["recall"], ray["f1"], ray["conf"]) == pytest.approx((1.0, 1.0, 1.0, 0.95))
     assert (ray["num_gt"], ray["num_pred"]) == (1, 5)
     normal = m["per_class"]["NORMAL"]  # one GT, one prediction at .1 on another image
-    assert (normal["precision"], normal["recall"], normal["f1"], normal["conf"]) == pytest.approx(
-        (0.0, 0.0, 0.0, 0.1)
-    )
+    assert (normal["precision"], normal["recall"], normal["f1"], normal["conf"]) == pytest.approx((0.0, 0.0, 0.0, 0.1))
     assert normal["ap50"] == 0.0
 
 
@@ -215,9 +209,7 @@ def test_predicts_nothing_and_undefined_metrics(tmp_path: Path) -> None:
     # Only crowd GT, images without GT: every AP is undefined.
     only_crowd = _coco(2, [{"image_id": 1, "category_id": 2, "bbox": _box(0, 0), "iscrowd": 1}])
     ev = DetectionEvaluator(only_crowd)
-    ev.process(
-        [1, 2], [Detections(_xyxy(_box(0, 0)), torch.tensor([0.9]), torch.tensor([1])), Detections.empty()]
-    )
+    ev.process([1, 2], [Detections(_xyxy(_box(0, 0)), torch.tensor([0.9]), torch.tensor([1])), Detections.empty()])
     m = ev.evaluate()
     assert m["map50"] is None and m["per_class"]["ROTURA"]["ap50"] is None
     assert m["num_ground_truth"] == 0 and sum(map(sum, m["confusion_matrix"]["counts"])) == 0

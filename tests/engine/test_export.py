@@ -55,7 +55,9 @@ def spread_weights(model: torch.nn.Module, seed: int = 0) -> None:
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, torch.nn.Conv2d | torch.nn.Linear):
-                module.weight.copy_(torch.randn(module.weight.shape, generator=generator) / module.weight[0].numel() ** 0.5)
+                module.weight.copy_(
+                    torch.randn(module.weight.shape, generator=generator) / module.weight[0].numel() ** 0.5
+                )
                 if module.bias is not None:
                     module.bias.copy_(torch.randn(module.bias.shape, generator=generator) * 0.1)
             elif isinstance(module, torch.nn.BatchNorm2d):
@@ -68,8 +70,13 @@ def tiny_models(preset: str, classes: list[str]):
     torch.manual_seed(0)
     base = build_detector(ModelConfig(preset=preset), classes)
     spread_weights(base)
-    fused = add_fusion(base, FusionConfig(), random_text_embeddings(len(classes), TEXT_DIM, seed=1),
-                       encoder="file:test", descriptions="test")
+    fused = add_fusion(
+        base,
+        FusionConfig(),
+        random_text_embeddings(len(classes), TEXT_DIM, seed=1),
+        encoder="file:test",
+        descriptions="test",
+    )
     with torch.no_grad():
         for head in fused.fusion_heads():
             head.gate.fill_(0.5)
@@ -117,7 +124,9 @@ def test_onnxruntime_detections_equal_pytorch(exported, preset, kind):
         assert report.max_box_diff <= BOX_TOLERANCE and report.max_score_diff <= SCORE_TOLERANCE
         for a, b in zip(expected, actual, strict=True):  # in order too, as no two scores tie here
             assert torch.equal(a.labels, b.labels)
-            assert (a.boxes - b.boxes).abs().max() <= BOX_TOLERANCE and (a.scores - b.scores).abs().max() <= SCORE_TOLERANCE
+            assert (a.boxes - b.boxes).abs().max() <= BOX_TOLERANCE and (
+                a.scores - b.scores
+            ).abs().max() <= SCORE_TOLERANCE
 
 
 @pytest.mark.parametrize("preset", TINY)
@@ -131,10 +140,16 @@ def test_the_fusion_changes_the_detections_and_is_a_graph_constant(exported, pre
     assert [i.name for i in graph.input] == ["images", "orig_target_sizes"]  # no text input, no tokens
     text = next(fused.fusion_heads()).text_embeddings
     constants = [torch.from_numpy(onnx.numpy_helper.to_array(t).copy()) for t in graph.initializer]
-    constants += [torch.from_numpy(onnx.numpy_helper.to_array(n.attribute[0].t).copy())
-                  for n in graph.node if n.op_type == "Constant" and n.attribute[0].type == onnx.AttributeProto.TENSOR]
-    assert any(c.shape in (text.shape, text.t().shape) and torch.allclose(c.reshape(text.shape) if c.shape == text.shape
-                                                                         else c.t(), text) for c in constants)
+    constants += [
+        torch.from_numpy(onnx.numpy_helper.to_array(n.attribute[0].t).copy())
+        for n in graph.node
+        if n.op_type == "Constant" and n.attribute[0].type == onnx.AttributeProto.TENSOR
+    ]
+    assert any(
+        c.shape in (text.shape, text.t().shape)
+        and torch.allclose(c.reshape(text.shape) if c.shape == text.shape else c.t(), text)
+        for c in constants
+    )
 
 
 @pytest.mark.parametrize("preset", TINY)
@@ -210,8 +225,13 @@ def test_export_of_an_original_checkpoint_reproduces_the_original_deploy_outputs
     original = expected["ema"]["nonsquare"]
     reference = [Detections(original["boxes"].float(), original["scores"].float(), original["labels"].long())]
     # our PyTorch model reproduces the original's logits to ~1e-5 (conversion tests); boxes to 1e-2 px
-    report = compare_detections(reference, detector(pixels, torch.tensor([[height, width]])),
-                                box_tolerance=1e-2, score_tolerance=1e-4, topk_cut=True)
+    report = compare_detections(
+        reference,
+        detector(pixels, torch.tensor([[height, width]])),
+        box_tolerance=1e-2,
+        score_tolerance=1e-4,
+        topk_cut=True,
+    )
     assert report.ok and report.detections == top_k, report.summary()
 
     # 2. onnxruntime is as close to the exact (float64) result as PyTorch float32 is. These random,
@@ -219,8 +239,9 @@ def test_export_of_an_original_checkpoint_reproduces_the_original_deploy_outputs
     # from float64 at the 320 px scale, so no float32 runtime can meet 1e-3 px against it.
     images, sizes = parity_batch(2, detector.image_size, seed=0)
     exact = reference_detections(copy.deepcopy(model).double(), images.double(), sizes, top_k)
-    floor = compare_detections(exact, reference_detections(model, images, sizes, top_k), box_tolerance=1e-2,
-                               topk_cut=True)
+    floor = compare_detections(
+        exact, reference_detections(model, images, sizes, top_k), box_tolerance=1e-2, topk_cut=True
+    )
     ours = compare_detections(exact, detector(images, sizes), box_tolerance=1e-2, topk_cut=True)
     assert floor.ok and ours.ok, (floor.summary(), ours.summary())
     assert ours.max_box_diff <= 2 * floor.max_box_diff + 1e-4, (ours.summary(), floor.summary())
@@ -299,19 +320,35 @@ def test_cli_export_then_predict_with_the_onnx_file(tmp_path, capsys, checkpoint
         Image.fromarray(pixels).save(images / f"im{i}.png")
     runs = {}
     for name, ckpt in (("onnx", out), ("torch", checkpoint)):
-        code = main(["predict", str(images), "--checkpoint", str(ckpt), "--out", str(tmp_path / name),
-                     "--threshold", "0", "--no-draw", "--quiet"])
+        code = main(
+            [
+                "predict",
+                str(images),
+                "--checkpoint",
+                str(ckpt),
+                "--out",
+                str(tmp_path / name),
+                "--threshold",
+                "0",
+                "--no-draw",
+                "--quiet",
+            ]
+        )
         assert code == 0, capsys.readouterr()
         runs[name] = json.loads((tmp_path / name / "predictions.json").read_text())
     capsys.readouterr()
     for a, b in zip(runs["torch"]["images"], runs["onnx"]["images"], strict=True):
         assert (a["height"], a["width"]) == (b["height"], b["width"])
-        got = Detections(torch.tensor([d["box_xyxy"] for d in b["detections"]]),
-                         torch.tensor([d["score"] for d in b["detections"]]),
-                         torch.tensor([d["label"] for d in b["detections"]]))
-        want = Detections(torch.tensor([d["box_xyxy"] for d in a["detections"]]),
-                          torch.tensor([d["score"] for d in a["detections"]]),
-                          torch.tensor([d["label"] for d in a["detections"]]))
+        got = Detections(
+            torch.tensor([d["box_xyxy"] for d in b["detections"]]),
+            torch.tensor([d["score"] for d in b["detections"]]),
+            torch.tensor([d["label"] for d in b["detections"]]),
+        )
+        want = Detections(
+            torch.tensor([d["box_xyxy"] for d in a["detections"]]),
+            torch.tensor([d["score"] for d in a["detections"]]),
+            torch.tensor([d["label"] for d in a["detections"]]),
+        )
         # predictions.json rounds boxes to 0.01 px and scores to 1e-5
         report = compare_detections([want], [got], box_tolerance=0.011, score_tolerance=2e-5)
         assert report.ok and report.detections > 0, report.summary()

@@ -37,8 +37,16 @@ def _easy_coco(root, count: int = 16, seed: int = 0):
             label = int(rng.integers(2))
             shape = draw.rectangle if label == 0 else draw.ellipse
             shape([x, y, x + side - 1, y + side - 1], fill=(235, 235, 235) if label == 0 else (25, 25, 25))
-            annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": label,
-                                "bbox": [x, y, side, side], "area": side * side, "iscrowd": 0})
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": i + 1,
+                    "category_id": label,
+                    "bbox": [x, y, side, side],
+                    "area": side * side,
+                    "iscrowd": 0,
+                }
+            )
         img.save(root / "images" / f"{i:03d}.png")
         images.append({"id": i + 1, "file_name": f"{i:03d}.png", "width": SIZE, "height": SIZE})
     categories = [{"id": 0, "name": "square"}, {"id": 1, "name": "disc"}]
@@ -50,7 +58,9 @@ def _easy_coco(root, count: int = 16, seed: int = 0):
 def test_validation_map_rises_well_above_its_value_at_initialisation(tmp_path):
     ann = _easy_coco(tmp_path / "data" / "train")
     cfg = write_train_config(
-        tmp_path / "cfg.yml", tmp_path / "data", order=["baseline"],
+        tmp_path / "cfg.yml",
+        tmp_path / "data",
+        order=["baseline"],
         model={"preset": "dinov3_micro", "image_size": [SIZE, SIZE]},
         data={"batch_size": 8, "train": {"annotations": str(ann)}, "val": {"annotations": str(ann)}},
         # a short run: an EMA that forgets within tens of steps (the default decay 0.9999 barely moves)

@@ -17,13 +17,15 @@ def test_predictor_computes_what_the_validation_loader_computes(kit):
     model = load_detector(kit.fused)
     index = load_coco(kit.val_ann)
     collator = DetectionCollator(model.meta.image_mean, model.meta.image_std)
-    loader = DataLoader(CocoDetection(index, build_eval_transform(model.meta.image_size)), batch_size=3,
-                        collate_fn=collator)
+    loader = DataLoader(
+        CocoDetection(index, build_eval_transform(model.meta.image_size)), batch_size=3, collate_fn=collator
+    )
     backend = TorchBackend(model, top_k=50)
     expected = {}
     for batch in loader:
-        for i, det in zip(batch["image_ids"].tolist(), backend(batch["pixel_values"], batch["orig_sizes"]),
-                          strict=True):
+        for i, det in zip(
+            batch["image_ids"].tolist(), backend(batch["pixel_values"], batch["orig_sizes"]), strict=True
+        ):
             expected[i] = det
     predictor = Predictor.from_model(model, top_k=50, batch_size=5)
     preds = list(predictor.predict_files([r.path for r in index.images], [r.id for r in index.images]))

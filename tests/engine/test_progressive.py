@@ -34,8 +34,17 @@ def test_run_folder_layout(run):
     assert (out / "config.yaml").is_file() and (out / "summary.json").is_file()
     for phase in ("baseline", "phase1", "phase2", "phase3"):
         folder = out / phase
-        for name in ("metrics.jsonl", "results.csv", "result.json", "best/model.safetensors", "best/config.json",
-                     "best/metrics.json", "last/model.safetensors", "last/raw.safetensors", "last/trainer_state.pt"):
+        for name in (
+            "metrics.jsonl",
+            "results.csv",
+            "result.json",
+            "best/model.safetensors",
+            "best/config.json",
+            "best/metrics.json",
+            "last/model.safetensors",
+            "last/raw.safetensors",
+            "last/trainer_state.pt",
+        ):
             assert (folder / name).is_file(), folder / name
         assert any((folder / "tensorboard").iterdir())
     assert json.loads((out / "summary.json").read_text()) == summary
@@ -87,7 +96,8 @@ def test_the_final_model_is_the_recorded_best_and_its_weights_are_that_checkpoin
     out, summary = run
     final = summary["final"]
     candidates = [("baseline", summary["baseline"]["map50"])] + [
-        (name, summary["phases"][name]["best_map50"]) for name in ("phase1", "phase2", "phase3")]
+        (name, summary["phases"][name]["best_map50"]) for name in ("phase1", "phase2", "phase3")
+    ]
     best = max(value for _, value in candidates)
     assert final["phase"] == next(name for name, value in candidates if value == best)  # ties keep the earlier
     assert final["map50"] == best and final["reason"]
@@ -96,19 +106,26 @@ def test_the_final_model_is_the_recorded_best_and_its_weights_are_that_checkpoin
     assert chosen.keys() == copied.keys() and not _changed(chosen, copied)
 
 
-@pytest.mark.parametrize(("phases", "chosen", "words"), [
-    ({"phase1": 0.61, "phase2": 0.64, "phase3": 0.62}, "phase2", "phase2 has the best validation mAP@0.5 (0.6400)"),
-    ({"phase1": 0.60, "phase2": 0.60}, "baseline", "no phase beat the baseline"),
-    ({"phase1": None, "phase2": 0.59}, "baseline", "no phase beat the baseline"),
-    ({"phase1": 0.6001}, "phase1", "vs the baseline (0.6000)"),
-])
+@pytest.mark.parametrize(
+    ("phases", "chosen", "words"),
+    [
+        ({"phase1": 0.61, "phase2": 0.64, "phase3": 0.62}, "phase2", "phase2 has the best validation mAP@0.5 (0.6400)"),
+        ({"phase1": 0.60, "phase2": 0.60}, "baseline", "no phase beat the baseline"),
+        ({"phase1": None, "phase2": 0.59}, "baseline", "no phase beat the baseline"),
+        ({"phase1": 0.6001}, "phase1", "vs the baseline (0.6000)"),
+    ],
+)
 def test_the_final_choice_follows_the_recorded_metrics(tmp_path, synth_data, phases, chosen, words):
     from defectfusion.engine.progressive import TrainingRun
 
     run_ = TrainingRun(load_config(write_train_config(tmp_path / "cfg.yml", synth_data)), tmp_path / "run")
-    run_.summary = {"baseline": {"map50": 0.60, "map": 0.3, "checkpoint": str(tmp_path / "none")}, "gates": [],
-                    "phases": {name: {"best_map50": v, "best_map": v, "best_dir": str(tmp_path / name)}
-                               for name, v in phases.items()}}
+    run_.summary = {
+        "baseline": {"map50": 0.60, "map": 0.3, "checkpoint": str(tmp_path / "none")},
+        "gates": [],
+        "phases": {
+            name: {"best_map50": v, "best_map": v, "best_dir": str(tmp_path / name)} for name, v in phases.items()
+        },
+    }
     run_._choose_final()
     assert run_.summary["final"]["phase"] == chosen and words in run_.summary["final"]["reason"]
 
@@ -125,8 +142,9 @@ def test_gates_decide_with_reasons():
 
 
 def test_a_gate_stops_the_run_and_the_summary_says_why(tmp_path, synth_data):
-    cfg = write_train_config(tmp_path / "cfg.yml", synth_data, order=["baseline", "phase1", "phase2"],
-                             gates={"phase1": {"min": 0.99}})
+    cfg = write_train_config(
+        tmp_path / "cfg.yml", synth_data, order=["baseline", "phase1", "phase2"], gates={"phase1": {"min": 0.99}}
+    )
     summary = run_training(load_config(cfg), tmp_path / "run", progress=False)
     assert list(summary["phases"]) == ["baseline", "phase1"]
     assert summary["gates"][0]["proceed"] is False and "below the gate" in summary["gates"][0]["reason"]
@@ -159,8 +177,11 @@ def test_a_run_resumed_between_phase1_and_phase2_trains_phase2_as_the_uninterrup
     torch.manual_seed(0)
     names = list(load_coco(synth_data / "train" / "annotations.json").class_names)
     save_detector(build_detector(ModelConfig(preset="hgnetv2_micro", image_size=(96, 96)), names), tmp_path / "start")
-    cfg = load_config(write_train_config(tmp_path / "cfg.yml", synth_data, order=["phase1", "phase2"],
-                                         model={"checkpoint": str(tmp_path / "start")}))
+    cfg = load_config(
+        write_train_config(
+            tmp_path / "cfg.yml", synth_data, order=["phase1", "phase2"], model={"checkpoint": str(tmp_path / "start")}
+        )
+    )
     run_training(cfg, tmp_path / "whole", progress=False)
 
     shutil.copytree(tmp_path / "whole", tmp_path / "resumed")
@@ -188,9 +209,13 @@ def test_option2_trains_from_random_initialisation_with_a_pretrained_backbone(tm
     donor.model.conv_encoder.model.save_pretrained(tmp_path / "hgnet")
     option2 = load_config(packaged_config_path("option2_from_scratch"))
     full = option2.phases["full"].model_dump()
-    cfg_path = write_train_config(tmp_path / "cfg.yml", synth_data, order=["full"],
-                                  phases={"full": {**full, "epochs": 1}},
-                                  model={"backbone_weights": str(tmp_path / "hgnet")})
+    cfg_path = write_train_config(
+        tmp_path / "cfg.yml",
+        synth_data,
+        order=["full"],
+        phases={"full": {**full, "epochs": 1}},
+        model={"backbone_weights": str(tmp_path / "hgnet")},
+    )
     summary = run_training(load_config(cfg_path), tmp_path / "run", progress=False)
     assert summary["start"]["source"] == f"random initialisation, backbone from {tmp_path / 'hgnet'}"
     assert summary["phases"]["full"]["epochs_run"] == 1
@@ -203,8 +228,9 @@ def test_option2_trains_from_random_initialisation_with_a_pretrained_backbone(tm
 
 
 def test_a_gate_that_cannot_fail_is_refused(tmp_path, synth_data):
-    path = write_train_config(tmp_path / "cfg.yml", synth_data,
-                              gates={"phase1": {"min": 0.0, "relative_to_baseline": True}})
+    path = write_train_config(
+        tmp_path / "cfg.yml", synth_data, gates={"phase1": {"min": 0.0, "relative_to_baseline": True}}
+    )
     with pytest.raises(ConfigError, match="cannot fail: a phase's best includes its starting point"):
         load_config(path)
     # The same bound on the phase's last evaluation can fail, and is accepted.
@@ -212,8 +238,12 @@ def test_a_gate_that_cannot_fail_is_refused(tmp_path, synth_data):
 
 
 def test_gate_decisions_say_what_they_compared(tmp_path, synth_data):
-    cfg = write_train_config(tmp_path / "cfg.yml", synth_data, order=["baseline", "phase1", "phase2"],
-                             gates={"phase1": {"value": "last", "min": 0.5, "relative_to_baseline": True}})
+    cfg = write_train_config(
+        tmp_path / "cfg.yml",
+        synth_data,
+        order=["baseline", "phase1", "phase2"],
+        gates={"phase1": {"value": "last", "min": 0.5, "relative_to_baseline": True}},
+    )
     summary = run_training(load_config(cfg), tmp_path / "run", progress=False)
     gate = summary["gates"][0]
     phase1 = summary["phases"]["phase1"]

@@ -30,14 +30,16 @@ def _env():
 
 
 def test_kill_9_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path, synth_data):
-    cfg = write_train_config(tmp_path / "cfg.yml", synth_data, order=["baseline"],
-                             data={"batch_size": 2}, phases={"baseline": {"epochs": 4}})
+    cfg = write_train_config(
+        tmp_path / "cfg.yml", synth_data, order=["baseline"], data={"batch_size": 2}, phases={"baseline": {"epochs": 4}}
+    )
     subprocess.run(_cmd(cfg, "--out", tmp_path / "reference"), check=True, env=_env(), timeout=600)
 
     run = tmp_path / "run"
     state = run / "baseline" / "last" / "trainer.json"
-    process = subprocess.Popen(_cmd(cfg, "--out", run), env=_env(), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        _cmd(cfg, "--out", run), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     saves: dict[int, float] = {}
     try:
         deadline = time.monotonic() + 600
@@ -65,7 +67,9 @@ def test_kill_9_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path, syn
     assert 2 <= stopped_after < 4  # killed inside a later epoch, before the run could finish
 
     subprocess.run(_cmd("--resume", "--out", run), check=True, env=_env(), timeout=600)
-    assert _records(run / "baseline" / "metrics.jsonl") == _records(tmp_path / "reference" / "baseline" / "metrics.jsonl")
+    assert _records(run / "baseline" / "metrics.jsonl") == _records(
+        tmp_path / "reference" / "baseline" / "metrics.jsonl"
+    )
     resumed = load_file(str(run / "baseline" / "last" / "raw.safetensors"))
     reference = load_file(str(tmp_path / "reference" / "baseline" / "last" / "raw.safetensors"))
     assert all((resumed[k] == reference[k]).all() for k in reference)
@@ -76,9 +80,23 @@ def test_two_process_cpu_ddp_run_writes_one_run_folder(tmp_path, synth_data):
     out = tmp_path / "run"
     torchrun = Path(sys.executable).with_name("torchrun")
     result = subprocess.run(
-        [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "defectfusion", "train", str(cfg),
-         "--out", str(out), "--quiet"],
-        env=_env(), capture_output=True, text=True, timeout=900,
+        [
+            str(torchrun),
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "defectfusion",
+            "train",
+            str(cfg),
+            "--out",
+            str(out),
+            "--quiet",
+        ],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())

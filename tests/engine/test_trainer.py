@@ -8,7 +8,8 @@ import torch
 from defectfusion.config import load_config
 from defectfusion.data.coco import load_coco
 from defectfusion.engine.distributed import DistInfo
-from defectfusion.engine.trainer import PhaseTrainer, build_phase_data
+from defectfusion.engine.phase_records import build_phase_data
+from defectfusion.engine.trainer import PhaseTrainer
 from defectfusion.models.detector import add_fusion, build_detector
 from defectfusion.models.fusion import random_text_embeddings
 from tests.helpers import write_train_config
@@ -20,8 +21,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.mark.parametrize("phase", ["baseline", "phase3"])
 def test_the_decoder_constants_stay_fixed_and_outside_optimizer_and_ema(tmp_path, synth_data, phase):
-    cfg = load_config(write_train_config(tmp_path / "cfg.yml", synth_data,
-                                         phases={phase: {"epochs": 1, "lr": 1e-2}}, train={"ema": {"warmups": 1}}))
+    cfg = load_config(
+        write_train_config(
+            tmp_path / "cfg.yml", synth_data, phases={phase: {"epochs": 1, "lr": 1e-2}}, train={"ema": {"warmups": 1}}
+        )
+    )
     train, val = load_coco(cfg.data.train.annotations), load_coco(cfg.data.val.annotations)
     torch.manual_seed(0)
     model = build_detector(cfg.model, list(train.class_names))
@@ -54,8 +58,9 @@ def test_resume_after_a_kill_between_logging_and_saving_repeats_no_epoch(tmp_pat
     from defectfusion.engine.progressive import run_training
     from defectfusion.io import read_jsonl
 
-    cfg = load_config(write_train_config(tmp_path / "cfg.yml", synth_data, order=["baseline"],
-                                         phases={"baseline": {"epochs": 2}}))
+    cfg = load_config(
+        write_train_config(tmp_path / "cfg.yml", synth_data, order=["baseline"], phases={"baseline": {"epochs": 2}})
+    )
     saves = []
     original_save = PhaseTrainer._save_last
 

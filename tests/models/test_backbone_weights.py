@@ -28,7 +28,7 @@ def test_the_original_backbone_files_fill_exactly_the_backbone(tmp_path, name, i
     trained = convert_original(folder / "checkpoint.pth", folder / "config.yml").model
     # The file the original configs name in weights_path: the backbone's own tensors, no prefix.
     state = torch.load(folder / "checkpoint.pth", map_location="cpu", weights_only=True)["ema"]["module"]
-    own = {k[len(inner):]: v for k, v in state.items() if k.startswith(inner)}
+    own = {k[len(inner) :]: v for k, v in state.items() if k.startswith(inner)}
     torch.save(own, tmp_path / "backbone.pt")
 
     torch.manual_seed(1)

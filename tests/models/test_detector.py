@@ -141,7 +141,9 @@ def test_frozen_trunk_builds_no_graph(six_classes):
     out = fused(pixel_values=torch.randn(1, 3, *fused.meta.image_size), labels=_labels()[:1])
     assert out.loss.requires_grad
     assert not out.encoder_last_hidden_state[0].requires_grad
-    assert all(not p.requires_grad for n, p in fused.named_parameters() if parameter_group(n) in {"backbone", "encoder"})
+    assert all(
+        not p.requires_grad for n, p in fused.named_parameters() if parameter_group(n) in {"backbone", "encoder"}
+    )
 
 
 def test_unknown_group_and_bad_size_give_clear_errors(six_classes):
@@ -164,8 +166,16 @@ def test_random_text_mode_replaces_the_embeddings(six_classes):
 
 @pytest.mark.parametrize(
     "preset, millions",
-    [("dinov3_s", 9.7), ("dinov3_m", 18.1), ("dinov3_l", 32.2), ("dinov3_x", 50.3),
-     ("hgnetv2_n", 3.6), ("hgnetv2_pico", 1.5), ("hgnetv2_femto", 1.0), ("hgnetv2_atto", 0.5)],
+    [
+        ("dinov3_s", 9.7),
+        ("dinov3_m", 18.1),
+        ("dinov3_l", 32.2),
+        ("dinov3_x", 50.3),
+        ("hgnetv2_n", 3.6),
+        ("hgnetv2_pico", 1.5),
+        ("hgnetv2_femto", 1.0),
+        ("hgnetv2_atto", 0.5),
+    ],
 )
 def test_released_presets_have_the_published_sizes(preset, millions):
     # built on the meta device: shapes only, no memory, no time

@@ -48,8 +48,12 @@ def test_fused_classifier_keeps_the_linear_parameter_names_and_tensors():
     names = set(head.state_dict())
     assert {"weight", "bias"} <= names
     assert {n for n in names if n not in {"weight", "bias"}} == {
-        "fusion.proj.weight", "fusion.proj.bias", "fusion.logit_scale", "fusion.logit_bias",
-        "fusion.gate", "fusion.text_embeddings",
+        "fusion.proj.weight",
+        "fusion.proj.bias",
+        "fusion.logit_scale",
+        "fusion.logit_bias",
+        "fusion.gate",
+        "fusion.text_embeddings",
     }
 
 

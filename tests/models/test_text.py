@@ -36,8 +36,11 @@ def test_clip_path_with_a_real_tokenizer_and_a_tiny_model(tiny_clip_dir, tmp_pat
 
 
 def test_sentence_minilm_is_real_and_offline(tmp_path):
-    out = encode_texts("sentence:minilm", ["a deep crack through the metal", "a deep fracture in the metal",
-                                           "a clean painted surface"], cache_dir=tmp_path)
+    out = encode_texts(
+        "sentence:minilm",
+        ["a deep crack through the metal", "a deep fracture in the metal", "a clean painted surface"],
+        cache_dir=tmp_path,
+    )
     assert out.shape == (3, 384)
     sim = out @ out.t()
     # a real sentence model: the two crack sentences are closer than crack vs clean surface
@@ -113,8 +116,9 @@ def test_a_retrained_encoder_in_the_same_folder_gets_fresh_embeddings(tiny_clip_
     weights = folder / "model.safetensors"
     state = load_file(str(weights))
     size = weights.stat().st_size
-    save_file({k: v + 0.05 if v.is_floating_point() else v for k, v in state.items()}, str(weights),
-              metadata={"format": "pt"})
+    save_file(
+        {k: v + 0.05 if v.is_floating_point() else v for k, v in state.items()}, str(weights), metadata={"format": "pt"}
+    )
     assert weights.stat().st_size == size
     after = encode_texts(f"clip:{folder}", texts, cache_dir=cache)
     assert not torch.allclose(before, after)

@@ -128,9 +128,7 @@ def test_pair_counts_rows_are_ground_truth_columns_are_predictions():
     before = metrics({"CRACK": 0.5}, counts=[[40, 12, 1, 5], [3, 50, 0, 2], [0, 0, 30, 1], [2, 4, 0, 0]])
     # the other evaluation lists its labels in another order: the lookup is by name
     labels = ["SCRATCH", "CRACK", "HOLE", "background"]
-    after = metrics(
-        {"CRACK": 0.6}, labels=labels, counts=[[50, 4, 0, 2], [7, 45, 1, 5], [0, 0, 30, 1], [4, 2, 0, 0]]
-    )
+    after = metrics({"CRACK": 0.6}, labels=labels, counts=[[50, 4, 0, 2], [7, 45, 1, 5], [0, 0, 30, 1], [4, 2, 0, 0]])
     assert pair_counts(before, "CRACK", "SCRATCH") == (12, 3)
     assert pair_counts(after, "CRACK", "SCRATCH") == (7, 4)
     pair = confusion_pair(before, after, "CRACK", "SCRATCH")
@@ -159,12 +157,8 @@ def test_pair_errors_name_the_valid_classes():
 
 
 def test_pair_table_for_description_sets():
-    a = metrics(
-        {"CRACK": 0.5, "SCRATCH": 0.8}, counts=[[40, 12, 0, 0], [3, 50, 0, 0], [0] * 4, [0] * 4], map50=0.6
-    )
-    b = metrics(
-        {"CRACK": 0.6, "SCRATCH": None}, counts=[[40, 9, 0, 0], [3, 50, 0, 0], [0] * 4, [0] * 4], map50=0.65
-    )
+    a = metrics({"CRACK": 0.5, "SCRATCH": 0.8}, counts=[[40, 12, 0, 0], [3, 50, 0, 0], [0] * 4, [0] * 4], map50=0.6)
+    b = metrics({"CRACK": 0.6, "SCRATCH": None}, counts=[[40, 9, 0, 0], [3, 50, 0, 0], [0] * 4, [0] * 4], map50=0.65)
     rows = pair_table([("defects6.yml", a), ("contrast.yml", b)], "CRACK", "SCRATCH")
     assert rows[0]["CRACK → SCRATCH"] == "12" and rows[0]["Δ mAP@0.5"] == MISSING
     assert rows[1]["CRACK → SCRATCH"] == "9 (-3)" and rows[1]["SCRATCH → CRACK"] == "3 (0)"

@@ -38,9 +38,7 @@ def fake_metrics(ap50s, counts, absent=()) -> dict:
         }
         precision = [None] * 101 if ap is None else [max(0.0, 1 - (1 - ap) * 2 * r**3) for r in recall]
         curves[name] = {"recall": recall.tolist(), "precision": precision}
-    normalized = [
-        [None if t == 0 else float(c / t) for c in row] for row, t in zip(counts, totals, strict=True)
-    ]
+    normalized = [[None if t == 0 else float(c / t) for c in row] for row, t in zip(counts, totals, strict=True)]
     defined = [a for a, n in zip(ap50s, NAMES, strict=True) if n not in absent]
     return {
         "map50": float(np.mean(defined)),
@@ -90,9 +88,7 @@ def test_confusion_matrix_images_follow_the_numbers(tmp_path):
     assert raw == tmp_path / "cm.png"
     a = load_png(raw, (600, 500))
     b = load_png(plots.plot_confusion_matrix(AFTER, tmp_path / "cm_after.png", highlight=PAIR))
-    c = load_png(
-        plots.plot_confusion_matrix(BEFORE["confusion_matrix"], tmp_path / "cm_norm.png", normalized=True)
-    )
+    c = load_png(plots.plot_confusion_matrix(BEFORE["confusion_matrix"], tmp_path / "cm_norm.png", normalized=True))
     assert a.shape != b.shape or np.abs(a - b).mean() > 0.01  # other counts, another picture
     assert a.shape != c.shape or np.abs(a - c).mean() > 0.01
     assert no_temp_files(tmp_path)
@@ -202,12 +198,8 @@ def test_draw_detections_boxes_in_class_colour():
     assert isinstance(out, Image.Image) and out.size == (160, 120)
     px = np.asarray(out)
     assert tuple(px[60, 100]) == plots.class_color(1)  # right edge of the prediction box
-    assert (
-        not (px == plots.class_color(3)).all(axis=-1).any()
-    )  # the box below the score threshold is not drawn
-    right_edge = [
-        tuple(p) for p in px[55:110, 150]
-    ]  # the GT box's right edge: dashed, class colour and white
+    assert not (px == plots.class_color(3)).all(axis=-1).any()  # the box below the score threshold is not drawn
+    right_edge = [tuple(p) for p in px[55:110, 150]]  # the GT box's right edge: dashed, class colour and white
     assert plots.class_color(2) in right_edge and (255, 255, 255) in right_edge
     assert (image == 128).all()  # input untouched
 
@@ -220,14 +212,10 @@ def test_draw_detections_inputs_and_resize(tmp_path):
     assert out.size == (320, 256)
     empty = plots.draw_detections(Image.new("RGB", (50, 40), "red"), Detections.empty(), NAMES)
     assert np.asarray(empty).reshape(-1, 3).tolist().count([255, 0, 0]) == 50 * 40
-    unknown = plots.draw_detections(
-        np.zeros((30, 30), np.uint8), (np.array([[2, 2, 20, 20]]), np.array([9])), NAMES
-    )
+    unknown = plots.draw_detections(np.zeros((30, 30), np.uint8), (np.array([[2, 2, 20, 20]]), np.array([9])), NAMES)
     assert np.asarray(unknown).std() > 0
     with pytest.raises(DefectFusionError, match="same length"):
-        plots.draw_detections(
-            np.zeros((30, 30, 3), np.uint8), {"boxes": [[0, 0, 1, 1]], "labels": [0, 1]}, NAMES
-        )
+        plots.draw_detections(np.zeros((30, 30, 3), np.uint8), {"boxes": [[0, 0, 1, 1]], "labels": [0, 1]}, NAMES)
 
 
 def test_image_grid(tmp_path):
@@ -236,9 +224,7 @@ def test_image_grid(tmp_path):
     for k in range(5):
         image = rng.integers(60, 200, (96, 128, 3), dtype=np.uint8)
         det = Detections(torch.tensor([[10.0, 10.0, 60.0, 50.0]]), torch.tensor([0.8]), torch.tensor([k % 4]))
-        items.append(
-            plots.GridItem(image, det, (np.array([[12, 12, 58, 52]]), np.array([1])), f"val_{k}.png")
-        )
+        items.append(plots.GridItem(image, det, (np.array([[12, 12, 58, 52]]), np.array([1])), f"val_{k}.png"))
     items.append({"image": rng.integers(0, 255, (64, 64, 3), dtype=np.uint8), "title": "no boxes"})
     items.append(Image.new("RGB", (80, 60), "white"))
     path = plots.plot_image_grid(items, tmp_path / "grid.png", NAMES, cols=3)

@@ -134,7 +134,10 @@ def test_user_text_is_escaped(tmp_path):
 
 
 def test_markdown_blocks_render(tmp_path):
-    text = "# Sub heading\n\n1. first\n2. second\n\n| a | b |\n|---|---:|\n| x\\|y | 1 |\n\n```\n<raw> code\n```\nplain *it*"
+    text = (
+        "# Sub heading\n\n1. first\n2. second\n\n| a | b |\n|---|---:|\n| x\\|y | 1 |\n\n"
+        "```\n<raw> code\n```\nplain *it*"
+    )
     _, html_path = write_report(tmp_path, "T", [Section("S", text)])
     out = html_path.read_text()
     assert "<h3>Sub heading</h3>" in out and "<ol><li>first</li><li>second</li></ol>" in out

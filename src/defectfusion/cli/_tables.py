@@ -40,8 +40,9 @@ def rows_table(rows: Sequence[Mapping[str, Any]], title: str | None = None, nume
     return table
 
 
-def print_written(console, files: Sequence[os.PathLike | str], out: os.PathLike | str | None = None,
-                  limit: int = 12) -> None:
+def print_written(
+    console, files: Sequence[os.PathLike | str], out: os.PathLike | str | None = None, limit: int = 12
+) -> None:
     """``wrote OUT/``, then the main files (relative to ``out``)."""
     paths = [Path(f) for f in files]
     if out is not None:

@@ -17,8 +17,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="demo folder (default: runs/demo)")
     p.add_argument("--quick", action="store_true", help="a few dozen images, an epoch or two per phase (minutes)")
-    p.add_argument("--workers", type=int, default=None,
-                   help="data-parallel processes for the baseline (default: one per core, at most 2; 1: this process)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="data-parallel processes for the baseline (default: one per core, at most 2; 1: this process)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(handler=run)
 

@@ -16,11 +16,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Embed every prompt of a descriptions file, average per class, save as safetensors "
         "and print the class-by-class cosine similarity.",
     )
-    p.add_argument("--descriptions", default="defects6", help="descriptions YAML or packaged set name (default: defects6)")
-    p.add_argument("--encoder", default="clip:openai/clip-vit-base-patch32",
-                   help="clip:NAME|FOLDER, sentence:NAME|FOLDER|minilm, or file:PATH (default: %(default)s)")
+    p.add_argument(
+        "--descriptions", default="defects6", help="descriptions YAML or packaged set name (default: defects6)"
+    )
+    p.add_argument(
+        "--encoder",
+        default="clip:openai/clip-vit-base-patch32",
+        help="clip:NAME|FOLDER, sentence:NAME|FOLDER|minilm, or file:PATH (default: %(default)s)",
+    )
     p.add_argument("--out", required=True, type=Path, help="output .safetensors file")
-    p.add_argument("--cache-dir", type=Path, default=None, help="embedding cache folder (default: ~/.cache/defectfusion/text)")
+    p.add_argument(
+        "--cache-dir", type=Path, default=None, help="embedding cache folder (default: ~/.cache/defectfusion/text)"
+    )
     p.set_defaults(handler=run)
 
 
@@ -29,11 +36,17 @@ def run(args: argparse.Namespace) -> int:
 
     embeddings = encode_text(args.descriptions, args.encoder, args.out, args.cache_dir)
     console = console_out()
-    console.print(similarity_table(embeddings.class_names, embeddings.similarity_matrix().tolist(),
-                                   title=f"cosine similarity of class texts ({args.encoder})"))
+    console.print(
+        similarity_table(
+            embeddings.class_names,
+            embeddings.similarity_matrix().tolist(),
+            title=f"cosine similarity of class texts ({args.encoder})",
+        )
+    )
     prompts = sum(len(p) for p in embeddings.prompts)
-    console.print(f"{len(embeddings.class_names)} classes, {prompts} prompts, "
-                  f"dimension {embeddings.class_embeddings.shape[1]}")
+    console.print(
+        f"{len(embeddings.class_names)} classes, {prompts} prompts, dimension {embeddings.class_embeddings.shape[1]}"
+    )
     console.print(f"wrote {args.out}")
     return 0
 

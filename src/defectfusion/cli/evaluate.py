@@ -21,17 +21,32 @@ def register(sub: argparse._SubParsersAction) -> None:
     src = p.add_argument_group("what to evaluate (a checkpoint or a results file)")
     src.add_argument("--checkpoint", type=Path, help="detector folder (or exported .onnx file)")
     src.add_argument("--predictions", type=Path, help="a COCO results file [{image_id, category_id, bbox, score}]")
-    p.add_argument("--data", "--annotations", dest="annotations", type=Path,
-                   help="COCO annotations json of the evaluation images (the ground truth)")
+    p.add_argument(
+        "--data",
+        "--annotations",
+        dest="annotations",
+        type=Path,
+        help="COCO annotations json of the evaluation images (the ground truth)",
+    )
     p.add_argument("--images", type=Path, default=None, help="images folder (default: beside the json)")
     p.add_argument("--baseline", type=Path, default=None, help="baseline checkpoint evaluated on the same images")
-    p.add_argument("--pair", nargs=2, metavar=("A", "B"), default=None,
-                   help="the confusable pair to call out (default: the confusable_pair of the model's descriptions)")
-    p.add_argument("--descriptions", nargs="+", default=[], metavar="FILE",
-                   help="what-if: description files (or packaged names) to evaluate the fused model with, compared "
-                        "in one table")
-    p.add_argument("--encoder", default=None,
-                   help="text encoder for --descriptions (default: the one the model was trained with)")
+    p.add_argument(
+        "--pair",
+        nargs=2,
+        metavar=("A", "B"),
+        default=None,
+        help="the confusable pair to call out (default: the confusable_pair of the model's descriptions)",
+    )
+    p.add_argument(
+        "--descriptions",
+        nargs="+",
+        default=[],
+        metavar="FILE",
+        help="what-if: description files (or packaged names) to evaluate the fused model with, compared in one table",
+    )
+    p.add_argument(
+        "--encoder", default=None, help="text encoder for --descriptions (default: the one the model was trained with)"
+    )
     p.add_argument("--cache-dir", type=Path, default=None, help="text-embedding cache folder")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: evaluation/<checkpoint name>)")
     p.add_argument("--iou", type=float, default=0.5, help="IoU of the confusion matrix and P/R/F1 (default: 0.5)")
@@ -50,14 +65,19 @@ def _check_args(args: argparse.Namespace) -> None:
     from ..errors import ConfigError
 
     if args.checkpoint is None and args.predictions is None:
-        raise ConfigError("give --checkpoint CKPT --data ANN.json, or --predictions RESULTS.json --annotations ANN.json")
+        raise ConfigError(
+            "give --checkpoint CKPT --data ANN.json, or --predictions RESULTS.json --annotations ANN.json"
+        )
     if args.checkpoint is not None and args.predictions is not None:
         raise ConfigError("give either --checkpoint or --predictions, not both")
     if args.annotations is None:
         raise ConfigError("--data/--annotations ANN.json is required: the ground truth to evaluate against")
     if args.predictions is not None:
-        for flag, value in (("--baseline", args.baseline), ("--descriptions", args.descriptions),
-                            ("--encoder", args.encoder)):
+        for flag, value in (
+            ("--baseline", args.baseline),
+            ("--descriptions", args.descriptions),
+            ("--encoder", args.encoder),
+        ):
             if value:
                 raise ConfigError(f"{flag} needs --checkpoint (a results file has no model to run)")
     if args.encoder and not args.descriptions:
@@ -77,16 +97,38 @@ def run(args: argparse.Namespace) -> int:
     progress = False if args.quiet else None
     if args.predictions is not None:
         out = args.out or default_out("evaluation", args.predictions)
-        result = evaluate_predictions(args.predictions, args.annotations, images=args.images, out=out,
-                                      pair=args.pair, iou_threshold=args.iou, conf_threshold=args.conf,
-                                      grid=args.grid, report=not args.no_report)
+        result = evaluate_predictions(
+            args.predictions,
+            args.annotations,
+            images=args.images,
+            out=out,
+            pair=args.pair,
+            iou_threshold=args.iou,
+            conf_threshold=args.conf,
+            grid=args.grid,
+            report=not args.no_report,
+        )
     else:
         out = args.out or default_out("evaluation", args.checkpoint)
         result = evaluate_checkpoint(
-            args.checkpoint, args.annotations, args.images, baseline=args.baseline, descriptions=args.descriptions,
-            encoder=args.encoder, cache_dir=args.cache_dir, out=out, pair=args.pair, iou_threshold=args.iou,
-            conf_threshold=args.conf, top_k=args.top_k, batch_size=args.batch_size, num_workers=args.workers,
-            device=check_device(args.device), grid=args.grid, report=not args.no_report, progress=progress,
+            args.checkpoint,
+            args.annotations,
+            args.images,
+            baseline=args.baseline,
+            descriptions=args.descriptions,
+            encoder=args.encoder,
+            cache_dir=args.cache_dir,
+            out=out,
+            pair=args.pair,
+            iou_threshold=args.iou,
+            conf_threshold=args.conf,
+            top_k=args.top_k,
+            batch_size=args.batch_size,
+            num_workers=args.workers,
+            device=check_device(args.device),
+            grid=args.grid,
+            report=not args.no_report,
+            progress=progress,
         )
     print_result(result)
     return 0
@@ -98,17 +140,24 @@ def print_result(result) -> None:
 
     console = wide_console()
     m = result.metrics
-    console.print(f"{m.get('num_images')} images, {m.get('num_ground_truth')} ground-truth boxes, "
-                  f"{m.get('num_detections')} detections")
+    console.print(
+        f"{m.get('num_images')} images, {m.get('num_ground_truth')} ground-truth boxes, "
+        f"{m.get('num_detections')} detections"
+    )
     if result.comparison is not None:
-        console.print(rows_table(result.comparison.to_display_rows(),
-                                 title=f"AP per class: {result.labels[0]} vs {result.labels[1]}"))
+        console.print(
+            rows_table(
+                result.comparison.to_display_rows(), title=f"AP per class: {result.labels[0]} vs {result.labels[1]}"
+            )
+        )
     else:
         console.print(rows_table(per_class_rows(m, result.class_names), title="metrics per class"))
     headline = f"mAP@0.5 {fmt_value(m.get('map50'))}, mAP@0.5:0.95 {fmt_value(m.get('map'))}"
     if result.baseline is not None:
-        headline += (f" (baseline: mAP@0.5 {fmt_value(result.baseline.get('map50'))}, "
-                     f"mAP@0.5:0.95 {fmt_value(result.baseline.get('map'))})")
+        headline += (
+            f" (baseline: mAP@0.5 {fmt_value(result.baseline.get('map50'))}, "
+            f"mAP@0.5:0.95 {fmt_value(result.baseline.get('map'))})"
+        )
     console.print(headline)
     undefined = [n for n in result.class_names if (m["per_class"].get(n) or {}).get("ap50") is None]
     if undefined:
@@ -117,8 +166,13 @@ def print_result(result) -> None:
         console.print(result.confusion.sentence())
         console.print(result.confusion.reverse_sentence())
     if result.what_if:
-        console.print(rows_table(what_if_display(result), title="what-if descriptions (same detector, other texts; "
-                                 f"as trained: mAP@0.5 {fmt_value(m.get('map50'))})"))
+        console.print(
+            rows_table(
+                what_if_display(result),
+                title="what-if descriptions (same detector, other texts; "
+                f"as trained: mAP@0.5 {fmt_value(m.get('map50'))})",
+            )
+        )
     if result.out is not None:
         print_written(console, result.files, result.out)
         if result.report_html is not None:
@@ -130,8 +184,11 @@ def what_if_display(result) -> list[dict[str, str]]:
 
     rows = []
     for row in result.what_if_rows():
-        shown = {"descriptions": row["descriptions"], "mAP@0.5": fmt_value(row["map50"]),
-                 "Δ vs as trained": fmt_delta(row["map50_delta"])}
+        shown = {
+            "descriptions": row["descriptions"],
+            "mAP@0.5": fmt_value(row["map50"]),
+            "Δ vs as trained": fmt_delta(row["map50_delta"]),
+        }
         if result.pair is not None:
             a, b = result.pair
             shown[f"AP@0.5 {a}"] = fmt_value(row[f"ap50_{a}"])

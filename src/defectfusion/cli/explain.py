@@ -38,8 +38,14 @@ def run(args: argparse.Namespace) -> int:
         if not Path(image).is_file():
             raise ConfigError(f"image {image} does not exist (explain takes image files, one map set per image)")
     out = args.out or default_out("explain", args.checkpoint)
-    results = explain(args.checkpoint, args.images, out, threshold=args.threshold,
-                      max_detections=args.max_detections, device=check_device(args.device))
+    results = explain(
+        args.checkpoint,
+        args.images,
+        out,
+        threshold=args.threshold,
+        max_detections=args.max_detections,
+        device=check_device(args.device),
+    )
     console = wide_console()
     files = []
     for expl, written in results:
@@ -48,12 +54,25 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"maps: {expl.map_head} — {expl.map_head_note}")
         console.print(f"detections: query features projected by {expl.query_head}")
         data = expl.to_json()["maps"]
-        rows = [{"class": n, "max": f"{v['max']:.3f}", "mean": f"{v['mean']:.3f}",
-                 "best match on": f"{100 * data['best_class_share'][n]:.0f}%"} for n, v in data["per_class"].items()]
+        rows = [
+            {
+                "class": n,
+                "max": f"{v['max']:.3f}",
+                "mean": f"{v['mean']:.3f}",
+                "best match on": f"{100 * data['best_class_share'][n]:.0f}%",
+            }
+            for n, v in data["per_class"].items()
+        ]
         console.print(rows_table(rows, title="similarity maps (cosine)"))
-        det_rows = [{"#": str(i + 1), "detected": d.class_name, "score": f"{d.score:.2f}",
-                     "top text matches": ", ".join(f"{n} {v:.2f}" for n, v in d.top_matches(expl.class_names, 3))}
-                    for i, d in enumerate(expl.detections)]
+        det_rows = [
+            {
+                "#": str(i + 1),
+                "detected": d.class_name,
+                "score": f"{d.score:.2f}",
+                "top text matches": ", ".join(f"{n} {v:.2f}" for n, v in d.top_matches(expl.class_names, 3)),
+            }
+            for i, d in enumerate(expl.detections)
+        ]
         if det_rows:
             console.print(rows_table(det_rows, title="what each detection matched in text"))
         else:

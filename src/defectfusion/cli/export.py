@@ -21,13 +21,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--checkpoint", required=True, type=Path, help="detector folder (config.json + model.safetensors)")
     p.add_argument("--out", required=True, type=Path, help="the .onnx file to write")
-    p.add_argument("--size", nargs=2, type=int, metavar=("H", "W"), default=None,
-                   help="input size of the graph (default: the model's); multiples of the model's largest stride")
+    p.add_argument(
+        "--size",
+        nargs=2,
+        type=int,
+        metavar=("H", "W"),
+        default=None,
+        help="input size of the graph (default: the model's); multiples of the model's largest stride",
+    )
     p.add_argument("--batch", default="dynamic", help="'dynamic' (default) or a fixed batch size")
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET,
-                   help=f"ONNX opset, {MIN_OPSET}..{MAX_OPSET} (default: {DEFAULT_OPSET})")
-    p.add_argument("--top-k", type=int, default=DEFAULT_TOP_K,
-                   help=f"detections per image in the outputs (default: {DEFAULT_TOP_K})")
+    p.add_argument(
+        "--opset",
+        type=int,
+        default=DEFAULT_OPSET,
+        help=f"ONNX opset, {MIN_OPSET}..{MAX_OPSET} (default: {DEFAULT_OPSET})",
+    )
+    p.add_argument(
+        "--top-k",
+        type=int,
+        default=DEFAULT_TOP_K,
+        help=f"detections per image in the outputs (default: {DEFAULT_TOP_K})",
+    )
     p.add_argument("--threads", type=int, default=None, help="onnxruntime threads for the parity check")
     p.set_defaults(handler=run)
 
@@ -38,15 +52,25 @@ def run(args: argparse.Namespace) -> int:
 
     if args.top_k < 1:
         raise ConfigError(f"--top-k must be at least 1, got {args.top_k}")
-    result = export_onnx(args.checkpoint, args.out, size=args.size, batch=args.batch, opset=args.opset,
-                         top_k=args.top_k, threads=args.threads)
+    result = export_onnx(
+        args.checkpoint,
+        args.out,
+        size=args.size,
+        batch=args.batch,
+        opset=args.opset,
+        top_k=args.top_k,
+        threads=args.threads,
+    )
     console = console_out()
     height, width = result.image_size
-    console.print(f"images: float32 [{'B' if result.batch == 'dynamic' else result.batch}, 3, {height}, {width}] "
-                  f"normalised (mean {result.metadata['image_mean']}, std {result.metadata['image_std']}); "
-                  f"orig_target_sizes: int64 [B, 2] as (H, W)")
-    console.print(f"outputs: labels, boxes (x1, y1, x2, y2 pixels), scores; top {result.top_k} per image; "
-                  f"opset {result.opset}")
+    console.print(
+        f"images: float32 [{'B' if result.batch == 'dynamic' else result.batch}, 3, {height}, {width}] "
+        f"normalised (mean {result.metadata['image_mean']}, std {result.metadata['image_std']}); "
+        f"orig_target_sizes: int64 [B, 2] as (H, W)"
+    )
+    console.print(
+        f"outputs: labels, boxes (x1, y1, x2, y2 pixels), scores; top {result.top_k} per image; opset {result.opset}"
+    )
     kind = "fused (text embeddings baked in)" if result.fused else "base (no fusion head)"
     console.print(f"classes ({len(result.class_names)}): {', '.join(result.class_names)}; {kind}")
     for report in result.parity:

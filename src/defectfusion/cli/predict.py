@@ -23,10 +23,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threshold", type=float, default=0.25, help="minimum score of a detection (default: 0.25)")
     p.add_argument("--top-k", type=int, default=300, help="detections considered per image (default: 300)")
     ids = p.add_mutually_exclusive_group()
-    ids.add_argument("--annotations", type=Path, default=None,
-                     help="COCO json of these images: its category ids (by class name) and image ids (by file name)")
-    ids.add_argument("--category-ids", default=None,
-                     help="comma-separated COCO category id of each class, in class order (default: the class index)")
+    ids.add_argument(
+        "--annotations",
+        type=Path,
+        default=None,
+        help="COCO json of these images: its category ids (by class name) and image ids (by file name)",
+    )
+    ids.add_argument(
+        "--category-ids",
+        default=None,
+        help="comma-separated COCO category id of each class, in class order (default: the class index)",
+    )
     p.add_argument("--recursive", action="store_true", help="also take images in subfolders of folder inputs")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--workers", type=int, default=0, help="image-loading worker processes")
@@ -56,11 +63,21 @@ def run(args: argparse.Namespace) -> int:
     if args.top_k < 1 or args.batch_size < 1 or args.workers < 0:
         raise ConfigError("--top-k and --batch-size must be >= 1, --workers >= 0")
     out = args.out or default_out("predictions", args.checkpoint)
-    result = predict(args.checkpoint, args.images, out, threshold=args.threshold, top_k=args.top_k,
-                     batch_size=args.batch_size, num_workers=args.workers, device=check_device(args.device),
-                     recursive=args.recursive, annotations=args.annotations,
-                     category_ids=_category_ids(args.category_ids), draw=not args.no_draw,
-                     progress=False if args.quiet else None)
+    result = predict(
+        args.checkpoint,
+        args.images,
+        out,
+        threshold=args.threshold,
+        top_k=args.top_k,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        device=check_device(args.device),
+        recursive=args.recursive,
+        annotations=args.annotations,
+        category_ids=_category_ids(args.category_ids),
+        draw=not args.no_draw,
+        progress=False if args.quiet else None,
+    )
     print_result(result)
     return 0
 
@@ -70,17 +87,30 @@ def print_result(result, limit: int = 20) -> None:
     rows = []
     for pred in result.predictions[:limit]:
         det = pred.detections
-        best = ", ".join(f"{result.class_names[lab]} {s:.2f}" for lab, s in
-                         zip(det.labels.tolist()[:3], det.scores.tolist()[:3], strict=True))
-        rows.append({"image": pred.path.name, "id": str(pred.image_id), "size": f"{pred.size[1]}x{pred.size[0]}",
-                     "detections": str(len(det)), "best": best or "–"})
+        best = ", ".join(
+            f"{result.class_names[lab]} {s:.2f}"
+            for lab, s in zip(det.labels.tolist()[:3], det.scores.tolist()[:3], strict=True)
+        )
+        rows.append(
+            {
+                "image": pred.path.name,
+                "id": str(pred.image_id),
+                "size": f"{pred.size[1]}x{pred.size[0]}",
+                "detections": str(len(det)),
+                "best": best or "–",
+            }
+        )
     title = f"detections with score ≥ {result.threshold:g}"
     if len(result.predictions) > limit:
         title += f" (first {limit} of {len(result.predictions)} images)"
     console.print(rows_table(rows, title=title, numeric={"id", "detections"}))
     counts = result.counts_per_class()
-    console.print(rows_table([{"class": n, "detections": str(c)} for n, c in counts.items()],
-                             title=f"{result.num_detections} detections in {len(result.predictions)} images"))
+    console.print(
+        rows_table(
+            [{"class": n, "detections": str(c)} for n, c in counts.items()],
+            title=f"{result.num_detections} detections in {len(result.predictions)} images",
+        )
+    )
     if result.out is not None:
         files = [result.results_json, result.predictions_json, *result.drawn]
         print_written(console, [f for f in files if f is not None], result.out, limit=4)

@@ -32,11 +32,22 @@ def run(args: argparse.Namespace) -> int:
 
     if args.grid < 0 or args.batch_size < 1:
         raise ConfigError("--grid must be >= 0 and --batch-size >= 1")
-    rep = report_run(args.run_dir, args.out, pair=args.pair, device=check_device(args.device),
-                     batch_size=args.batch_size, grid=args.grid)
+    rep = report_run(
+        args.run_dir,
+        args.out,
+        pair=args.pair,
+        device=check_device(args.device),
+        batch_size=args.batch_size,
+        grid=args.grid,
+    )
     console = wide_console()
-    console.print(rows_table(rep.phase_rows, title=f"run {rep.summary.get('name', rep.run.name)}: phases",
-                             numeric={"epochs", "best epoch", "mAP@0.5", "mAP@0.5:0.95", "Δ mAP@0.5", "time"}))
+    console.print(
+        rows_table(
+            rep.phase_rows,
+            title=f"run {rep.summary.get('name', rep.run.name)}: phases",
+            numeric={"epochs", "best epoch", "mAP@0.5", "mAP@0.5:0.95", "Δ mAP@0.5", "time"},
+        )
+    )
     if rep.gate_rows:
         console.print(rows_table(rep.gate_rows, title="gate decisions", numeric={"value"}))
     console.print(rep.final_text.replace("**", "").replace("`", ""))

@@ -25,8 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..commands.synth import synth
 
-    summary = synth(args.out, train=args.train, val=args.val, size=args.size, seed=args.seed,
-                                         progress=True)
+    summary = synth(args.out, train=args.train, val=args.val, size=args.size, seed=args.seed, progress=True)
     for name, split in summary.splits.items():
         counts = ", ".join(f"{k} {v}" for k, v in split.instances.items())
         print(f"{name}: {split.num_images} images ({split.num_empty_images} without objects): {counts}")

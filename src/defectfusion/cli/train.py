@@ -16,11 +16,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         "`torchrun --nproc_per_node N` or `accelerate launch` (data-parallel).",
     )
     p.add_argument("config", nargs="?", help="config file or packaged name (optional with --resume: the run's own)")
-    p.add_argument("--phase", default="all", help="baseline | 1 | 2 | 3 | a phase name | all (default: the config's order)")
+    p.add_argument(
+        "--phase", default="all", help="baseline | 1 | 2 | 3 | a phase name | all (default: the config's order)"
+    )
     p.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<config name>)")
     p.add_argument("--resume", action="store_true", help="continue a stopped run from its last checkpoint")
-    p.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. -o data.batch_size=8 (repeatable)")
+    p.add_argument(
+        "-o",
+        "--override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. -o data.batch_size=8 (repeatable)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(handler=run)
 
@@ -32,10 +40,13 @@ def run(args: argparse.Namespace) -> int:
     if args.config is None and not (args.resume and args.out):
         raise ConfigError("give a config (e.g. `defectfusion train progressive ...`), or --resume --out RUN_DIR")
     if args.out is not None and (args.out / "config.yaml").is_file() and not args.resume:
-        raise ConfigError(f"run folder {args.out} already holds a run: pass --resume to continue it, or another "
-                          f"--out to start a new one")
-    result = train(args.config, args.out, phase=args.phase, resume=args.resume, overrides=args.override,
-                   progress=not args.quiet)
+        raise ConfigError(
+            f"run folder {args.out} already holds a run: pass --resume to continue it, or another "
+            f"--out to start a new one"
+        )
+    result = train(
+        args.config, args.out, phase=args.phase, resume=args.resume, overrides=args.override, progress=not args.quiet
+    )
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, one process reports
         return 0
     final = result.summary.get("final") or {}

@@ -11,9 +11,15 @@ from ..models.original.config import OriginalConfig
 from ..models.original.convert import ConversionResult, build_from_original, read_checkpoint
 
 
-def convert_original(checkpoint: str | Path, config: str | Path, out: str | Path | None = None, *,
-                     weights: str | None = None, class_names: Sequence[str] | None = None,
-                     annotations: str | Path | None = None) -> ConversionResult:
+def convert_original(
+    checkpoint: str | Path,
+    config: str | Path,
+    out: str | Path | None = None,
+    *,
+    weights: str | None = None,
+    class_names: Sequence[str] | None = None,
+    annotations: str | Path | None = None,
+) -> ConversionResult:
     """Convert an original DEIMv2 checkpoint + YAML into a detector folder ``load_detector`` reads.
 
     Everything is checked before anything is written; on any error no output folder exists.
@@ -33,8 +39,9 @@ def convert_original(checkpoint: str | Path, config: str | Path, out: str | Path
         if any(out_path.iterdir()) and not (out_path / CONFIG_NAME).is_file():
             raise ConfigError(f"{out_path} is a non-empty folder that is not a detector folder; refusing to replace it")
     original_config = OriginalConfig.load(config)
-    result = build_from_original(read_checkpoint(checkpoint, weights), original_config,
-                                 class_names=class_names, annotations=annotations)
+    result = build_from_original(
+        read_checkpoint(checkpoint, weights), original_config, class_names=class_names, annotations=annotations
+    )
     if out_path is not None:
         result.out = save_detector(result.model, out_path)
     return result

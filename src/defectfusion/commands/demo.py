@@ -195,8 +195,13 @@ def _fused_final(summary: dict[str, Any], run: Path) -> tuple[str, Path]:
     return best, run / best / "best"
 
 
-def run_demo(out: str | Path = "runs/demo", quick: bool = False, progress: bool = True,
-             cache_dir: str | Path | None = None, workers: int | None = None) -> DemoResult:
+def run_demo(
+    out: str | Path = "runs/demo",
+    quick: bool = False,
+    progress: bool = True,
+    cache_dir: str | Path | None = None,
+    workers: int | None = None,
+) -> DemoResult:
     """Run the demo into ``out`` and return where the report is.
 
     ``workers``: data-parallel processes for the baseline (default :func:`default_workers`; 1
@@ -213,8 +218,9 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, progress: bool 
     data = out / "data"
     if not (data / "val" / "annotations.json").is_file():
         say(f"[1/5] synthetic data: {plan.train_images} train + {plan.val_images} val images, {plan.image_size} px")
-        generate_synthetic_dataset(data, train=plan.train_images, val=plan.val_images, size=plan.image_size,
-                                   seed=0, progress=progress)
+        generate_synthetic_dataset(
+            data, train=plan.train_images, val=plan.val_images, size=plan.image_size, seed=0, progress=progress
+        )
     runs = demo_overrides(data, plan, Path(cache_dir) if cache_dir else None)
     how = f"{workers} data-parallel processes" if workers > 1 else "one process"
     say(f"[2/5] the baseline: a tiny DEIMv2 trained from scratch ({how})")
@@ -222,8 +228,10 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, progress: bool 
     baseline_dir = Path(baseline["phases"]["baseline"]["best_dir"]).resolve()
     start = f"model.checkpoint={baseline_dir}"
     log = out / "control.log"
-    say(f"[3/5] phases 1-3 with the class descriptions (MiniLM); beside them the control, the same phases from "
-        f"the same baseline with random text vectors (log: {log})")
+    say(
+        f"[3/5] phases 1-3 with the class descriptions (MiniLM); beside them the control, the same phases from "
+        f"the same baseline with random text vectors (log: {log})"
+    )
     control_proc = _start_control([*runs["control"], start], out / "control", log)
     try:
         with _threads(1):
@@ -249,17 +257,15 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, progress: bool 
     detections = {}
     for name, folder in finals.items():
         predictor = Predictor.from_checkpoint(folder, top_k=top_k)
-        metrics, kept = evaluate_on_index(predictor, val, keep=[r.id for r in val.images], progress=False,
-                                          desc=name)
+        metrics, kept = evaluate_on_index(predictor, val, keep=[r.id for r in val.images], progress=False, desc=name)
         scored[name], detections[name] = metrics, kept
     samples = bootstrap_map50(val.to_coco_dict(), detections, draws=plan.bootstrap_draws, seed=0)
     intervals = {
-        "text_vs_baseline": difference_interval(samples, "text", "baseline",
-                                                _diff(scored["text"], scored["baseline"])),
-        "control_vs_baseline": difference_interval(samples, "control", "baseline",
-                                                   _diff(scored["control"], scored["baseline"])),
-        "text_vs_control": difference_interval(samples, "text", "control",
-                                               _diff(scored["text"], scored["control"])),
+        "text_vs_baseline": difference_interval(samples, "text", "baseline", _diff(scored["text"], scored["baseline"])),
+        "control_vs_baseline": difference_interval(
+            samples, "control", "baseline", _diff(scored["control"], scored["baseline"])
+        ),
+        "text_vs_control": difference_interval(samples, "text", "control", _diff(scored["text"], scored["control"])),
     }
 
     say("[5/5] explanation maps and the report")
@@ -268,8 +274,7 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, progress: bool 
     verdict = write_verdict(scored, intervals, text, control, pair)
     summary = demo_summary(dict(plan.__dict__), baseline, text, control, scored, intervals, verdict, fused_name)
     atomic_write_json(out / "summary.json", summary)
-    md, html = write_demo_report(out, val, scored, text, control, intervals, verdict, explain_files, detections,
-                                 pair)
+    md, html = write_demo_report(out, val, scored, text, control, intervals, verdict, explain_files, detections, pair)
     say(f"report: {html}")
     return DemoResult(out, md, html, summary)
 

@@ -155,8 +155,9 @@ def evaluate_checkpoint(
         grid: validation images drawn with predictions and ground truth in the report.
     """
     index = load_coco(annotations, images)  # clipped / dropped boxes are reported once (CocoWarning)
-    predictor = Predictor.from_checkpoint(checkpoint, device=device, top_k=top_k, threshold=0.0,
-                                          batch_size=batch_size, num_workers=num_workers)
+    predictor = Predictor.from_checkpoint(
+        checkpoint, device=device, top_k=top_k, threshold=0.0, batch_size=batch_size, num_workers=num_workers
+    )
     model = predictor.model
     _check_classes(predictor.class_names, index, str(checkpoint))
     names = list(index.class_names)
@@ -165,8 +166,9 @@ def evaluate_checkpoint(
 
     base_predictor = None
     if baseline is not None:
-        base_predictor = Predictor.from_checkpoint(baseline, device=device, top_k=top_k, threshold=0.0,
-                                                   batch_size=batch_size, num_workers=num_workers)
+        base_predictor = Predictor.from_checkpoint(
+            baseline, device=device, top_k=top_k, threshold=0.0, batch_size=batch_size, num_workers=num_workers
+        )
         _check_classes(base_predictor.class_names, index, f"baseline {baseline}")
 
     chosen = grid_ids(index, pair_names, grid if report and out is not None else 0)
@@ -174,15 +176,20 @@ def evaluate_checkpoint(
     label = "fused" if model is not None and model.is_fused else "model"
     result = EvaluationResult(metrics, names, labels=("baseline", label), pair=pair_names)
     if base_predictor is not None:
-        result.baseline, _ = evaluate_on_index(base_predictor, index, progress=progress, desc="evaluate baseline",
-                                               **eval_kw)
+        result.baseline, _ = evaluate_on_index(
+            base_predictor, index, progress=progress, desc="evaluate baseline", **eval_kw
+        )
         result.comparison = compare_metrics(result.baseline, metrics, names, labels=result.labels)
     if pair_names is not None:
-        result.confusion = confusion_pair(result.baseline, metrics, *pair_names) if result.baseline else \
-            confusion_pair(metrics, None, *pair_names)
+        result.confusion = (
+            confusion_pair(result.baseline, metrics, *pair_names)
+            if result.baseline
+            else confusion_pair(metrics, None, *pair_names)
+        )
     if descriptions:
-        result.what_if = evaluate_with_descriptions(model, predictor, index, descriptions, encoder, checkpoint,
-                                                    cache_dir, progress, result.notes, **eval_kw)
+        result.what_if = evaluate_with_descriptions(
+            model, predictor, index, descriptions, encoder, checkpoint, cache_dir, progress, result.notes, **eval_kw
+        )
 
     if out is None:
         return result
@@ -191,8 +198,9 @@ def evaluate_checkpoint(
         if training is None:
             training = find_run_folder(checkpoint)
         items = grid_items(index, kept, chosen) if chosen else None
-        write_report(result, training or None, items,
-                      title or f"Evaluation of {_short(checkpoint)} on {_short(annotations)}")
+        write_report(
+            result, training or None, items, title or f"Evaluation of {_short(checkpoint)} on {_short(annotations)}"
+        )
     return result
 
 
@@ -207,31 +215,51 @@ def write_outputs(result: EvaluationResult, out: Path) -> None:
         comparison: dict[str, Any] = {"labels": list(result.labels), "rows": result.comparison.to_rows()}
         if result.confusion is not None:
             c = result.confusion
-            comparison["pair"] = {"a": c.a, "b": c.b, "a_as_b": {"before": c.a_as_b_before, "after": c.a_as_b_after},
-                                  "b_as_a": {"before": c.b_as_a_before, "after": c.b_as_a_after}}
+            comparison["pair"] = {
+                "a": c.a,
+                "b": c.b,
+                "a_as_b": {"before": c.a_as_b_before, "after": c.a_as_b_after},
+                "b_as_a": {"before": c.b_as_a_before, "after": c.b_as_a_after},
+            }
         atomic_write_json(out / "comparison.json", comparison)
         result.files += [out / "baseline_metrics.json", out / "comparison.json"]
     if result.what_if:
         for w in result.what_if:
             write_metrics(w.metrics, out / "what_if" / f"{w.label}.json")
             result.files.append(out / "what_if" / f"{w.label}.json")
-        atomic_write_json(out / "what_if.json", {
-            "reference": {"map50": result.metrics.get("map50"), "note": "the model with its trained text embeddings"},
-            "pair": list(result.pair) if result.pair else None, "rows": result.what_if_rows()})
+        atomic_write_json(
+            out / "what_if.json",
+            {
+                "reference": {
+                    "map50": result.metrics.get("map50"),
+                    "note": "the model with its trained text embeddings",
+                },
+                "pair": list(result.pair) if result.pair else None,
+                "rows": result.what_if_rows(),
+            },
+        )
         result.files.append(out / "what_if.json")
 
 
-def write_report(result: EvaluationResult, training: Any, grid_items: list | None, title: str,
-                 intro=()) -> None:
+def write_report(result: EvaluationResult, training: Any, grid_items: list | None, title: str, intro=()) -> None:
     """``report.md`` and ``report.html`` (and plots) of an evaluation into ``result.out``."""
     what_if = None
     extra = [Section("Notes", "\n".join(f"- {n}" for n in result.notes))] if result.notes else []
     if result.what_if:
         what_if = [("as trained", result.metrics)] + [(w.label, w.metrics) for w in result.what_if]
     md, html = build_report(
-        result.out, result.metrics, baseline=result.baseline, labels=result.labels,
-        pair=result.pair if result.pair else False, training=training, images=grid_items,
-        class_names=result.class_names, what_if=what_if, title=title, intro_sections=intro, extra_sections=extra,
+        result.out,
+        result.metrics,
+        baseline=result.baseline,
+        labels=result.labels,
+        pair=result.pair if result.pair else False,
+        training=training,
+        images=grid_items,
+        class_names=result.class_names,
+        what_if=what_if,
+        title=title,
+        intro_sections=intro,
+        extra_sections=extra,
     )
     result.report_md, result.report_html = md, html
     result.files += [md, html, *sorted((result.out / "plots").glob("*.png"))]
@@ -251,8 +279,9 @@ def evaluate_predictions(
     title: str | None = None,
 ) -> EvaluationResult:
     """Metrics of any detector's COCO results file; the report draws images when they can be found."""
-    metrics = evaluate_results_file(results_json, annotations, iou_threshold=iou_threshold,
-                                     conf_threshold=conf_threshold)
+    metrics = evaluate_results_file(
+        results_json, annotations, iou_threshold=iou_threshold, conf_threshold=conf_threshold
+    )
     names = list(metrics["per_class"])
     pair_names = resolve_pair(pair, names, descriptions_near(annotations))
     result = EvaluationResult(metrics, names, labels=("baseline", "detector"), pair=pair_names)
@@ -270,6 +299,5 @@ def evaluate_predictions(
         if index is not None and grid > 0:
             ids = grid_ids(index, pair_names, grid)
             items = grid_items(index, results_detections(results_json, index, set(ids)), ids)
-        write_report(result, None, items,
-                      title or f"Evaluation of {_short(results_json)} on {_short(annotations)}")
+        write_report(result, None, items, title or f"Evaluation of {_short(results_json)} on {_short(annotations)}")
     return result

@@ -15,14 +15,22 @@ from ..report.explain import ExplainFiles, write_explanation
 from ..structures import Explanation
 
 
-def explain(checkpoint: str | os.PathLike, images: str | os.PathLike | Sequence[str | os.PathLike],
-            out: str | os.PathLike, *, threshold: float = 0.3, max_detections: int = 8,
-            device: str = "cpu") -> list[tuple[Explanation, ExplainFiles]]:
+def explain(
+    checkpoint: str | os.PathLike,
+    images: str | os.PathLike | Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    threshold: float = 0.3,
+    max_detections: int = 8,
+    device: str = "cpu",
+) -> list[tuple[Explanation, ExplainFiles]]:
     """Explanations of one or more images; several go to ``out/<image stem>/``."""
     path = Path(checkpoint).expanduser()
     if is_onnx_checkpoint(path):
-        raise CheckpointError(f"{path} is an exported ONNX model; explain needs the PyTorch detector folder it was "
-                              f"exported from (the maps need the model's internal features)")
+        raise CheckpointError(
+            f"{path} is an exported ONNX model; explain needs the PyTorch detector folder it was "
+            f"exported from (the maps need the model's internal features)"
+        )
     if not 0.0 <= threshold <= 1.0:
         raise ConfigError(f"the score threshold must be in [0, 1], got {threshold}")
     items = [images] if isinstance(images, (str, os.PathLike)) else list(images)

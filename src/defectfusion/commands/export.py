@@ -19,9 +19,17 @@ from ..errors import CheckpointError
 from ..models.checkpoint import load_detector
 
 
-def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, *, size: Sequence[int] | None = None,
-                batch: int | str = "dynamic", opset: int = DEFAULT_OPSET, top_k: int = DEFAULT_TOP_K,
-                check: bool = True, threads: int | None = None) -> ExportResult:
+def export_onnx(
+    checkpoint: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    size: Sequence[int] | None = None,
+    batch: int | str = "dynamic",
+    opset: int = DEFAULT_OPSET,
+    top_k: int = DEFAULT_TOP_K,
+    check: bool = True,
+    threads: int | None = None,
+) -> ExportResult:
     """Export a detector folder to one ONNX file, checked by onnxruntime against PyTorch.
 
     Args:

@@ -32,8 +32,12 @@ def grid_ids(index: CocoIndex, pair: tuple[str, str] | None, count: int) -> list
 def predict_ids(predictor: Predictor, index: CocoIndex, ids: Sequence[int]) -> dict[int, Detections]:
     records = {r.id: r for r in index.images}
     chosen = [records[i] for i in ids]
-    preds = predictor.predict_files([r.path for r in chosen], [r.id for r in chosen],
-                                    expected_sizes=[(r.width, r.height) for r in chosen], progress=False)
+    preds = predictor.predict_files(
+        [r.path for r in chosen],
+        [r.id for r in chosen],
+        expected_sizes=[(r.width, r.height) for r in chosen],
+        progress=False,
+    )
     return {p.image_id: p.detections for p in preds}
 
 
@@ -43,13 +47,20 @@ def grid_items(index: CocoIndex, detections: dict[int, Detections], ids: Sequenc
     for image_id in ids:
         rec = records[image_id]
         boxes, labels = index.training_targets(image_id)
-        items.append({"image": load_image(rec.path), "detections": detections.get(image_id),
-                      "gt": (boxes, labels), "title": rec.file_name})
+        items.append(
+            {
+                "image": load_image(rec.path),
+                "detections": detections.get(image_id),
+                "gt": (boxes, labels),
+                "title": rec.file_name,
+            }
+        )
     return items
 
 
 def results_detections(results_json: str | os.PathLike, index: CocoIndex, ids: set[int]) -> dict[int, Detections]:
     """The detections a COCO results file gives the images ``ids`` (an image without records has none)."""
-    found = read_results_file(results_json, [r.id for r in index.images], list(index.label_to_category_id),
-                              str(index.annotations_file))
+    found = read_results_file(
+        results_json, [r.id for r in index.images], list(index.label_to_category_id), str(index.annotations_file)
+    )
     return {i: found.get(i, Detections.empty()) for i in ids}

@@ -32,8 +32,11 @@ from ..report.plots import draw_detections
 DRAW_MIN_SIDE = 640
 
 
-def resolve_category_ids(class_names: Sequence[str], annotations: str | os.PathLike | None = None,
-                         category_ids: Sequence[int] | Mapping[str, int] | None = None) -> list[int]:
+def resolve_category_ids(
+    class_names: Sequence[str],
+    annotations: str | os.PathLike | None = None,
+    category_ids: Sequence[int] | Mapping[str, int] | None = None,
+) -> list[int]:
     """The COCO category id of each contiguous label.
 
     ``annotations``: its categories are matched to the model's classes by name; ``category_ids``:
@@ -73,21 +76,26 @@ def resolve_category_ids(class_names: Sequence[str], annotations: str | os.PathL
     return [int(i) for i in ids]
 
 
-def _image_ids_from_annotations(paths: Sequence[Path], annotations: str | os.PathLike
-                                ) -> tuple[list[int], list[tuple[int, int] | None]]:
+def _image_ids_from_annotations(
+    paths: Sequence[Path], annotations: str | os.PathLike
+) -> tuple[list[int], list[tuple[int, int] | None]]:
     """COCO ids (and json sizes) of the inputs, matched by ``file_name`` (the path's tail)."""
     _, _, data = read_categories(annotations)
     images = data.get("images") if isinstance(data.get("images"), list) else []
-    records = [im for im in images if isinstance(im, dict) and isinstance(im.get("id"), int)
-               and isinstance(im.get("file_name"), str)]
+    records = [
+        im
+        for im in images
+        if isinstance(im, dict) and isinstance(im.get("id"), int) and isinstance(im.get("file_name"), str)
+    ]
     by_tail: dict[str, list[dict[str, Any]]] = {}
     for im in records:
         by_tail.setdefault(Path(im["file_name"]).name, []).append(im)
     ids, sizes, unmatched = [], [], []
     for p in paths:
         posix = p.resolve().as_posix()
-        candidates = [im for im in by_tail.get(p.name, [])
-                      if posix.endswith("/" + Path(im["file_name"]).as_posix().lstrip("./"))]
+        candidates = [
+            im for im in by_tail.get(p.name, []) if posix.endswith("/" + Path(im["file_name"]).as_posix().lstrip("./"))
+        ]
         if not candidates:
             unmatched.append(str(p))
             continue
@@ -135,12 +143,22 @@ def _save_image(image, path: Path) -> None:
         image.save(tmp, format=fmt, **({"quality": 92} if fmt == "JPEG" else {}))
 
 
-def predict(checkpoint: str | os.PathLike | Predictor, inputs: Sequence[str | os.PathLike],
-            out: str | os.PathLike | None = None, *, threshold: float = 0.25, top_k: int = 300,
-            batch_size: int = 8, num_workers: int = 0, device: str = "cpu", recursive: bool = False,
-            annotations: str | os.PathLike | None = None,
-            category_ids: Sequence[int] | Mapping[str, int] | None = None, draw: bool = True,
-            progress: bool | None = None) -> PredictionRun:
+def predict(
+    checkpoint: str | os.PathLike | Predictor,
+    inputs: Sequence[str | os.PathLike],
+    out: str | os.PathLike | None = None,
+    *,
+    threshold: float = 0.25,
+    top_k: int = 300,
+    batch_size: int = 8,
+    num_workers: int = 0,
+    device: str = "cpu",
+    recursive: bool = False,
+    annotations: str | os.PathLike | None = None,
+    category_ids: Sequence[int] | Mapping[str, int] | None = None,
+    draw: bool = True,
+    progress: bool | None = None,
+) -> PredictionRun:
     """Detect objects in images and write the results (see the module docstring for the files).
 
     Args:
@@ -157,24 +175,33 @@ def predict(checkpoint: str | os.PathLike | Predictor, inputs: Sequence[str | os
         predictor = checkpoint
         predictor.threshold = float(threshold)
     else:
-        predictor = Predictor.from_checkpoint(checkpoint, device=device, top_k=top_k, threshold=threshold,
-                                              batch_size=batch_size, num_workers=num_workers)
+        predictor = Predictor.from_checkpoint(
+            checkpoint, device=device, top_k=top_k, threshold=threshold, batch_size=batch_size, num_workers=num_workers
+        )
     cat_ids = resolve_category_ids(predictor.class_names, annotations, category_ids)
-    image_ids, sizes = (_image_ids_from_annotations(paths, annotations) if annotations is not None
-                        else (None, None))
+    image_ids, sizes = _image_ids_from_annotations(paths, annotations) if annotations is not None else (None, None)
     run = PredictionRun([], predictor.class_names, cat_ids, predictor.threshold)
     if out is not None:
         run.out = Path(out)
         run.out.mkdir(parents=True, exist_ok=True)
-    drawn_names = iter(unique_names([p.stem for p in paths],
-                                    [".jpg" if p.suffix.lower() in {".jpg", ".jpeg"} else ".png" for p in paths], start=1))
+    drawn_names = iter(
+        unique_names(
+            [p.stem for p in paths],
+            [".jpg" if p.suffix.lower() in {".jpg", ".jpeg"} else ".png" for p in paths],
+            start=1,
+        )
+    )
     for pred in predictor.predict_files(paths, image_ids, expected_sizes=sizes, progress=progress):
         run.predictions.append(pred)
         name = next(drawn_names)
         if run.out is not None and draw:
-            drawn = draw_detections(load_image(pred.path), pred.detections, run.class_names,
-                                    score_threshold=predictor.threshold,
-                                    resize_to=DRAW_MIN_SIDE if max(pred.size) < DRAW_MIN_SIDE else None)
+            drawn = draw_detections(
+                load_image(pred.path),
+                pred.detections,
+                run.class_names,
+                score_threshold=predictor.threshold,
+                resize_to=DRAW_MIN_SIDE if max(pred.size) < DRAW_MIN_SIDE else None,
+            )
             target = run.out / "images" / name
             _save_image(drawn, target)
             run.drawn.append(target)
@@ -190,18 +217,32 @@ def _predictions_record(run: PredictionRun) -> dict[str, Any]:
     images = []
     for k, pred in enumerate(run.predictions):
         det = pred.detections
-        images.append({
-            "image_id": pred.image_id,
-            "file": str(pred.path),
-            "height": pred.size[0],
-            "width": pred.size[1],
-            "drawn": str(run.drawn[k]) if k < len(run.drawn) else None,
-            "detections": [
-                {"box_xyxy": [round(v, 2) for v in box], "label": label, "class": run.class_names[label],
-                 "category_id": run.category_ids[label], "score": round(score, 5)}
-                for box, score, label in zip(det.boxes.tolist(), det.scores.tolist(), det.labels.tolist(),
-                                             strict=True)
-            ],
-        })
-    return {"threshold": run.threshold, "class_names": run.class_names, "category_ids": run.category_ids,
-            "num_images": len(images), "num_detections": run.num_detections, "images": images}
+        images.append(
+            {
+                "image_id": pred.image_id,
+                "file": str(pred.path),
+                "height": pred.size[0],
+                "width": pred.size[1],
+                "drawn": str(run.drawn[k]) if k < len(run.drawn) else None,
+                "detections": [
+                    {
+                        "box_xyxy": [round(v, 2) for v in box],
+                        "label": label,
+                        "class": run.class_names[label],
+                        "category_id": run.category_ids[label],
+                        "score": round(score, 5),
+                    }
+                    for box, score, label in zip(
+                        det.boxes.tolist(), det.scores.tolist(), det.labels.tolist(), strict=True
+                    )
+                ],
+            }
+        )
+    return {
+        "threshold": run.threshold,
+        "class_names": run.class_names,
+        "category_ids": run.category_ids,
+        "num_images": len(images),
+        "num_detections": run.num_detections,
+        "images": images,
+    }

@@ -61,24 +61,35 @@ def _phase_rows(summary: dict[str, Any], baseline_map50: float | None) -> list[d
     rows = []
     start = summary.get("start")
     if start:
-        rows.append({"phase": "start", "epochs": MISSING, "best epoch": MISSING,
-                     "mAP@0.5": fmt_value(start.get("map50")), "mAP@0.5:0.95": fmt_value(start.get("map")),
-                     "Δ mAP@0.5": MISSING, "stopped because": f"the starting checkpoint ({start.get('source')})",
-                     "time": MISSING})
+        rows.append(
+            {
+                "phase": "start",
+                "epochs": MISSING,
+                "best epoch": MISSING,
+                "mAP@0.5": fmt_value(start.get("map50")),
+                "mAP@0.5:0.95": fmt_value(start.get("map")),
+                "Δ mAP@0.5": MISSING,
+                "stopped because": f"the starting checkpoint ({start.get('source')})",
+                "time": MISSING,
+            }
+        )
     for name, ph in (summary.get("phases") or {}).items():
         m50 = as_number(ph.get("best_map50"))
         is_base = (summary.get("baseline") or {}).get("source") == f"phase {name}"
-        rows.append({
-            "phase": name + (" (baseline)" if is_base and name != "baseline" else ""),
-            "epochs": str(ph.get("epochs_run", MISSING)),
-            "best epoch": str(ph.get("best_epoch", MISSING)),
-            "mAP@0.5": fmt_value(m50),
-            "mAP@0.5:0.95": fmt_value(ph.get("best_map")),
-            "Δ mAP@0.5": MISSING if is_base or m50 is None or baseline_map50 is None
-            else fmt_delta(m50 - baseline_map50),
-            "stopped because": str(ph.get("stop_reason") or MISSING),
-            "time": f"{ph['seconds']:.0f} s" if isinstance(ph.get("seconds"), (int, float)) else MISSING,
-        })
+        rows.append(
+            {
+                "phase": name + (" (baseline)" if is_base and name != "baseline" else ""),
+                "epochs": str(ph.get("epochs_run", MISSING)),
+                "best epoch": str(ph.get("best_epoch", MISSING)),
+                "mAP@0.5": fmt_value(m50),
+                "mAP@0.5:0.95": fmt_value(ph.get("best_map")),
+                "Δ mAP@0.5": MISSING
+                if is_base or m50 is None or baseline_map50 is None
+                else fmt_delta(m50 - baseline_map50),
+                "stopped because": str(ph.get("stop_reason") or MISSING),
+                "time": f"{ph['seconds']:.0f} s" if isinstance(ph.get("seconds"), (int, float)) else MISSING,
+            }
+        )
     return rows
 
 
@@ -87,16 +98,30 @@ def _gate_rows(summary: dict[str, Any]) -> list[dict[str, str]]:
     for g in summary.get("gates") or []:
         low, high = as_number(g.get("min")), as_number(g.get("max"))
         bounds = f"[{'-∞' if low is None else f'{low:.3f}'}, {'∞' if high is None else f'{high:.3f}'})"
-        rows.append({"after": str(g.get("after")), "metric": str(g.get("metric")),
-                     "compared": str(g.get("compared_value", "best")), "value": fmt_value(g.get("value")),
-                     "range to continue": bounds, "next phase": "runs" if g.get("proceed") else "skipped",
-                     "reason": str(g.get("reason", ""))})
+        rows.append(
+            {
+                "after": str(g.get("after")),
+                "metric": str(g.get("metric")),
+                "compared": str(g.get("compared_value", "best")),
+                "value": fmt_value(g.get("value")),
+                "range to continue": bounds,
+                "next phase": "runs" if g.get("proceed") else "skipped",
+                "reason": str(g.get("reason", "")),
+            }
+        )
     return rows
 
 
-def report_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, *, pair: Sequence[str] | None = None,
-               device: str = "cpu", batch_size: int = 8, grid: int = GRID_IMAGES,
-               progress: bool | None = None) -> RunReport:
+def report_run(
+    run_dir: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    *,
+    pair: Sequence[str] | None = None,
+    device: str = "cpu",
+    batch_size: int = 8,
+    grid: int = GRID_IMAGES,
+    progress: bool | None = None,
+) -> RunReport:
     """The report of a training run: phases vs baseline, gate decisions, curves, final model metrics.
 
     Metrics of the final model and the baseline come from their ``metrics.json``; when one is
@@ -107,8 +132,10 @@ def report_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None,
     if not run.is_dir():
         raise DataError(f"run folder {run} does not exist; give the output folder of `defectfusion train`")
     if not (run / "summary.json").is_file():
-        raise DataError(f"{run} is not a training run folder: summary.json is missing (expected the output folder "
-                        f"of `defectfusion train`, after at least one phase finished)")
+        raise DataError(
+            f"{run} is not a training run folder: summary.json is missing (expected the output folder "
+            f"of `defectfusion train`, after at least one phase finished)"
+        )
     summary = read_json(run / "summary.json", "the run's summary")
     out_dir = Path(out) if out is not None else run / "report"
     final = summary.get("final") or {}
@@ -127,8 +154,10 @@ def report_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None,
 
     final_ckpt = here(final.get("checkpoint"))
     if final_ckpt is None or not (final_ckpt / "config.json").is_file():
-        raise DataError(f"{run} has no final model yet (summary.json 'final' is empty or {final_ckpt} is missing): "
-                        f"the run has not finished; resume it with `defectfusion train --resume --out {run}`")
+        raise DataError(
+            f"{run} has no final model yet (summary.json 'final' is empty or {final_ckpt} is missing): "
+            f"the run has not finished; resume it with `defectfusion train --resume --out {run}`"
+        )
 
     index: CocoIndex | None = None
 
@@ -173,18 +202,24 @@ def report_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None,
         evaluated.append(str(base_ckpt))
     base_note = ""
     if baseline and base_metrics is None:
-        base_note = (f"The baseline checkpoint ({baseline.get('checkpoint') or baseline.get('source')}) has no metrics "
-                     f"and cannot be found here, so the final model is shown without a comparison.")
+        base_note = (
+            f"The baseline checkpoint ({baseline.get('checkpoint') or baseline.get('source')}) has no metrics "
+            f"and cannot be found here, so the final model is shown without a comparison."
+        )
 
     names = list(final_metrics["per_class"])
     pair_names = resolve_pair(pair, names, _run_descriptions(run))
-    result = EvaluationResult(final_metrics, names, labels=("baseline", "final"), baseline=base_metrics,
-                              pair=pair_names)
+    result = EvaluationResult(
+        final_metrics, names, labels=("baseline", "final"), baseline=base_metrics, pair=pair_names
+    )
     if base_metrics is not None:
         result.comparison = compare_metrics(base_metrics, final_metrics, names, labels=result.labels)
     if pair_names is not None:
-        result.confusion = confusion_pair(base_metrics, final_metrics, *pair_names) if base_metrics else \
-            confusion_pair(final_metrics, None, *pair_names)
+        result.confusion = (
+            confusion_pair(base_metrics, final_metrics, *pair_names)
+            if base_metrics
+            else confusion_pair(final_metrics, None, *pair_names)
+        )
     write_outputs(result, out_dir)
 
     items, grid_note = None, ""
@@ -201,16 +236,34 @@ def report_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None,
     base_map50 = as_number(baseline.get("map50")) if baseline else None
     phase_rows = _phase_rows(summary, base_map50)
     gate_rows = _gate_rows(summary)
-    final_text = (f"Final model: **{final.get('phase')}** (validation mAP@0.5 {fmt_value(final.get('map50'))}) "
-                  f"-> `{final_ckpt}`. {final.get('reason', '')}")
-    intro = [Section("Training phases", "Best validation checkpoint of each phase; Δ is relative to the baseline.\n\n"
-                     + final_text, table=phase_rows)]
-    intro.append(Section("Gate decisions", "" if gate_rows else "No gates were applied in this run.",
-                         table=gate_rows or None, level=3))
+    final_text = (
+        f"Final model: **{final.get('phase')}** (validation mAP@0.5 {fmt_value(final.get('map50'))}) "
+        f"-> `{final_ckpt}`. {final.get('reason', '')}"
+    )
+    intro = [
+        Section(
+            "Training phases",
+            "Best validation checkpoint of each phase; Δ is relative to the baseline.\n\n" + final_text,
+            table=phase_rows,
+        )
+    ]
+    intro.append(
+        Section(
+            "Gate decisions",
+            "" if gate_rows else "No gates were applied in this run.",
+            table=gate_rows or None,
+            level=3,
+        )
+    )
     if evaluated:
-        intro.append(Section("Evaluated now", "These checkpoints had no metrics.json and were evaluated on the run's "
-                             "validation set for this report:\n\n" + "\n".join(f"- `{e}`" for e in evaluated),
-                             level=3))
+        intro.append(
+            Section(
+                "Evaluated now",
+                "These checkpoints had no metrics.json and were evaluated on the run's "
+                "validation set for this report:\n\n" + "\n".join(f"- `{e}`" for e in evaluated),
+                level=3,
+            )
+        )
     if grid_note:
         intro.append(Section("Validation images", grid_note, level=3))
     if base_note:

@@ -7,7 +7,8 @@ import os
 from ..data.synthetic import SynthSummary, generate_synthetic_dataset
 
 
-def synth(out: str | os.PathLike, *, train: int = 400, val: int = 80, size: int = 256, seed: int = 0,
-          progress: bool = True) -> SynthSummary:
+def synth(
+    out: str | os.PathLike, *, train: int = 400, val: int = 80, size: int = 256, seed: int = 0, progress: bool = True
+) -> SynthSummary:
     """Write ``out/{train,val}/images`` with ``annotations.json`` and ``out/descriptions.yml``."""
     return generate_synthetic_dataset(out, train=train, val=val, size=size, seed=seed, progress=progress)

@@ -20,8 +20,15 @@ class TrainResult:
     summary: dict[str, Any]
 
 
-def train(config: str | os.PathLike | None, out: str | os.PathLike | None = None, *, phase: str = "all",
-          resume: bool = False, overrides: Sequence[str] = (), progress: bool = True) -> TrainResult:
+def train(
+    config: str | os.PathLike | None,
+    out: str | os.PathLike | None = None,
+    *,
+    phase: str = "all",
+    resume: bool = False,
+    overrides: Sequence[str] = (),
+    progress: bool = True,
+) -> TrainResult:
     """Train the phases of ``config`` (a file or packaged name) into ``out`` (default ``runs/<name>``).
 
     ``config`` None resumes ``out`` with the config saved there.

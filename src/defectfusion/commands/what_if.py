@@ -60,10 +60,11 @@ def text_encoder_spec(model, encoder: str | None = None, checkpoint: str | os.Pa
     identity = fusion.encoder or ""
     kind, _, rest = identity.partition(":")
     if kind in ("clip", "sentence") and rest.startswith("hub:"):
-        return f"{kind}:{rest[len('hub:'):]}"
+        return f"{kind}:{rest[len('hub:') :]}"
     raise ConfigError(
         f"the model was trained with the text encoder {identity or '(unknown)'!r}, which does not say how to load "
-        f"it again; give the encoder spec (the fusion.encoder of the training config, e.g. clip:openai/clip-vit-base-patch32)"
+        f"it again; give the encoder spec (the fusion.encoder of the training config, e.g. "
+        f"clip:openai/clip-vit-base-patch32)"
     )
 
 
@@ -98,17 +99,26 @@ def _warn_if_text_drifted(model, checkpoint: str | os.PathLike, notes: list[str]
         )
 
 
-def evaluate_with_descriptions(model, predictor: Predictor, index: CocoIndex, descriptions: Sequence[str],
-                               encoder: str | None, checkpoint: str | os.PathLike,
-                               cache_dir: str | os.PathLike | None, progress: bool | None, notes: list[str],
-                               **eval_kw: Any) -> list[WhatIf]:
+def evaluate_with_descriptions(
+    model,
+    predictor: Predictor,
+    index: CocoIndex,
+    descriptions: Sequence[str],
+    encoder: str | None,
+    checkpoint: str | os.PathLike,
+    cache_dir: str | os.PathLike | None,
+    progress: bool | None,
+    notes: list[str],
+    **eval_kw: Any,
+) -> list[WhatIf]:
     """The fused model evaluated once per description file, its own text embeddings restored after."""
     if model is None:
         raise ConfigError("what-if descriptions need the PyTorch detector folder, not an exported ONNX model")
     if not model.is_fused:
         raise ConfigError(
             f"{checkpoint} has no text-fusion head, so its predictions do not depend on descriptions; "
-            f"give a fused checkpoint (e.g. RUN/phase1/best or RUN/final of a fusion run) to evaluate other descriptions"
+            f"give a fused checkpoint (e.g. RUN/phase1/best or RUN/final of a fusion run) to evaluate other "
+            f"descriptions"
         )
     fusion = model.meta.fusion
     if fusion.text == "random":

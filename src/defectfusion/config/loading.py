@@ -7,7 +7,6 @@ with a did-you-mean suggestion. Relative paths inside a file are resolved agains
 folder, so a config can be moved with its data.
 """
 
-
 from __future__ import annotations
 
 import copy
@@ -214,7 +213,11 @@ def format_validation_error(error: ValidationError, source: str, schema: type[Ba
         if item["type"] == "extra_forbidden":
             known = _known_keys(schema, loc)
             close = difflib.get_close_matches(str(loc[-1]), known, n=3)
-            hint = f" Similar keys: {', '.join(close)}." if close else (f" Known keys: {', '.join(known)}." if known else "")
+            hint = (
+                f" Similar keys: {', '.join(close)}."
+                if close
+                else (f" Known keys: {', '.join(known)}." if known else "")
+            )
             lines.append(f"unknown key '{dotted}'.{hint}")
         else:
             lines.append(f"'{dotted}': {item['msg']} (got {item.get('input')!r})")

@@ -4,7 +4,6 @@ Unknown keys are refused (``extra="forbid"``); :mod:`.loading` turns the refusal
 did-you-mean message.
 """
 
-
 from __future__ import annotations
 
 from typing import Any, Literal
@@ -22,8 +21,9 @@ class ModelConfig(_Section):
     preset: str = Field("dinov3_m", description="architecture name (see `defectfusion.models.presets`)")
     checkpoint: str | None = Field(None, description="starting weights: a folder saved by defectfusion or HF")
     backbone_weights: str | None = Field(
-        None, description="without a checkpoint: pretrained backbone weights (the original's vitt_distill.pt, "
-                          "DINOv3 .pth, PPHGNetV2_*_stage1.pth, or a transformers backbone folder)"
+        None,
+        description="without a checkpoint: pretrained backbone weights (the original's vitt_distill.pt, "
+        "DINOv3 .pth, PPHGNetV2_*_stage1.pth, or a transformers backbone folder)",
     )
     image_size: tuple[int, int] | None = Field(None, description="input (H, W); default: the preset's")
     semantics: Literal["original", "transformers"] = Field(
@@ -34,8 +34,10 @@ class ModelConfig(_Section):
     @model_validator(mode="after")
     def _one_start(self) -> ModelConfig:
         if self.checkpoint and self.backbone_weights:
-            raise ValueError("give either checkpoint (a whole trained detector) or backbone_weights (a pretrained "
-                             "backbone under a random detector), not both")
+            raise ValueError(
+                "give either checkpoint (a whole trained detector) or backbone_weights (a pretrained "
+                "backbone under a random detector), not both"
+            )
         return self
 
 
@@ -68,48 +70,34 @@ class TrainAugmentConfig(_Section):
         le=1,
         description="p of each photometric step (brightness, contrast, saturation, hue, channel order)",
     )
-    zoom_out_prob: float = Field(
-        0.5, ge=0, le=1, description="p of zoom-out (image placed on a larger canvas)"
-    )
+    zoom_out_prob: float = Field(0.5, ge=0, le=1, description="p of zoom-out (image placed on a larger canvas)")
     zoom_out_fill: int = Field(0, ge=0, le=255, description="canvas value around a zoomed-out image")
-    zoom_out_side_range: tuple[float, float] = Field(
-        (1.0, 4.0), description="canvas side / image side, min and max"
-    )
+    zoom_out_side_range: tuple[float, float] = Field((1.0, 4.0), description="canvas side / image side, min and max")
     iou_crop_prob: float = Field(0.8, ge=0, le=1, description="p of an SSD-style IoU crop")
     flip_prob: float = Field(0.5, ge=0, le=1, description="p of a horizontal flip (kept after stop_epoch)")
     mosaic_prob: float = Field(0.5, ge=0, le=1, description="p that a sample becomes a 2x2 mosaic")
-    mosaic_output_size: int = Field(
-        640, ge=2, description="side of the square mosaic canvas; each tile fits a quarter"
-    )
-    mosaic_rotation: float = Field(
-        10.0, ge=0, description="random affine after mosaic: max rotation in degrees"
-    )
+    mosaic_output_size: int = Field(640, ge=2, description="side of the square mosaic canvas; each tile fits a quarter")
+    mosaic_rotation: float = Field(10.0, ge=0, description="random affine after mosaic: max rotation in degrees")
     mosaic_translate: tuple[float, float] = Field(
         (0.1, 0.1), description="random affine: max shift as a fraction of the canvas"
     )
     mosaic_scale: tuple[float, float] = Field((0.5, 1.5), description="random affine: scale range")
     mosaic_fill: int = Field(0, ge=0, le=255, description="value of empty mosaic canvas")
     start_epoch: int = Field(0, ge=0, description="heavy augmentation starts at this epoch")
-    mosaic_stop_epoch: int | None = Field(
-        None, ge=0, description="mosaic off from this epoch on; default stop_epoch"
-    )
+    mosaic_stop_epoch: int | None = Field(None, ge=0, description="mosaic off from this epoch on; default stop_epoch")
     stop_epoch: int | None = Field(
         None,
         ge=0,
         description="heavy augmentation (mosaic, photometric, zoom-out, IoU crop) off from this epoch on; None: never",
     )
-    sanitize: bool = Field(
-        True, description="drop boxes narrower/shorter than sanitize_min_size after geometry"
-    )
+    sanitize: bool = Field(True, description="drop boxes narrower/shorter than sanitize_min_size after geometry")
     sanitize_min_size: float = Field(1.0, gt=0, description="minimum box side in pixels")
 
     @model_validator(mode="after")
     def _check_ranges(self) -> TrainAugmentConfig:
         lo, hi = self.zoom_out_side_range
         if not 1.0 <= lo <= hi:
-            raise ValueError(
-                f"zoom_out_side_range must satisfy 1 <= min <= max, got {self.zoom_out_side_range}"
-            )
+            raise ValueError(f"zoom_out_side_range must satisfy 1 <= min <= max, got {self.zoom_out_side_range}")
         lo, hi = self.mosaic_scale
         if not 0 < lo <= hi:
             raise ValueError(f"mosaic_scale must satisfy 0 < min <= max, got {self.mosaic_scale}")
@@ -129,7 +117,9 @@ class TrainAugmentConfig(_Section):
 
 class DataSplit(_Section):
     annotations: str = Field(..., description="COCO annotations json")
-    images: str | None = Field(None, description="images folder; default: beside the json ('images/' or the same folder)")
+    images: str | None = Field(
+        None, description="images folder; default: beside the json ('images/' or the same folder)"
+    )
 
 
 class DataConfig(_Section):
@@ -160,8 +150,10 @@ class TrainConfig(_Section):
     amp: bool = Field(True, description="mixed precision on CUDA (ignored on CPU)")
     threads: int | None = Field(None, ge=1, description="torch CPU threads; default: torch's choice")
     dist_timeout_minutes: float = Field(
-        120.0, gt=0, description="data-parallel: how long processes wait for the main one (it alone validates, "
-                                 "verifies images, encodes text and saves)"
+        120.0,
+        gt=0,
+        description="data-parallel: how long processes wait for the main one (it alone validates, "
+        "verifies images, encodes text and saves)",
     )
     weight_decay: float = Field(1.25e-4, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
@@ -214,8 +206,9 @@ class GateConfig(_Section):
 
     metric: Literal["map50", "map"] = "map50"
     value: Literal["best", "last"] = Field(
-        "best", description="the phase's best validation metric (it includes the phase's starting point) or its "
-                            "last evaluation"
+        "best",
+        description="the phase's best validation metric (it includes the phase's starting point) or its "
+        "last evaluation",
     )
     min: float | None = Field(None, description="continue only if the phase's best metric >= min")
     max: float | None = Field(None, description="continue only if it is < max (otherwise: good enough, stop)")
@@ -253,13 +246,15 @@ class Config(_Section):
         for after, gate in self.gates.items():
             # A phase's best includes its epoch-0 evaluation, its starting model, which is never below
             # the baseline (phase 1 starts at it, every later phase at the previous best).
-            if gate.value == "best" and gate.relative_to_baseline and gate.max is None and \
-                    (gate.min is None or gate.min <= 0):
+            if (
+                gate.value == "best"
+                and gate.relative_to_baseline
+                and gate.max is None
+                and (gate.min is None or gate.min <= 0)
+            ):
                 raise ValueError(
                     f"gate after {after!r} (best {gate.metric} >= baseline {gate.min or 0:+g}) cannot fail: a phase's "
                     f"best includes its starting point, which is never below the baseline. Give min > 0, compare "
                     f"the phase's last evaluation (value: last), or remove the gate (gates: {{{after}: null}})"
                 )
         return self
-
-

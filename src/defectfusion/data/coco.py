@@ -146,13 +146,11 @@ class CocoIndex:
         return {
             **self._info,
             "images": [
-                {"id": r.id, "file_name": r.file_name, "width": r.width, "height": r.height}
-                for r in self.images
+                {"id": r.id, "file_name": r.file_name, "width": r.width, "height": r.height} for r in self.images
             ],
             "annotations": anns,
             "categories": [
-                {"id": cid, "name": name}
-                for cid, name in zip(self.label_to_category_id, self.class_names, strict=True)
+                {"id": cid, "name": name} for cid, name in zip(self.label_to_category_id, self.class_names, strict=True)
             ],
         }
 

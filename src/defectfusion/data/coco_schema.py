@@ -67,24 +67,16 @@ def parse_categories(categories: Any, source: str | Path) -> tuple[list[str], li
     if not isinstance(categories, list):
         raise DataError(f"{source}: 'categories' must be a list of {{'id': int, 'name': str}}, got {categories!r}")
     if not categories:
-        raise DataError(
-            f"{source}: 'categories' is empty; list at least one class as {{'id': int, 'name': str}}"
-        )
+        raise DataError(f"{source}: 'categories' is empty; list at least one class as {{'id': int, 'name': str}}")
     names: list[str] = []
     ids: list[int] = []
     for i, c in enumerate(categories):
         if not (isinstance(c, dict) and is_int(c.get("id")) and isinstance(c.get("name"), str)):
-            raise DataError(
-                f"{source}: categories[{i}] must have an integer 'id' and a string 'name', got {c!r}"
-            )
+            raise DataError(f"{source}: categories[{i}] must have an integer 'id' and a string 'name', got {c!r}")
         if c["id"] in ids:
-            raise DataError(
-                f"{source}: categories[{i}] repeats category id {c['id']}; each class needs a unique id"
-            )
+            raise DataError(f"{source}: categories[{i}] repeats category id {c['id']}; each class needs a unique id")
         if c["name"] in names:
-            raise DataError(
-                f"{source}: categories[{i}] repeats the name {c['name']!r}; each class needs a unique name"
-            )
+            raise DataError(f"{source}: categories[{i}] repeats the name {c['name']!r}; each class needs a unique name")
         ids.append(c["id"])
         names.append(c["name"])
     return names, ids
@@ -107,25 +99,19 @@ def parse_images(images: list[Any], path: Path, images_dir: Path) -> list[CocoIm
     seen: set[int] = set()
     for i, im in enumerate(images):
         if not (isinstance(im, dict) and is_int(im.get("id")) and isinstance(im.get("file_name"), str)):
-            raise DataError(
-                f"{path}: images[{i}] must have an integer 'id' and a string 'file_name', got {im!r}"
-            )
+            raise DataError(f"{path}: images[{i}] must have an integer 'id' and a string 'file_name', got {im!r}")
         if im["id"] in seen:
             raise DataError(
                 f"{path}: images[{i}] ({im['file_name']}) repeats image id {im['id']}; image ids must be unique"
             )
         seen.add(im["id"])
         w, h = im.get("width"), im.get("height")
-        if (w is None) != (h is None) or (
-            w is not None and not (is_int(w) and is_int(h) and w > 0 and h > 0)
-        ):
+        if (w is None) != (h is None) or (w is not None and not (is_int(w) and is_int(h) and w > 0 and h > 0)):
             raise DataError(
                 f"{path}: images[{i}] (id {im['id']}, {im['file_name']}) has width={w!r}, height={h!r}; "
                 f"expected positive integers (or neither, to read them from the file)"
             )
-        records.append(
-            CocoImageRecord(im["id"], im["file_name"], images_dir / im["file_name"], w or 0, h or 0)
-        )
+        records.append(CocoImageRecord(im["id"], im["file_name"], images_dir / im["file_name"], w or 0, h or 0))
     return records
 
 
@@ -156,9 +142,7 @@ def check_references(
 
 
 def ann_name(a: dict[str, Any], index: int) -> str:
-    return (
-        f"annotation id {a['id']} (annotations[{index}])" if is_int(a.get("id")) else f"annotations[{index}]"
-    )
+    return f"annotation id {a['id']} (annotations[{index}])" if is_int(a.get("id")) else f"annotations[{index}]"
 
 
 def capped(items: list[str], cap: int = MAX_LISTED) -> list[str]:

@@ -82,8 +82,10 @@ class DescriptionSet(BaseModel):
             a, b = self.confusable_pair
             unknown = [n for n in (a, b) if n not in seen]
             if a == b or unknown:
-                raise ValueError(f"confusable_pair must name two different described classes, got {[a, b]}"
-                                 + (f" ({', '.join(unknown)} not described)" if unknown else ""))
+                raise ValueError(
+                    f"confusable_pair must name two different described classes, got {[a, b]}"
+                    + (f" ({', '.join(unknown)} not described)" if unknown else "")
+                )
         return self
 
     @property
@@ -149,9 +151,7 @@ def load_descriptions(name_or_path: str | Path) -> DescriptionSet:
     try:
         result = DescriptionSet.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'file'}: {e['msg']}" for e in exc.errors()
-        )
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'file'}: {e['msg']}" for e in exc.errors())
         raise DataError(f"{path}: invalid descriptions: {problems}") from None
     return result.model_copy(update={"source": str(path)})
 
@@ -183,8 +183,9 @@ def descriptions_near(annotations: str | Path) -> list[Path]:
     return [p for p in (folder / "descriptions.yml", folder.parent / "descriptions.yml") if p.is_file()]
 
 
-def resolve_pair(pair: Sequence[str] | None, class_names: Sequence[str],
-                 descriptions: Sequence[str | Path | None] = ()) -> tuple[str, str] | None:
+def resolve_pair(
+    pair: Sequence[str] | None, class_names: Sequence[str], descriptions: Sequence[str | Path | None] = ()
+) -> tuple[str, str] | None:
     """The confusable pair to call out: ``pair`` checked against the classes, else the first
     ``confusable_pair`` of ``descriptions`` (files or packaged names; unreadable ones are skipped)
     whose classes exist, else None.

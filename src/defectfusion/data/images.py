@@ -87,9 +87,7 @@ def load_image(
             f"{who} is too large for Pillow's safety limit ({e}); raise PIL.Image.MAX_IMAGE_PIXELS if you trust it"
         ) from None
     except (OSError, SyntaxError, ValueError) as e:  # what Pillow raises for corrupt/truncated data
-        raise DataError(
-            f"{who} is corrupt or truncated and cannot be decoded ({e}); re-export or remove it"
-        ) from None
+        raise DataError(f"{who} is corrupt or truncated and cannot be decoded ({e}); re-export or remove it") from None
     return tv_tensors.Image(torch.from_numpy(array).permute(2, 0, 1).contiguous())
 
 

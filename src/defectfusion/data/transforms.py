@@ -103,11 +103,7 @@ class TrainTransform:
         sanitize = [v2.SanitizeBoundingBoxes(min_size=cfg.sanitize_min_size)] if cfg.sanitize else []
         photo = [v2.RandomPhotometricDistort(p=cfg.photometric_prob)] if cfg.photometric_prob > 0 else []
         zoom = (
-            [
-                v2.RandomZoomOut(
-                    fill=cfg.zoom_out_fill, side_range=cfg.zoom_out_side_range, p=cfg.zoom_out_prob
-                )
-            ]
+            [v2.RandomZoomOut(fill=cfg.zoom_out_fill, side_range=cfg.zoom_out_side_range, p=cfg.zoom_out_prob)]
             if cfg.zoom_out_prob > 0
             else []
         )
@@ -212,9 +208,7 @@ class MosaicDataset(torch.utils.data.Dataset):
         self.seed = seed
         self.epoch = 0
         translate = tuple(cfg.mosaic_translate)
-        trivial = (
-            cfg.mosaic_rotation == 0 and translate == (0.0, 0.0) and tuple(cfg.mosaic_scale) == (1.0, 1.0)
-        )
+        trivial = cfg.mosaic_rotation == 0 and translate == (0.0, 0.0) and tuple(cfg.mosaic_scale) == (1.0, 1.0)
         self.affine = (
             None
             if trivial

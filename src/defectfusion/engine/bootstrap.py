@@ -42,8 +42,15 @@ class Interval:
         return self.low > 0 or self.high < 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"a": self.a, "b": self.b, "difference": self.observed, "low": self.low, "high": self.high,
-                "level": self.level, "draws": self.draws}
+        return {
+            "a": self.a,
+            "b": self.b,
+            "difference": self.observed,
+            "low": self.low,
+            "high": self.high,
+            "level": self.level,
+            "draws": self.draws,
+        }
 
 
 def _map50(gt: dict[str, Any], results: list[dict[str, Any]], cat_ids: Sequence[int]) -> float | None:
@@ -64,18 +71,23 @@ def _coco_records(detections: Mapping[int, Detections], cat_ids: Sequence[int]) 
     for image_id, det in detections.items():
         keep = det.scores.argsort(descending=True)[:MAX_DETS]
         records[image_id] = [
-            {"category_id": cat_ids[int(label)], "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]],
-             "score": float(score)}
-            for box, score, label in zip(det.boxes[keep].tolist(), det.scores[keep].tolist(),
-                                         det.labels[keep].tolist(), strict=True)
+            {
+                "category_id": cat_ids[int(label)],
+                "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]],
+                "score": float(score),
+            }
+            for box, score, label in zip(
+                det.boxes[keep].tolist(), det.scores[keep].tolist(), det.labels[keep].tolist(), strict=True
+            )
         ]
     return records
 
 
 def _results(records: Mapping[int, list[dict]], ids: Sequence[int]) -> list[dict]:
     """COCO results for a resample: draw position ``n`` becomes image id ``n + 1``."""
-    return [{**r, "image_id": new_id} for new_id, image_id in enumerate(ids, start=1)
-            for r in records.get(image_id, ())]
+    return [
+        {**r, "image_id": new_id} for new_id, image_id in enumerate(ids, start=1) for r in records.get(image_id, ())
+    ]
 
 
 def _resampled_gt(gt: Mapping[str, Any], ids: Sequence[int]) -> dict[str, Any]:
@@ -91,8 +103,9 @@ def _resampled_gt(gt: Mapping[str, Any], ids: Sequence[int]) -> dict[str, Any]:
     return {"images": new_images, "annotations": new_anns, "categories": gt["categories"]}
 
 
-def bootstrap_map50(gt: Mapping[str, Any], models: Mapping[str, Mapping[int, Detections]], draws: int = 200,
-                    seed: int = 0) -> dict[str, np.ndarray]:
+def bootstrap_map50(
+    gt: Mapping[str, Any], models: Mapping[str, Mapping[int, Detections]], draws: int = 200, seed: int = 0
+) -> dict[str, np.ndarray]:
     """mAP@0.5 of every model on ``draws`` paired resamples of the ground truth's images.
 
     Args:
@@ -117,11 +130,12 @@ def bootstrap_map50(gt: Mapping[str, Any], models: Mapping[str, Mapping[int, Det
     return values
 
 
-def difference_interval(samples: Mapping[str, np.ndarray], a: str, b: str, observed: float,
-                        level: float = 0.95) -> Interval:
+def difference_interval(
+    samples: Mapping[str, np.ndarray], a: str, b: str, observed: float, level: float = 0.95
+) -> Interval:
     """Percentile interval of ``mAP(a) - mAP(b)`` over the paired draws."""
     diff = samples[a] - samples[b]
     diff = diff[np.isfinite(diff)]
     tail = (1.0 - level) / 2 * 100
-    low, high = (np.percentile(diff, [tail, 100 - tail]).tolist() if diff.size else (float("nan"),) * 2)
+    low, high = np.percentile(diff, [tail, 100 - tail]).tolist() if diff.size else (float("nan"),) * 2
     return Interval(a, b, float(observed), float(low), float(high), level, int(diff.size))

@@ -57,8 +57,9 @@ def init_distributed(device_preference: str = "auto", timeout_minutes: float = 1
     if world_size > 1 and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
-                                timeout=timedelta(minutes=timeout_minutes))
+        dist.init_process_group(
+            backend="nccl" if device.type == "cuda" else "gloo", timeout=timedelta(minutes=timeout_minutes)
+        )
     return DistInfo(rank, world_size, local_rank, device)
 
 

@@ -36,7 +36,11 @@ class ModelEMA:
         # are constants, not weights.
         self.names, seen = [], set()
         for name, value in model_state.items():
-            if not value.dtype.is_floating_point or parameter_group(name) not in trainable_groups or id(value) in frozen:
+            if (
+                not value.dtype.is_floating_point
+                or parameter_group(name) not in trainable_groups
+                or id(value) in frozen
+            ):
                 continue
             if name.endswith("text_embeddings") or id(value) in seen:
                 continue

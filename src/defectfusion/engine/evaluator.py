@@ -204,9 +204,7 @@ class DetectionEvaluator:
             raise ValueError(f"got {len(image_ids)} image ids but {len(detections)} detections")
         for img_id, det in zip(image_ids, detections, strict=True):
             if det.boxes.ndim != 2 or det.boxes.shape[1] != 4:
-                raise ValueError(
-                    f"image {img_id}: Detections.boxes must be [N, 4], got {list(det.boxes.shape)}"
-                )
+                raise ValueError(f"image {img_id}: Detections.boxes must be [N, 4], got {list(det.boxes.shape)}")
             # float64 so that numbers match a COCO results file written from the same boxes
             boxes = det.boxes.detach().to("cpu", torch.float64).numpy()
             scores = det.scores.detach().to("cpu", torch.float64).numpy().reshape(-1)
@@ -260,9 +258,7 @@ class DetectionEvaluator:
                 scores[c].append(sc[d][m >= 0])
                 flags[c].append(m[m >= 0] == 1)
             keep = sc >= self.conf_threshold
-            confusion_image(
-                counts, gt.boxes, gt.labels, gt.crowd_boxes, boxes[keep], labels[keep], self.iou_threshold
-            )
+            confusion_image(counts, gt.boxes, gt.labels, gt.crowd_boxes, boxes[keep], labels[keep], self.iou_threshold)
 
         per_class: dict[str, dict[str, Any]] = {}
         pr_curves: dict[str, dict[str, list]] = {}
@@ -325,8 +321,9 @@ class DetectionEvaluator:
         return [s[0] for s in stats], [s[1] for s in stats], [s[2] for s in stats]
 
 
-def read_results_file(results_json: Path | str, image_ids: Sequence[int], category_ids: Sequence[int],
-                      source: str = "the annotations") -> dict[int, Detections]:
+def read_results_file(
+    results_json: Path | str, image_ids: Sequence[int], category_ids: Sequence[int], source: str = "the annotations"
+) -> dict[int, Detections]:
     """The detections of a COCO results file, per image id (boxes ``xyxy``, best score first).
 
     ``results_json`` is a list of ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}``;
@@ -336,9 +333,7 @@ def read_results_file(results_json: Path | str, image_ids: Sequence[int], catego
     path = Path(results_json)
     records = read_json(path, "results file")
     if not isinstance(records, list):
-        raise DataError(
-            f"results file {path}: expected a JSON list of detections, got {type(records).__name__}"
-        )
+        raise DataError(f"results file {path}: expected a JSON list of detections, got {type(records).__name__}")
     known_images = set(image_ids)
     label_of = {cid: i for i, cid in enumerate(category_ids)}
     grouped: dict[int, list[tuple[list[float], float, int]]] = defaultdict(list)
@@ -348,9 +343,7 @@ def read_results_file(results_json: Path | str, image_ids: Sequence[int], catego
             raise DataError(f"{where}: expected an object, got {r!r}")
         missing = [k for k in ("image_id", "category_id", "bbox", "score") if k not in r]
         if missing:
-            raise DataError(
-                f"{where}: missing {missing}; each record needs image_id, category_id, bbox, score"
-            )
+            raise DataError(f"{where}: missing {missing}; each record needs image_id, category_id, bbox, score")
         if r["image_id"] not in known_images:
             raise DataError(f"{where}: image_id {r['image_id']!r} is not in {source}")
         if r["category_id"] not in label_of:
@@ -364,9 +357,11 @@ def read_results_file(results_json: Path | str, image_ids: Sequence[int], catego
         recs.sort(key=lambda t: -t[1])
         boxes = _xywh_to_xyxy(np.array([b for b, _, _ in recs], dtype=np.float64).reshape(-1, 4))
         # float64: the evaluator scores the file's numbers exactly as written
-        out[image_id] = Detections(torch.tensor(boxes, dtype=torch.float64),
-                                   torch.tensor([s for _, s, _ in recs], dtype=torch.float64),
-                                   torch.tensor([c for _, _, c in recs], dtype=torch.int64))
+        out[image_id] = Detections(
+            torch.tensor(boxes, dtype=torch.float64),
+            torch.tensor([s for _, s, _ in recs], dtype=torch.float64),
+            torch.tensor([c for _, _, c in recs], dtype=torch.int64),
+        )
     return out
 
 

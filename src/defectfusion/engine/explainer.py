@@ -50,12 +50,23 @@ def _heads(model: Any) -> tuple[Any, str, str, Any, str, int]:
     query_path = f"model.model.decoder.class_embed[{layer}].fusion"
     enc = getattr(model.model.enc_score_head, "fusion", None)
     if enc is not None:
-        return (enc, "model.model.enc_score_head.fusion",
-                "the query-selection head's fusion, trained on these encoder features", query_head, query_path, layer)
-    return (query_head, query_path,
-            "the decoder class head's fusion (the model has no query-selection fusion head); it is trained on "
-            "decoder query features, so on encoder features the maps are an approximation", query_head, query_path,
-            layer)
+        return (
+            enc,
+            "model.model.enc_score_head.fusion",
+            "the query-selection head's fusion, trained on these encoder features",
+            query_head,
+            query_path,
+            layer,
+        )
+    return (
+        query_head,
+        query_path,
+        "the decoder class head's fusion (the model has no query-selection fusion head); it is trained on "
+        "decoder query features, so on encoder features the maps are an approximation",
+        query_head,
+        query_path,
+        layer,
+    )
 
 
 def _cosine(head: Any, features: torch.Tensor) -> torch.Tensor:
@@ -83,9 +94,19 @@ def _to_uint8_chw(image: Any) -> tuple[torch.Tensor, str | None]:
 
 
 @torch.inference_mode()
-def explain_image(model: Any, image: Any, *, threshold: float = 0.3, max_detections: int = 8, top_k: int = 300,
-                  device: str | torch.device = "cpu") -> Explanation:
-    """Similarity maps and detection matches of one image (a path, uint8 ``[3, H, W]`` tensor or ``[H, W, 3]`` array)."""
+def explain_image(
+    model: Any,
+    image: Any,
+    *,
+    threshold: float = 0.3,
+    max_detections: int = 8,
+    top_k: int = 300,
+    device: str | torch.device = "cpu",
+) -> Explanation:
+    """Similarity maps and detection matches of one image.
+
+    ``image``: a path, a uint8 ``[3, H, W]`` tensor or a uint8 ``[H, W, 3]`` array.
+    """
     require_fused(model)
     device = torch.device(device)
     model = model.to(device).eval()
@@ -96,7 +117,8 @@ def explain_image(model: Any, image: Any, *, threshold: float = 0.3, max_detecti
     map_head, map_path, map_note, query_head, query_path, layer = _heads(model)
     captured: list[torch.Tensor] = []
     hook = model.model.decoder.class_embed[layer].register_forward_hook(
-        lambda _m, inputs, _o: captured.append(inputs[0].detach()))
+        lambda _m, inputs, _o: captured.append(inputs[0].detach())
+    )
     try:
         outputs = model(pixel_values=pixel_values.to(device))
     finally:
@@ -126,11 +148,28 @@ def explain_image(model: Any, image: Any, *, threshold: float = 0.3, max_detecti
     similarity = _cosine(query_head, query_features[queries].float())  # [n, C]
     names = model.class_names
     detections = [
-        DetectionMatch([float(v) for v in xyxy[i].tolist()], int(labels[i]), names[int(labels[i])], float(top[i]),
-                       int(queries[i]), [float(v) for v in similarity[i].tolist()])
+        DetectionMatch(
+            [float(v) for v in xyxy[i].tolist()],
+            int(labels[i]),
+            names[int(labels[i])],
+            float(top[i]),
+            int(queries[i]),
+            [float(v) for v in similarity[i].tolist()],
+        )
         for i in range(len(top))
     ]
     fusion = model.meta.fusion
     text = {"descriptions": fusion.descriptions, "encoder": fusion.encoder, "kind": fusion.text}
-    return Explanation(pixels_u8.permute(1, 2, 0).cpu().numpy(), list(names), maps, level_maps,
-                       map_path, map_note, query_path, detections, float(threshold), source, text)
+    return Explanation(
+        pixels_u8.permute(1, 2, 0).cpu().numpy(),
+        list(names),
+        maps,
+        level_maps,
+        map_path,
+        map_note,
+        query_path,
+        detections,
+        float(threshold),
+        source,
+        text,
+    )

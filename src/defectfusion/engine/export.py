@@ -70,16 +70,23 @@ class ParityReport:
         return not self.problems
 
     def summary(self) -> str:
-        text = (f"batch {self.batch}: {self.detections} detections, labels equal, max |box diff| "
-                f"{self.max_box_diff:.2e} px, max |score diff| {self.max_score_diff:.2e}")
+        text = (
+            f"batch {self.batch}: {self.detections} detections, labels equal, max |box diff| "
+            f"{self.max_box_diff:.2e} px, max |score diff| {self.max_score_diff:.2e}"
+        )
         if self.boundary:
             text += f" ({self.boundary} tied at the top-k cut)"
         return text if self.ok else f"batch {self.batch}: " + "; ".join(self.problems)
 
 
-def compare_detections(expected: Sequence[Detections], actual: Sequence[Detections], *,
-                       box_tolerance: float = BOX_TOLERANCE, score_tolerance: float = SCORE_TOLERANCE,
-                       topk_cut: bool = False) -> ParityReport:
+def compare_detections(
+    expected: Sequence[Detections],
+    actual: Sequence[Detections],
+    *,
+    box_tolerance: float = BOX_TOLERANCE,
+    score_tolerance: float = SCORE_TOLERANCE,
+    topk_cut: bool = False,
+) -> ParityReport:
     """Match detections one to one: same label, score within tolerance, box within tolerance.
 
     Order within equal scores does not matter (top-k breaks ties differently in different
@@ -100,7 +107,9 @@ def compare_detections(expected: Sequence[Detections], actual: Sequence[Detectio
             continue
         box_diff = (a.boxes[:, None, :].double() - b.boxes[None, :, :].double()).abs().amax(-1)  # [Na, Nb]
         score_diff = (a.scores[:, None].double() - b.scores[None, :].double()).abs()
-        candidate = (a.labels[:, None] == b.labels[None, :]) & (box_diff <= box_tolerance) & (score_diff <= score_tolerance)
+        candidate = (
+            (a.labels[:, None] == b.labels[None, :]) & (box_diff <= box_tolerance) & (score_diff <= score_tolerance)
+        )
         free = torch.ones(len(b), dtype=torch.bool)
         unmatched = []
         for i in range(len(a)):
@@ -116,7 +125,9 @@ def compare_detections(expected: Sequence[Detections], actual: Sequence[Detectio
         cut = float(a.scores.min())
         left_a = a.scores[unmatched].double()
         left_b = b.scores[free].double()
-        at_cut = bool(((left_a - cut).abs() <= score_tolerance).all() and ((left_b - cut).abs() <= score_tolerance).all())
+        at_cut = bool(
+            ((left_a - cut).abs() <= score_tolerance).all() and ((left_b - cut).abs() <= score_tolerance).all()
+        )
         if unmatched and at_cut and topk_cut:
             report.boundary += len(unmatched)
         elif unmatched:
@@ -149,24 +160,33 @@ def parity_batch(batch: int, image_size: Sequence[int], seed: int = 0) -> tuple[
 
 
 @torch.inference_mode()
-def reference_detections(model: torch.nn.Module, images: torch.Tensor, orig_sizes: torch.Tensor,
-                         top_k: int = DEFAULT_TOP_K) -> list[Detections]:
+def reference_detections(
+    model: torch.nn.Module, images: torch.Tensor, orig_sizes: torch.Tensor, top_k: int = DEFAULT_TOP_K
+) -> list[Detections]:
     """What the PyTorch model predicts: ``model(pixel_values)`` + the original post-processor."""
     outputs = model(pixel_values=images)
     return postprocess(outputs.logits.float(), outputs.pred_boxes.float(), orig_sizes, top_k=top_k)
 
 
-def float32_floor(model: torch.nn.Module, images: torch.Tensor, orig_sizes: torch.Tensor,
-                  top_k: int = DEFAULT_TOP_K) -> ParityReport:
+def float32_floor(
+    model: torch.nn.Module, images: torch.Tensor, orig_sizes: torch.Tensor, top_k: int = DEFAULT_TOP_K
+) -> ParityReport:
     """How far PyTorch float32 itself is from float64 on a batch: the accuracy any float32 runtime has."""
     exact_model = copy.deepcopy(model).double().eval()
     exact = reference_detections(exact_model, images.double(), orig_sizes, top_k)
-    return compare_detections(exact, reference_detections(model, images, orig_sizes, top_k),
-                              box_tolerance=1e-1, score_tolerance=1e-3)
+    return compare_detections(
+        exact, reference_detections(model, images, orig_sizes, top_k), box_tolerance=1e-1, score_tolerance=1e-3
+    )
 
 
-def check_onnx(model: torch.nn.Module, path: str | os.PathLike, batches: Sequence[int], *,
-               top_k: int = DEFAULT_TOP_K, threads: int | None = None) -> list[ParityReport]:
+def check_onnx(
+    model: torch.nn.Module,
+    path: str | os.PathLike,
+    batches: Sequence[int],
+    *,
+    top_k: int = DEFAULT_TOP_K,
+    threads: int | None = None,
+) -> list[ParityReport]:
     """Compare onnxruntime on ``path`` with ``model`` (eval) on one test batch per batch size."""
     detector = OnnxDetector(path, threads=threads)
     model.eval()
@@ -215,7 +235,8 @@ def parse_batch(batch: int | str) -> int | str:
 def check_opset(opset: int) -> int:
     if not isinstance(opset, int) or isinstance(opset, bool) or not MIN_OPSET <= opset <= MAX_OPSET:
         raise ConfigError(
-            f"unsupported ONNX opset {opset!r}: the export supports opsets {MIN_OPSET}..{MAX_OPSET} (GridSample, used by "
+            f"unsupported ONNX opset {opset!r}: the export supports opsets {MIN_OPSET}..{MAX_OPSET} "
+            f"(GridSample, used by "
             f"the deformable attention, needs {MIN_OPSET}; the TorchScript exporter stops at {MAX_OPSET}); "
             f"default {DEFAULT_OPSET}"
         )
@@ -229,8 +250,9 @@ def check_out(out: str | os.PathLike) -> Path:
     return path
 
 
-def onnx_metadata(model: torch.nn.Module, image_size: Sequence[int], batch: int | str, opset: int,
-                  top_k: int) -> dict[str, str]:
+def onnx_metadata(
+    model: torch.nn.Module, image_size: Sequence[int], batch: int | str, opset: int, top_k: int
+) -> dict[str, str]:
     """The ``metadata_props`` of an exported file: everything needed to feed it and read its outputs."""
     meta = model.meta
     fusion = meta.fusion
@@ -241,18 +263,26 @@ def onnx_metadata(model: torch.nn.Module, image_size: Sequence[int], batch: int 
         "image_mean": json.dumps([float(v) for v in meta.image_mean]),
         "image_std": json.dumps([float(v) for v in meta.image_std]),
         "preprocessing": "RGB, resize to image_size (H, W) without keeping the aspect ratio, /255, "
-                         "(x - image_mean) / image_std, NCHW float32",
+        "(x - image_mean) / image_std, NCHW float32",
         "orig_target_sizes": "H,W",
         "outputs": "labels int64 [B, K]; boxes float32 [B, K, 4] x1,y1,x2,y2 in original-image pixels; "
-                   "scores float32 [B, K] sigmoid, sorted descending",
+        "scores float32 [B, K] sigmoid, sorted descending",
         "top_k": str(int(top_k)),
         "batch": str(batch),
         "opset": str(opset),
         "fused": json.dumps(fusion is not None),
-        "fusion": json.dumps(None if fusion is None else {
-            "text": fusion.text, "encoder": fusion.encoder, "descriptions": fusion.descriptions,
-            "text_dim": fusion.text_dim, "query_selection": fusion.query_selection,
-        }, ensure_ascii=False),
+        "fusion": json.dumps(
+            None
+            if fusion is None
+            else {
+                "text": fusion.text,
+                "encoder": fusion.encoder,
+                "descriptions": fusion.descriptions,
+                "text_dim": fusion.text_dim,
+                "query_selection": fusion.query_selection,
+            },
+            ensure_ascii=False,
+        ),
         "preset": str(meta.preset),
         "semantics": meta.semantics,
         "defectfusion_version": __version__,
@@ -270,7 +300,7 @@ def _write_metadata(path: Path, metadata: dict[str, str]) -> None:
     docs = {
         "images": "float32 [B, 3, H, W]: RGB resized to image_size, /255, then (x - image_mean) / image_std",
         "orig_target_sizes": "int64 [B, 2]: original image size as (H, W) -- height first, unlike the original "
-                             "DEIMv2 deploy graph",
+        "DEIMv2 deploy graph",
         "labels": "int64 [B, K]: class index into class_names",
         "boxes": "float32 [B, K, 4]: x1, y1, x2, y2 in original-image pixels",
         "scores": "float32 [B, K]: confidence, sorted descending",
@@ -296,14 +326,29 @@ def _trace(deploy: torch.nn.Module, path: Path, batch: int | str, opset: int) ->
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")
         torch.onnx.export(
-            deploy, (images, sizes), str(path), input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),
-            dynamic_axes=dynamic_axes, opset_version=opset, do_constant_folding=True, dynamo=False,
+            deploy,
+            (images, sizes),
+            str(path),
+            input_names=list(INPUT_NAMES),
+            output_names=list(OUTPUT_NAMES),
+            dynamic_axes=dynamic_axes,
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
         )
 
 
-def export_model(model: torch.nn.Module, out: str | os.PathLike, *, size: Sequence[int] | None = None,
-                 batch: int | str = "dynamic", opset: int = DEFAULT_OPSET, top_k: int = DEFAULT_TOP_K,
-                 check: bool = True, threads: int | None = None) -> ExportResult:
+def export_model(
+    model: torch.nn.Module,
+    out: str | os.PathLike,
+    *,
+    size: Sequence[int] | None = None,
+    batch: int | str = "dynamic",
+    opset: int = DEFAULT_OPSET,
+    top_k: int = DEFAULT_TOP_K,
+    check: bool = True,
+    threads: int | None = None,
+) -> ExportResult:
     """Export an in-memory detector (see :func:`export_onnx`); the model is moved to CPU float32, in eval mode."""
     from ..models.deploy import DeployDetector
     from ..models.detector import check_image_size
@@ -319,8 +364,9 @@ def export_model(model: torch.nn.Module, out: str | os.PathLike, *, size: Sequen
     check_image_size(model.config, image_size, "export size (H, W)")
     deploy = DeployDetector(model, image_size, top_k=top_k).eval()
     metadata = onnx_metadata(model, image_size, batch, opset, deploy.top_k)
-    result = ExportResult(out, image_size, batch, opset, deploy.top_k, list(model.class_names),
-                          model.meta.fusion is not None, metadata)
+    result = ExportResult(
+        out, image_size, batch, opset, deploy.top_k, list(model.class_names), model.meta.fusion is not None, metadata
+    )
     with atomic_path(out, suffix=".onnx") as tmp:
         try:
             _trace(deploy, tmp, batch, opset)

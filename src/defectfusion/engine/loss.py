@@ -51,8 +51,9 @@ class DeimCriterion(Deimv2Loss):
         result = {}
         for loss in self.losses:
             use_union = indices_union is not None and loss in union_for
-            l_dict = self.get_loss(loss, outputs, targets, indices_union if use_union else indices,
-                                   num_union if use_union else num_boxes)
+            l_dict = self.get_loss(
+                loss, outputs, targets, indices_union if use_union else indices, num_union if use_union else num_boxes
+            )
             result.update({k + suffix: v * self.weight_dict[k] for k, v in l_dict.items() if k in self.weight_dict})
         return result
 
@@ -75,14 +76,19 @@ class DeimCriterion(Deimv2Loss):
         both = ("boxes", "local")
         losses = self._losses(outputs, targets, indices, num_boxes, indices_union, num_union, both)
         for i, layer in enumerate(aux):
-            losses.update(self._losses(layer, targets, aux_indices[i], num_boxes, indices_union, num_union, both,
-                                       f"_aux_{i}"))
+            losses.update(
+                self._losses(layer, targets, aux_indices[i], num_boxes, indices_union, num_union, both, f"_aux_{i}")
+            )
         if pre is not None:
-            losses.update(self._losses(pre, targets, aux_indices[-1], num_boxes, indices_union, num_union, both,
-                                       "_pre"))
+            losses.update(
+                self._losses(pre, targets, aux_indices[-1], num_boxes, indices_union, num_union, both, "_pre")
+            )
         for i, layer in enumerate(enc):
-            losses.update(self._losses(layer, targets, enc_indices[i], num_boxes, indices_union, num_union,
-                                       ("boxes",), f"_enc_{i}"))
+            losses.update(
+                self._losses(
+                    layer, targets, enc_indices[i], num_boxes, indices_union, num_union, ("boxes",), f"_enc_{i}"
+                )
+            )
 
         if "dn_outputs" in outputs:
             meta = outputs["denoising_meta_values"]
@@ -91,8 +97,9 @@ class DeimCriterion(Deimv2Loss):
             for i, layer in enumerate(outputs["dn_outputs"]):
                 losses.update(self._losses(layer, targets, dn_indices, dn_num_boxes, None, 0, (), f"_dn_{i}"))
             if "dn_pre_outputs" in outputs:
-                losses.update(self._losses(outputs["dn_pre_outputs"], targets, dn_indices, dn_num_boxes, None, 0, (),
-                                           "_dn_pre"))
+                losses.update(
+                    self._losses(outputs["dn_pre_outputs"], targets, dn_indices, dn_num_boxes, None, 0, (), "_dn_pre")
+                )
         return losses
 
 
@@ -118,9 +125,21 @@ def _layered(class_logits, boxes, corners, refs):
     return pre, layers
 
 
-def deim_loss(logits, labels, device, pred_boxes, config, outputs_class=None, outputs_coord=None,
-              enc_topk_logits=None, enc_topk_bboxes=None, denoising_meta_values=None, predicted_corners=None,
-              initial_reference_points=None, **kwargs):
+def deim_loss(
+    logits,
+    labels,
+    device,
+    pred_boxes,
+    config,
+    outputs_class=None,
+    outputs_coord=None,
+    enc_topk_logits=None,
+    enc_topk_bboxes=None,
+    denoising_meta_values=None,
+    predicted_corners=None,
+    initial_reference_points=None,
+    **kwargs,
+):
     """Drop-in for transformers' ``Deimv2ForObjectDetectionLoss`` (same signature and returns).
 
     Returns ``(loss, loss_dict, auxiliary_outputs)``.

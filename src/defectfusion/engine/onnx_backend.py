@@ -43,8 +43,9 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     try:
         import onnx
     except ModuleNotFoundError:
-        raise CheckpointError("reading .onnx files needs onnx, which is not installed: "
-                              "pip install 'defectfusion[export]'") from None
+        raise CheckpointError(
+            "reading .onnx files needs onnx, which is not installed: pip install 'defectfusion[export]'"
+        ) from None
     try:
         model = onnx.load(os.fspath(path), load_external_data=False)
     except Exception as exc:  # protobuf raises several types on garbage
@@ -99,8 +100,7 @@ class OnnxDetector:
         metadata: every ONNX metadata entry, as stored.
     """
 
-    def __init__(self, path: str | os.PathLike, threads: int | None = None,
-                 providers: list[str] | None = None) -> None:
+    def __init__(self, path: str | os.PathLike, threads: int | None = None, providers: list[str] | None = None) -> None:
         self.path = Path(path).expanduser()
         if not self.path.is_file():
             raise CheckpointError(f"ONNX model {str(self.path)!r} does not exist")
@@ -133,8 +133,9 @@ class OnnxDetector:
             options.intra_op_num_threads = int(threads)
             options.inter_op_num_threads = 1
         try:
-            self.session = ort.InferenceSession(str(self.path), options,
-                                                providers=providers or ["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(
+                str(self.path), options, providers=providers or ["CPUExecutionProvider"]
+            )
         except Exception as exc:
             raise CheckpointError(f"onnxruntime cannot load {self.path}: {exc}") from None
         names = tuple(i.name for i in self.session.get_inputs())
@@ -145,8 +146,10 @@ class OnnxDetector:
         """Raw graph outputs ``labels [B, K], boxes [B, K, 4], scores [B, K]`` for ``sizes`` in (H, W)."""
         if self.sizes_order == "W,H":
             sizes = sizes[:, ::-1]
-        feeds = {"images": np.ascontiguousarray(images, dtype=np.float32),
-                 "orig_target_sizes": np.ascontiguousarray(sizes, dtype=np.int64)}
+        feeds = {
+            "images": np.ascontiguousarray(images, dtype=np.float32),
+            "orig_target_sizes": np.ascontiguousarray(sizes, dtype=np.int64),
+        }
         labels, boxes, scores = self.session.run(list(OUTPUT_NAMES), feeds)
         return labels, boxes, scores
 
@@ -165,14 +168,15 @@ class OnnxDetector:
                 f"the exported size, or export again at this size"
             )
         if orig_sizes.shape != (pixel_values.shape[0], 2):
-            raise DataError(f"orig_sizes must be [B, 2] (H, W) for {pixel_values.shape[0]} images, "
-                            f"got {list(orig_sizes.shape)}")
+            raise DataError(
+                f"orig_sizes must be [B, 2] (H, W) for {pixel_values.shape[0]} images, got {list(orig_sizes.shape)}"
+            )
         images = pixel_values.detach().to("cpu", torch.float32).numpy()
         sizes = orig_sizes.detach().to("cpu", torch.int64).numpy()
         step = self.batch or len(images)
         results: list[Detections] = []
         for start in range(0, len(images), step):
-            chunk, chunk_sizes = images[start:start + step], sizes[start:start + step]
+            chunk, chunk_sizes = images[start : start + step], sizes[start : start + step]
             count = len(chunk)
             if count < step:  # a fixed-batch graph: pad the last chunk, drop what the padding produced
                 pad = step - count
@@ -180,12 +184,18 @@ class OnnxDetector:
                 chunk_sizes = np.concatenate([chunk_sizes, np.repeat(chunk_sizes[-1:], pad, axis=0)])
             labels, boxes, scores = self.run(chunk, chunk_sizes)
             for i in range(count):
-                results.append(Detections(torch.from_numpy(boxes[i].astype(np.float32)),
-                                          torch.from_numpy(scores[i].astype(np.float32)),
-                                          torch.from_numpy(labels[i].astype(np.int64))))
+                results.append(
+                    Detections(
+                        torch.from_numpy(boxes[i].astype(np.float32)),
+                        torch.from_numpy(scores[i].astype(np.float32)),
+                        torch.from_numpy(labels[i].astype(np.int64)),
+                    )
+                )
         return results
 
     def __repr__(self) -> str:
         batch = "dynamic" if self.batch is None else self.batch
-        return (f"OnnxDetector({str(self.path)!r}, classes={len(self.class_names)}, "
-                f"image_size={self.image_size}, batch={batch})")
+        return (
+            f"OnnxDetector({str(self.path)!r}, classes={len(self.class_names)}, "
+            f"image_size={self.image_size}, batch={batch})"
+        )

@@ -8,8 +8,9 @@ from ..models.postprocess import query_boxes_in_pixels, top_k_queries
 from ..structures import Detections
 
 
-def postprocess(logits: torch.Tensor, pred_boxes: torch.Tensor, orig_sizes: torch.Tensor, top_k: int = 300,
-                threshold: float = 0.0) -> list[Detections]:
+def postprocess(
+    logits: torch.Tensor, pred_boxes: torch.Tensor, orig_sizes: torch.Tensor, top_k: int = 300, threshold: float = 0.0
+) -> list[Detections]:
     """Top-k over all (query, class) pairs, as DEIMv2 does with sigmoid scores.
 
     Args:

@@ -44,16 +44,21 @@ PROGRESS_FROM = 16
 Backend = Callable[[torch.Tensor, torch.Tensor], list[Detections]]
 
 
-def normalize(uint8_batch: torch.Tensor, mean: Sequence[float] | torch.Tensor,
-              std: Sequence[float] | torch.Tensor) -> torch.Tensor:
+def normalize(
+    uint8_batch: torch.Tensor, mean: Sequence[float] | torch.Tensor, std: Sequence[float] | torch.Tensor
+) -> torch.Tensor:
     """uint8 ``[B, 3, H, W]`` -> float ``(x / 255 - mean) / std`` per channel."""
     mean = torch.as_tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
     std = torch.as_tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
     return (uint8_batch.float().div_(255.0) - mean) / std
 
 
-def prepare_images(images: Sequence[torch.Tensor], image_size: Sequence[int], mean: Sequence[float] | torch.Tensor,
-                   std: Sequence[float] | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def prepare_images(
+    images: Sequence[torch.Tensor],
+    image_size: Sequence[int],
+    mean: Sequence[float] | torch.Tensor,
+    std: Sequence[float] | torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """What the detector takes: uint8 ``[3, H, W]`` images -> (``pixel_values [B, 3, h, w]``, ``sizes [B, 2]`` (H, W)).
 
     Each image is resized to ``image_size`` with the evaluation transform and normalised.
@@ -81,8 +86,9 @@ class TorchBackend:
     @torch.inference_mode()
     def __call__(self, pixel_values: torch.Tensor, orig_sizes: torch.Tensor) -> list[Detections]:
         outputs = self.model(pixel_values=pixel_values.to(self.device, non_blocking=True))
-        detections = postprocess(outputs.logits.float(), outputs.pred_boxes.float(), orig_sizes.to(self.device),
-                                 top_k=self.top_k)
+        detections = postprocess(
+            outputs.logits.float(), outputs.pred_boxes.float(), orig_sizes.to(self.device), top_k=self.top_k
+        )
         return [d.to("cpu") for d in detections]
 
 
@@ -107,8 +113,12 @@ class ImagePrediction:
 class _ImageFiles(Dataset):
     """Images read and resized for the model: ``(uint8 [3, h, w] at the model size, (H, W), index)``."""
 
-    def __init__(self, paths: Sequence[Path], image_size: tuple[int, int],
-                 expected_sizes: Sequence[tuple[int, int] | None] | None = None) -> None:
+    def __init__(
+        self,
+        paths: Sequence[Path],
+        image_size: tuple[int, int],
+        expected_sizes: Sequence[tuple[int, int] | None] | None = None,
+    ) -> None:
         self.paths = list(paths)
         self.expected = list(expected_sizes) if expected_sizes is not None else [None] * len(self.paths)
         self.transform = build_eval_transform(image_size)
@@ -123,8 +133,11 @@ class _ImageFiles(Dataset):
 
 
 def _collate(batch: list[tuple[torch.Tensor, tuple[int, int], int]]):
-    return (torch.stack([b[0] for b in batch]), torch.tensor([b[1] for b in batch], dtype=torch.int64),
-            [b[2] for b in batch])
+    return (
+        torch.stack([b[0] for b in batch]),
+        torch.tensor([b[1] for b in batch], dtype=torch.int64),
+        [b[2] for b in batch],
+    )
 
 
 class Predictor:
@@ -140,9 +153,18 @@ class Predictor:
         num_workers: image-loading worker processes (0: in this process).
     """
 
-    def __init__(self, backend: Backend, class_names: Sequence[str], image_size: Sequence[int],
-                 image_mean: Sequence[float] = (0.0, 0.0, 0.0), image_std: Sequence[float] = (1.0, 1.0, 1.0), *,
-                 threshold: float = 0.0, batch_size: int = 8, num_workers: int = 0) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        class_names: Sequence[str],
+        image_size: Sequence[int],
+        image_mean: Sequence[float] = (0.0, 0.0, 0.0),
+        image_std: Sequence[float] = (1.0, 1.0, 1.0),
+        *,
+        threshold: float = 0.0,
+        batch_size: int = 8,
+        num_workers: int = 0,
+    ) -> None:
         if not 0.0 <= threshold <= 1.0:
             raise DataError(f"score threshold must be in [0, 1], got {threshold}")
         if batch_size < 1:
@@ -157,16 +179,24 @@ class Predictor:
         self.num_workers = int(num_workers)
 
     @classmethod
-    def from_model(cls, model: torch.nn.Module, *, device: str | torch.device = "cpu", top_k: int = 300,
-                   **kwargs: Any) -> Predictor:
+    def from_model(
+        cls, model: torch.nn.Module, *, device: str | torch.device = "cpu", top_k: int = 300, **kwargs: Any
+    ) -> Predictor:
         """A predictor for an in-memory detector (it carries its classes and input settings in ``.meta``)."""
         meta = model.meta
-        return cls(TorchBackend(model, device, top_k), model.class_names, meta.image_size, meta.image_mean,
-                   meta.image_std, **kwargs)
+        return cls(
+            TorchBackend(model, device, top_k),
+            model.class_names,
+            meta.image_size,
+            meta.image_mean,
+            meta.image_std,
+            **kwargs,
+        )
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: str | os.PathLike, *, device: str | torch.device = "cpu",
-                        top_k: int = 300, **kwargs: Any) -> Predictor:
+    def from_checkpoint(
+        cls, checkpoint: str | os.PathLike, *, device: str | torch.device = "cpu", top_k: int = 300, **kwargs: Any
+    ) -> Predictor:
         """A detector folder (PyTorch) or an exported ``.onnx`` file."""
         path = Path(checkpoint).expanduser()
         if is_onnx_checkpoint(path):
@@ -203,9 +233,15 @@ class Predictor:
         """Detections of uint8 ``[3, H, W]`` images already in memory."""
         return self.infer(*self.preprocess(images))
 
-    def predict_files(self, paths: Sequence[str | os.PathLike], image_ids: Sequence[int] | None = None, *,
-                      expected_sizes: Sequence[tuple[int, int] | None] | None = None,
-                      progress: bool | None = None, desc: str = "predict") -> Iterator[ImagePrediction]:
+    def predict_files(
+        self,
+        paths: Sequence[str | os.PathLike],
+        image_ids: Sequence[int] | None = None,
+        *,
+        expected_sizes: Sequence[tuple[int, int] | None] | None = None,
+        progress: bool | None = None,
+        desc: str = "predict",
+    ) -> Iterator[ImagePrediction]:
         """Yield one :class:`ImagePrediction` per file, in order.
 
         ``expected_sizes``: ``(width, height)`` per file from an annotations file (checked on
@@ -215,29 +251,38 @@ class Predictor:
         ids = list(image_ids) if image_ids is not None else list(range(1, len(paths) + 1))
         if len(ids) != len(paths):
             raise ValueError(f"{len(paths)} paths but {len(ids)} image ids")
-        loader = DataLoader(_ImageFiles(paths, self.image_size, expected_sizes), batch_size=self.batch_size,
-                            shuffle=False, num_workers=self.num_workers, collate_fn=_collate)
+        loader = DataLoader(
+            _ImageFiles(paths, self.image_size, expected_sizes),
+            batch_size=self.batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+            collate_fn=_collate,
+        )
         show = len(paths) > PROGRESS_FROM if progress is None else progress
         with tqdm(total=len(paths), desc=desc, unit="img", disable=not show, dynamic_ncols=True, leave=False) as bar:
             for pixels, sizes, indices in loader:
-                for i, det, size in zip(indices, self.infer(self._normalize(pixels), sizes), sizes.tolist(),
-                                        strict=True):
+                for i, det, size in zip(
+                    indices, self.infer(self._normalize(pixels), sizes), sizes.tolist(), strict=True
+                ):
                     yield ImagePrediction(paths[i], (size[0], size[1]), det, ids[i])
                 bar.update(len(indices))
 
 
-def to_coco_results(predictions: Sequence[ImagePrediction], category_ids: Sequence[int] | None = None
-                    ) -> list[dict[str, Any]]:
+def to_coco_results(
+    predictions: Sequence[ImagePrediction], category_ids: Sequence[int] | None = None
+) -> list[dict[str, Any]]:
     """COCO results records (``bbox`` as ``[x, y, w, h]`` pixels), best score first within each image."""
     records = []
     for pred in predictions:
         det = pred.detections
         for box, score, label in zip(det.boxes.tolist(), det.scores.tolist(), det.labels.tolist(), strict=True):
             x1, y1, x2, y2 = box
-            records.append({
-                "image_id": int(pred.image_id),
-                "category_id": int(category_ids[label] if category_ids is not None else label),
-                "bbox": [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)],
-                "score": round(float(score), 5),
-            })
+            records.append(
+                {
+                    "image_id": int(pred.image_id),
+                    "category_id": int(category_ids[label] if category_ids is not None else label),
+                    "bbox": [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)],
+                    "score": round(float(score), 5),
+                }
+            )
     return records

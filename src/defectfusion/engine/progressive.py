@@ -31,8 +31,9 @@ from ..models.detector import DefectDetector, add_fusion, build_detector
 from ..models.text import TextEmbeddings, encode_descriptions
 from .distributed import DistInfo, barrier, broadcast_object, init_distributed
 from .evaluator import write_metrics
+from .phase_records import PhaseData, PhaseOutcome, build_phase_data
 from .seeding import seed_phase
-from .trainer import PhaseData, PhaseOutcome, PhaseTrainer, build_phase_data
+from .trainer import PhaseTrainer
 from .validation import run_validation
 
 
@@ -57,13 +58,16 @@ def load_datasets(cfg: Config, verify: bool = True, progress: bool = True) -> tu
     missing = [k for k in ("train", "val") if getattr(cfg.data, k) is None]
     if missing:
         keys = " ".join(f"-o data.{k}.annotations=PATH" for k in missing)
-        raise ConfigError(f"data.{missing[0]} is not set: give the COCO annotations ({keys}) or write them in your config")
+        raise ConfigError(
+            f"data.{missing[0]} is not set: give the COCO annotations ({keys}) or write them in your config"
+        )
     train = load_coco(cfg.data.train.annotations, cfg.data.train.images)
     val = load_coco(cfg.data.val.annotations, cfg.data.val.images)
     if list(train.class_names) != list(val.class_names):
         raise DataError(
             f"train and validation categories differ: {list(train.class_names)} vs {list(val.class_names)} "
-            f"({cfg.data.train.annotations} / {cfg.data.val.annotations}); both must list the same classes in the same order"
+            f"({cfg.data.train.annotations} / {cfg.data.val.annotations}); both must list the same classes in the "
+            f"same order"
         )
     if not any(a for anns in val.annotations.values() for a in anns if not a.iscrowd):
         raise DataError(f"{cfg.data.val.annotations} has no annotations: validation needs ground truth")
@@ -73,8 +77,9 @@ def load_datasets(cfg: Config, verify: bool = True, progress: bool = True) -> tu
     return train, val
 
 
-def apply_gate(gate: GateConfig, after: str, value: float | None, baseline: float | None,
-               epoch: int | None = None) -> dict[str, Any]:
+def apply_gate(
+    gate: GateConfig, after: str, value: float | None, baseline: float | None, epoch: int | None = None
+) -> dict[str, Any]:
     """Whether the phase after ``after`` runs, with a plain-language reason and what was compared.
 
     ``value`` is the phase's best or last validation metric (``gate.value``), ``epoch`` the epoch
@@ -94,18 +99,29 @@ def apply_gate(gate: GateConfig, after: str, value: float | None, baseline: floa
             relative = f" (baseline {baseline:.4f} {offset:+.4f})" if gate.relative_to_baseline else ""
             bounds_text.append(f"{word} {bound:.4f}{relative}")
     decision: dict[str, Any] = {
-        "after": after, "metric": gate.metric, "compared_value": gate.value, "epoch": epoch, "value": value,
-        "min": low, "max": high, "baseline": baseline if gate.relative_to_baseline else None,
+        "after": after,
+        "metric": gate.metric,
+        "compared_value": gate.value,
+        "epoch": epoch,
+        "value": value,
+        "min": low,
+        "max": high,
+        "baseline": baseline if gate.relative_to_baseline else None,
         "compared": f"{measured} against {', '.join(bounds_text) or 'no bound'}",
     }
     if value is None:
         decision.update(proceed=False, reason=f"{gate.metric} is undefined after {after}: stopping")
     elif low is not None and value < low:
-        decision.update(proceed=False, reason=f"{gate.metric} {value:.4f} < {low:.4f}: below the gate, the next phase "
-                                              f"does not run (review {after} before going on)")
+        decision.update(
+            proceed=False,
+            reason=f"{gate.metric} {value:.4f} < {low:.4f}: below the gate, the next phase "
+            f"does not run (review {after} before going on)",
+        )
     elif high is not None and value >= high:
-        decision.update(proceed=False, reason=f"{gate.metric} {value:.4f} >= {high:.4f}: target reached, the next "
-                                              f"phase is not needed")
+        decision.update(
+            proceed=False,
+            reason=f"{gate.metric} {value:.4f} >= {high:.4f}: target reached, the next phase is not needed",
+        )
     else:
         bounds = f"[{'-inf' if low is None else f'{low:.4f}'}, {'inf' if high is None else f'{high:.4f}'})"
         decision.update(proceed=True, reason=f"{gate.metric} {value:.4f} in {bounds}: continue")
@@ -148,17 +164,29 @@ class TrainingRun:
         if self.info.is_main:
             if config_path.exists():
                 if not self.resume:
-                    raise ConfigError(f"run folder {self.out} already holds a run: resume it to continue, or choose "
-                                      f"another output folder to start a new one")
+                    raise ConfigError(
+                        f"run folder {self.out} already holds a run: resume it to continue, or choose "
+                        f"another output folder to start a new one"
+                    )
                 saved = validate_config(yaml.safe_load(config_path.read_text(encoding="utf-8")), str(config_path))
                 if saved != self.cfg:
-                    raise ConfigError(f"{config_path} differs from the config given: resume with the config the run "
-                                      f"started with (or omit it to use the saved one)")
+                    raise ConfigError(
+                        f"{config_path} differs from the config given: resume with the config the run "
+                        f"started with (or omit it to use the saved one)"
+                    )
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write_text(config_path, dump_config(self.cfg))
         # Every process keeps a summary; only the main process's is complete and written.
-        self.summary = {"name": self.cfg.name, "started": _now(), "phases_requested": self.names,
-                        "start": None, "baseline": None, "phases": {}, "gates": [], "final": None}
+        self.summary = {
+            "name": self.cfg.name,
+            "started": _now(),
+            "phases_requested": self.names,
+            "start": None,
+            "baseline": None,
+            "phases": {},
+            "gates": [],
+            "final": None,
+        }
         summary_path = self.out / "summary.json"
         if self.info.is_main and self.resume and summary_path.is_file():
             self.summary = read_json(summary_path, "run summary")
@@ -226,8 +254,9 @@ class TrainingRun:
         class_names = list(train_index.class_names)
         model, source = self._start_model(class_names)
         text = self._text(class_names)
-        data = build_phase_data(cfg, train_index, val_index, model.meta.image_size, model.meta.image_mean,
-                                model.meta.image_std)
+        data = build_phase_data(
+            cfg, train_index, val_index, model.meta.image_size, model.meta.image_mean, model.meta.image_std
+        )
 
         # A run that starts with fusion phases starts from a trained model: score it first (the
         # baseline); a run that trains the baseline itself gets it from that phase.
@@ -246,14 +275,23 @@ class TrainingRun:
                 seed_phase(cfg.seed, name)
                 if phase.fusion and not model.is_fused:
                     embeddings, descriptions = text
-                    model = add_fusion(model, cfg.fusion, embeddings.class_embeddings, encoder=embeddings.encoder,
-                                       descriptions=descriptions)
+                    model = add_fusion(
+                        model,
+                        cfg.fusion,
+                        embeddings.class_embeddings,
+                        encoder=embeddings.encoder,
+                        descriptions=descriptions,
+                    )
                 trainer = PhaseTrainer(model, name, phase, cfg, data, folder, self.info, self.progress)
                 outcome = trainer.run(resume=self.resume)
             self.summary["phases"][name] = asdict(outcome)
             if not phase.fusion:
-                self.summary["baseline"] = {"source": f"phase {name}", "checkpoint": outcome.best_dir,
-                                            "map50": outcome.best_map50, "map": outcome.best_map}
+                self.summary["baseline"] = {
+                    "source": f"phase {name}",
+                    "checkpoint": outcome.best_dir,
+                    "map50": outcome.best_map50,
+                    "map": outcome.best_map,
+                }
             self._write_summary()
             model = load_detector(outcome.best_dir)  # the next phase starts from this phase's best
 
@@ -282,8 +320,15 @@ class TrainingRun:
         return self.summary
 
     def _evaluate_start(self, model: DefectDetector, data: PhaseData, source: str) -> None:
-        metrics = run_validation(model.to(self.info.device), data.val_loader, data.evaluator, self.info.device,
-                                 top_k=self.cfg.train.top_k, progress=self.progress, desc="start validate")
+        metrics = run_validation(
+            model.to(self.info.device),
+            data.val_loader,
+            data.evaluator,
+            self.info.device,
+            top_k=self.cfg.train.top_k,
+            progress=self.progress,
+            desc="start validate",
+        )
         write_metrics(metrics, self.out / "start" / "metrics.json")
         self.summary["start"] = _metric_summary(metrics, source)
         if not model.is_fused:
@@ -298,8 +343,14 @@ class TrainingRun:
         candidates: list[tuple[str, float | None, float | None, str]] = []
         reference = self.summary.get("baseline") or self.summary.get("start")
         if reference is not None:
-            candidates.append(("baseline" if self.summary.get("baseline") else "start", reference["map50"],
-                               reference["map"], reference.get("checkpoint") or reference.get("source")))
+            candidates.append(
+                (
+                    "baseline" if self.summary.get("baseline") else "start",
+                    reference["map50"],
+                    reference["map"],
+                    reference.get("checkpoint") or reference.get("source"),
+                )
+            )
         for name, outcome in self.summary["phases"].items():
             if self.cfg.phases[name].fusion:
                 candidates.append((name, outcome["best_map50"], outcome["best_map"], outcome["best_dir"]))
@@ -311,15 +362,23 @@ class TrainingRun:
         if label in {"baseline", "start"} and len(candidates) > 1:
             reason = f"no phase beat the {label} on validation mAP@0.5 ({_fmt(map50)}); the {label} is kept"
         elif len(candidates) > 1:
-            reason = (f"{label} has the best validation mAP@0.5 ({_fmt(map50)}) vs the {candidates[0][0]} "
-                      f"({_fmt(candidates[0][1])})")
+            reason = (
+                f"{label} has the best validation mAP@0.5 ({_fmt(map50)}) vs the {candidates[0][0]} "
+                f"({_fmt(candidates[0][1])})"
+            )
         else:
             reason = f"only {label} was run"
         final_dir = self.out / "final"
         if checkpoint and Path(checkpoint, "config.json").is_file():
             save_detector(load_detector(checkpoint), final_dir)
-        self.summary["final"] = {"phase": label, "checkpoint": str(final_dir), "source": checkpoint, "map50": map50,
-                                 "map": map_, "reason": reason}
+        self.summary["final"] = {
+            "phase": label,
+            "checkpoint": str(final_dir),
+            "source": checkpoint,
+            "map50": map50,
+            "map": map_,
+            "reason": reason,
+        }
         self._write_summary()
         if self.progress:
             print(f"final: {label} (val mAP@0.5 {_fmt(map50)}) -> {final_dir}: {reason}")
@@ -336,7 +395,8 @@ def find_run_folder(checkpoint: str | os.PathLike | None) -> Path | None:
     return None
 
 
-def run_training(cfg: Config, out: str | Path, phase: str = "all", resume: bool = False,
-                 progress: bool = True) -> dict[str, Any]:
+def run_training(
+    cfg: Config, out: str | Path, phase: str = "all", resume: bool = False, progress: bool = True
+) -> dict[str, Any]:
     """Train the phases of ``cfg`` into the run folder ``out``; returns ``summary.json``'s content."""
     return TrainingRun(cfg, Path(out), phase, resume, progress).run()

@@ -22,8 +22,13 @@ def flat_cosine_factor(step: int, total: int, warmup: int, flat_fraction: float,
     return min_factor + (1.0 - min_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup: int, flat_fraction: float = 0.5,
-                    min_factor: float = 0.05) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(
+    optimizer: torch.optim.Optimizer,
+    total_steps: int,
+    warmup: int,
+    flat_fraction: float = 0.5,
+    min_factor: float = 0.05,
+) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: flat_cosine_factor(step, total_steps, warmup, flat_fraction, min_factor)
     )
@@ -41,7 +46,11 @@ def optimizer_groups(model: torch.nn.Module, phase: PhaseConfig, weight_decay: f
         decays = param.ndim > 1 and "norm" not in name
         groups.setdefault((parameter_group(name), decays), []).append(param)
     return [
-        {"params": params, "lr": phase.lr_for(group), "weight_decay": weight_decay if decays else 0.0,
-         "name": group if decays else f"{group}/no_decay"}
+        {
+            "params": params,
+            "lr": phase.lr_for(group),
+            "weight_decay": weight_decay if decays else 0.0,
+            "name": group if decays else f"{group}/no_decay",
+        }
         for (group, decays), params in groups.items()
     ]

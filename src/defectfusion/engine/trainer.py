@@ -15,12 +15,10 @@ state, keep batch-norm statistics and are not averaged.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -33,16 +31,17 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..config import Config, PhaseConfig
-from ..data.coco import CocoDetection, CocoIndex
-from ..data.transforms import DetectionCollator, build_eval_transform, build_train_dataset
+from ..data.transforms import build_train_dataset
 from ..errors import CheckpointError, DataError
-from ..io import append_line, atomic_write_json, atomic_write_text, read_json, read_jsonl, write_jsonl
+from ..io import atomic_write_json, read_json
 from ..models.checkpoint import detector_state, load_state_into, save_detector
 from ..models.detector import DefectDetector, set_trainable
 from .distributed import DistInfo, barrier, broadcast_object
 from .ema import ModelEMA
-from .evaluator import DetectionEvaluator, write_metrics
+from .evaluator import write_metrics
 from .loss import install_deim_loss
+from .phase_log import PhaseLog
+from .phase_records import PhaseData, PhaseOutcome
 from .schedule import build_scheduler, optimizer_groups
 from .seeding import rng_state, set_rng_state
 from .validation import run_validation
@@ -51,55 +50,20 @@ STATE_FILE = "trainer_state.pt"
 RAW_WEIGHTS = "raw.safetensors"
 
 
-@dataclass
-class PhaseData:
-    """What a phase needs from the data layer (built once per run)."""
-
-    train_index: CocoIndex
-    val_index: CocoIndex
-    val_loader: DataLoader
-    evaluator: DetectionEvaluator
-    collator: DetectionCollator
-
-
-@dataclass
-class PhaseOutcome:
-    name: str
-    best_epoch: int
-    best_map50: float | None
-    best_map: float | None
-    initial_map50: float | None
-    initial_map: float | None
-    epochs_run: int
-    stop_reason: str
-    best_dir: str
-    seconds: float
-    last_epoch: int | None = None  # the last evaluation (what `value: last` gates compare)
-    last_map50: float | None = None
-    last_map: float | None = None
-
-    @classmethod
-    def read(cls, path: Path) -> PhaseOutcome:
-        return cls(**read_json(path, "phase result"))
-
-
-def build_phase_data(cfg: Config, train_index: CocoIndex, val_index: CocoIndex, image_size: tuple[int, int],
-                     image_mean, image_std) -> PhaseData:
-    collator = DetectionCollator(image_mean, image_std)
-    val_dataset = CocoDetection(val_index, build_eval_transform(image_size))
-    val_loader = DataLoader(
-        val_dataset, batch_size=cfg.data.eval_batch_size or cfg.data.batch_size, shuffle=False,
-        num_workers=cfg.data.num_workers, collate_fn=collator,
-    )
-    evaluator = DetectionEvaluator(val_index.to_coco_dict(), iou_threshold=0.5)
-    return PhaseData(train_index, val_index, val_loader, evaluator, collator)
-
-
 class PhaseTrainer:
     """Trains ``model`` for one phase; ``run()`` returns the :class:`PhaseOutcome`."""
 
-    def __init__(self, model: DefectDetector, name: str, phase: PhaseConfig, cfg: Config, data: PhaseData,
-                 folder: Path, info: DistInfo, progress: bool = True):
+    def __init__(
+        self,
+        model: DefectDetector,
+        name: str,
+        phase: PhaseConfig,
+        cfg: Config,
+        data: PhaseData,
+        folder: Path,
+        info: DistInfo,
+        progress: bool = True,
+    ):
         self.model, self.name, self.phase, self.cfg, self.data = model, name, phase, cfg, data
         self.folder, self.info, self.progress = Path(folder), info, progress and info.is_main
         train = cfg.train
@@ -122,19 +86,22 @@ class PhaseTrainer:
             updates["stop_epoch"] = max(0, phase.epochs - train.no_aug_epochs)
         if "mosaic_output_size" not in augment.model_fields_set:
             updates["mosaic_output_size"] = max(image_size)
-        self.train_dataset = build_train_dataset(data.train_index, augment.model_copy(update=updates), image_size,
-                                                 seed=cfg.seed)
+        self.train_dataset = build_train_dataset(
+            data.train_index, augment.model_copy(update=updates), image_size, seed=cfg.seed
+        )
         self.steps_per_epoch = len(self._train_loader(0))
         self.optimizer = torch.optim.AdamW(optimizer_groups(model, phase, train.weight_decay), betas=train.betas)
         warmup = phase.warmup_steps if phase.warmup_steps is not None else train.warmup_steps
-        self.scheduler = build_scheduler(self.optimizer, self.steps_per_epoch * phase.epochs, warmup,
-                                         train.flat_fraction, train.min_lr_factor)
+        self.scheduler = build_scheduler(
+            self.optimizer, self.steps_per_epoch * phase.epochs, warmup, train.flat_fraction, train.min_lr_factor
+        )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.use_amp and self.amp_dtype == torch.float16)
         self.net = model
         if info.distributed:
             # Frozen groups and unused heads leave some parameters without gradients.
             self.net = DistributedDataParallel(
-                model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=True,
             )
 
@@ -145,9 +112,9 @@ class PhaseTrainer:
         self.bad_evals = 0
         self.stop_reason = ""
         self.records: list[dict[str, Any]] = []
+        self.log = PhaseLog(self.folder, name, tensorboard=cfg.train.tensorboard) if info.is_main else None
         self.epoch_loss: float | None = None
         self.started = time.monotonic()
-        self.writer = None
 
     # ------------------------------------------------------------------ data
 
@@ -162,8 +129,12 @@ class PhaseTrainer:
             order = order[rank::world]
         batch = self.cfg.data.batch_size
         return DataLoader(
-            self.train_dataset, batch_size=batch, sampler=order, num_workers=self.cfg.data.num_workers,
-            collate_fn=self.data.collator, drop_last=len(order) > batch,
+            self.train_dataset,
+            batch_size=batch,
+            sampler=order,
+            num_workers=self.cfg.data.num_workers,
+            collate_fn=self.data.collator,
+            drop_last=len(order) > batch,
             generator=torch.Generator().manual_seed(self.cfg.seed + epoch),
             pin_memory=self.device.type == "cuda",
         )
@@ -171,18 +142,12 @@ class PhaseTrainer:
     # ------------------------------------------------------------------ loop
 
     def run(self, resume: bool = False) -> PhaseOutcome:
-        if self.info.is_main:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            if self.cfg.train.tensorboard:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.writer = SummaryWriter(str(self.folder / "tensorboard"))
         resumed = resume and (self.folder / "last" / STATE_FILE).is_file()
+        if self.log is not None:
+            self.log.open(fresh=not resumed)
         if resumed:
             self._load_last()
         else:
-            for stale in ("metrics.jsonl", "results.csv", "result.json"):
-                (self.folder / stale).unlink(missing_ok=True)
             self._evaluate_and_decide()  # epoch 0: the starting point
             self._save_last()
         barrier(self.info)
@@ -202,20 +167,26 @@ class PhaseTrainer:
         if not self.stop_reason:
             self.stop_reason = f"completed {self.phase.epochs} epochs"
         outcome = PhaseOutcome(
-            name=self.name, best_epoch=self.best["epoch"], best_map50=self.best["map50"], best_map=self.best["map"],
-            initial_map50=self.initial["map50"], initial_map=self.initial["map"], epochs_run=self.epoch,
-            stop_reason=self.stop_reason, best_dir=str(self.folder / "best"),
-            seconds=round(time.monotonic() - self.started, 1), **self._last_evaluation(),
+            name=self.name,
+            best_epoch=self.best["epoch"],
+            best_map50=self.best["map50"],
+            best_map=self.best["map"],
+            initial_map50=self.initial["map50"],
+            initial_map=self.initial["map"],
+            epochs_run=self.epoch,
+            stop_reason=self.stop_reason,
+            best_dir=str(self.folder / "best"),
+            seconds=round(time.monotonic() - self.started, 1),
+            **self._last_evaluation(),
         )
         if self.info.is_main:
             atomic_write_json(self.folder / "result.json", asdict(outcome))
-            if self.writer is not None:
-                self.writer.close()
+            self.log.close()
         barrier(self.info)
         return outcome
 
     def _last_evaluation(self) -> dict[str, Any]:
-        records = self._all_records() if self.info.is_main else self.records
+        records = self.log.records() if self.log is not None else self.records
         if not records:
             return {}
         last = records[-1]
@@ -225,8 +196,13 @@ class PhaseTrainer:
         self.train_dataset.set_epoch(epoch)
         loader = self._train_loader(epoch)
         self.net.train()
-        bar = tqdm(total=len(loader), desc=f"{self.name} {epoch + 1}/{self.phase.epochs}", disable=not self.progress,
-                   dynamic_ncols=True, leave=True)
+        bar = tqdm(
+            total=len(loader),
+            desc=f"{self.name} {epoch + 1}/{self.phase.epochs}",
+            disable=not self.progress,
+            dynamic_ncols=True,
+            leave=True,
+        )
         nonfinite, loss_sum, seen, tick = 0, 0.0, 0, time.monotonic()
         for batch in loader:
             pixels = batch["pixel_values"].to(self.device, non_blocking=True)
@@ -236,8 +212,12 @@ class PhaseTrainer:
             self.optimizer.zero_grad(set_to_none=True)
             if not self._all_finite(loss):
                 nonfinite += 1
-                warnings.warn(f"{self.name} epoch {epoch + 1}: non-finite loss ({loss.item()}), step skipped "
-                              f"({nonfinite} in a row)", RuntimeWarning, stacklevel=1)
+                warnings.warn(
+                    f"{self.name} epoch {epoch + 1}: non-finite loss ({loss.item()}), step skipped "
+                    f"({nonfinite} in a row)",
+                    RuntimeWarning,
+                    stacklevel=1,
+                )
                 if nonfinite >= self.cfg.train.max_nonfinite:
                     self.stop_reason = f"{nonfinite} non-finite losses in a row at epoch {epoch + 1}"
                     break
@@ -259,10 +239,10 @@ class PhaseTrainer:
             rate = seen / max(1e-9, time.monotonic() - tick)
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", lr=f"{lr:.2e}", it_s=f"{rate:.2f}")
             bar.update()
-            if self.writer is not None and self.step % self.cfg.train.log_every == 0:
-                self.writer.add_scalar(f"{self.name}/train_loss", loss.item(), self.step)
+            if self.log is not None and self.step % self.cfg.train.log_every == 0:
+                self.log.scalar("train_loss", loss.item(), self.step)
                 for group in self.optimizer.param_groups:
-                    self.writer.add_scalar(f"{self.name}/lr/{group['name']}", group["lr"], self.step)
+                    self.log.scalar(f"lr/{group['name']}", group["lr"], self.step)
         bar.close()
         self.epoch_loss = loss_sum / seen if seen else None
 
@@ -280,9 +260,15 @@ class PhaseTrainer:
     def _evaluate_and_decide(self) -> None:
         decision = None
         if self.info.is_main:
-            metrics = run_validation(self._eval_model(), self.data.val_loader, self.data.evaluator, self.device,
-                                     top_k=self.cfg.train.top_k, progress=self.progress,
-                                     desc=f"{self.name} validate")
+            metrics = run_validation(
+                self._eval_model(),
+                self.data.val_loader,
+                self.data.evaluator,
+                self.device,
+                top_k=self.cfg.train.top_k,
+                progress=self.progress,
+                desc=f"{self.name} validate",
+            )
             decision = self._decide(metrics)
         decision = broadcast_object(self.info, decision)
         self.best, self.bad_evals, self.stop_reason = decision["best"], decision["bad_evals"], decision["stop"]
@@ -297,16 +283,23 @@ class PhaseTrainer:
         if improved:
             self.best = {"map50": map50, "map": map_, "epoch": self.epoch}
             self.bad_evals = 0
-            save_detector(self._eval_model(), self.folder / "best",
-                          extra={"metrics.json": lambda p: write_metrics(metrics, p)})
+            save_detector(
+                self._eval_model(), self.folder / "best", extra={"metrics.json": lambda p: write_metrics(metrics, p)}
+            )
         else:
             self.bad_evals += 1
         stop = ""
         early = self.cfg.train.early_stop
-        if map50 is not None and self.best["map50"] is not None and early.drop is not None \
-                and map50 < self.best["map50"] - early.drop:
-            stop = (f"validation mAP@0.5 {map50:.4f} fell more than {early.drop} below the best "
-                    f"{self.best['map50']:.4f} (epoch {self.best['epoch']})")
+        if (
+            map50 is not None
+            and self.best["map50"] is not None
+            and early.drop is not None
+            and map50 < self.best["map50"] - early.drop
+        ):
+            stop = (
+                f"validation mAP@0.5 {map50:.4f} fell more than {early.drop} below the best "
+                f"{self.best['map50']:.4f} (epoch {self.best['epoch']})"
+            )
         elif early.patience is not None and self.bad_evals >= early.patience:
             stop = f"no new best in {early.patience} evaluations"
         self._log_evaluation(metrics, improved)
@@ -326,30 +319,14 @@ class PhaseTrainer:
             "per_class_ap50": {name: v["ap50"] for name, v in metrics["per_class"].items()},
         }
         self.records.append(record)
-        append_line(self.folder / "metrics.jsonl", json.dumps(record))
-        self._write_results_csv()
-        if self.writer is not None:
-            for key in ("map50", "map"):
-                if metrics[key] is not None:
-                    self.writer.add_scalar(f"{self.name}/val_{key}", metrics[key], self.epoch)
+        self.log.append(record)
         if self.progress:
             fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
             best = " (best)" if improved else ""
-            tqdm.write(f"{self.name} epoch {self.epoch}/{self.phase.epochs}: val mAP@0.5 {fmt(metrics['map50'])}, "
-                       f"mAP@0.5:0.95 {fmt(metrics['map'])}{best}")
-
-    def _write_results_csv(self) -> None:
-        columns = ["phase", "epoch", "step", "map50", "map", "train_loss", "lr", "best", "time"]
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        for record in self._all_records():
-            writer.writerow(record)
-        atomic_write_text(self.folder / "results.csv", buffer.getvalue())
-
-    def _all_records(self) -> list[dict[str, Any]]:
-        path = self.folder / "metrics.jsonl"
-        return read_jsonl(path, "metrics log") if path.is_file() else self.records
+            tqdm.write(
+                f"{self.name} epoch {self.epoch}/{self.phase.epochs}: val mAP@0.5 {fmt(metrics['map50'])}, "
+                f"mAP@0.5:0.95 {fmt(metrics['map'])}{best}"
+            )
 
     # ------------------------------------------------------------------ state
 
@@ -365,14 +342,25 @@ class PhaseTrainer:
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "rng": rng_state(),
         }
-        summary = {"phase": self.name, "epoch": self.epoch, "step": self.step, "best": self.best,
-                   "initial": self.initial, "bad_evals": self.bad_evals, "stop_reason": self.stop_reason}
+        summary = {
+            "phase": self.name,
+            "epoch": self.epoch,
+            "step": self.step,
+            "best": self.best,
+            "initial": self.initial,
+            "bad_evals": self.bad_evals,
+            "stop_reason": self.stop_reason,
+        }
         raw = detector_state(self.model)
-        save_detector(self._eval_model(), self.folder / "last", extra={
-            RAW_WEIGHTS: lambda p: save_file(raw, str(p)),
-            STATE_FILE: lambda p: torch.save(state, p),
-            "trainer.json": lambda p: p.write_text(json.dumps(summary, indent=2), encoding="utf-8"),
-        })
+        save_detector(
+            self._eval_model(),
+            self.folder / "last",
+            extra={
+                RAW_WEIGHTS: lambda p: save_file(raw, str(p)),
+                STATE_FILE: lambda p: torch.save(state, p),
+                "trainer.json": lambda p: p.write_text(json.dumps(summary, indent=2), encoding="utf-8"),
+            },
+        )
 
     def _load_last(self) -> None:
         folder = self.folder / "last"
@@ -395,10 +383,7 @@ class PhaseTrainer:
         self.bad_evals, self.stop_reason = int(summary["bad_evals"]), summary["stop_reason"]
         # Evaluations logged after the last save (a kill between the two) are redone: drop them,
         # and a torn last line with them, so that no epoch appears twice.
-        records = self._all_records()
-        self.records = [r for r in records if int(r.get("epoch", 0)) <= self.epoch]
-        if self.info.is_main:
-            write_jsonl(self.folder / "metrics.jsonl", self.records)
-            self._write_results_csv()
+        if self.log is not None:
+            self.records = self.log.keep_through(self.epoch)
         if self.progress:
             tqdm.write(f"{self.name}: resumed after epoch {self.epoch}/{self.phase.epochs} (step {self.step})")

@@ -20,24 +20,39 @@ from .predictor import Predictor
 
 
 @torch.inference_mode()
-def run_validation(model: torch.nn.Module, loader, evaluator: DetectionEvaluator, device: torch.device,
-                   top_k: int = 300, progress: bool = False, desc: str = "validate") -> dict[str, Any]:
+def run_validation(
+    model: torch.nn.Module,
+    loader,
+    evaluator: DetectionEvaluator,
+    device: torch.device,
+    top_k: int = 300,
+    progress: bool = False,
+    desc: str = "validate",
+) -> dict[str, Any]:
     """COCO metrics of ``model`` on ``loader`` (batches from :class:`DetectionCollator`)."""
     was_training = model.training
     model.eval()
     evaluator.reset()
     for batch in tqdm(loader, desc=desc, leave=False, disable=not progress, dynamic_ncols=True):
         outputs = model(pixel_values=batch["pixel_values"].to(device, non_blocking=True))
-        detections = postprocess(outputs.logits.float(), outputs.pred_boxes.float(),
-                                 batch["orig_sizes"].to(device), top_k=top_k)
+        detections = postprocess(
+            outputs.logits.float(), outputs.pred_boxes.float(), batch["orig_sizes"].to(device), top_k=top_k
+        )
         evaluator.process(batch["image_ids"].tolist(), [d.to("cpu") for d in detections])
     model.train(was_training)
     return evaluator.evaluate()
 
 
-def evaluate_on_index(predictor: Predictor, index: CocoIndex, *, iou_threshold: float = 0.5,
-                      conf_threshold: float = 0.25, keep: Sequence[int] = (), progress: bool | None = None,
-                      desc: str = "evaluate") -> tuple[dict[str, Any], dict[int, Detections]]:
+def evaluate_on_index(
+    predictor: Predictor,
+    index: CocoIndex,
+    *,
+    iou_threshold: float = 0.5,
+    conf_threshold: float = 0.25,
+    keep: Sequence[int] = (),
+    progress: bool | None = None,
+    desc: str = "evaluate",
+) -> tuple[dict[str, Any], dict[int, Detections]]:
     """Metrics of a predictor on every image of ``index``, and the detections of the ids in ``keep``."""
     evaluator = DetectionEvaluator(index.to_coco_dict(), iou_threshold=iou_threshold, conf_threshold=conf_threshold)
     kept: dict[int, Detections] = {}

@@ -35,7 +35,9 @@ def _read_state(path: Path) -> dict[str, torch.Tensor]:
     if path.is_dir():
         files = sorted(path.glob("*.safetensors"))
         if not files:
-            raise CheckpointError(f"backbone folder {path} holds no *.safetensors weights (a transformers model folder)")
+            raise CheckpointError(
+                f"backbone folder {path} holds no *.safetensors weights (a transformers model folder)"
+            )
         state: dict[str, torch.Tensor] = {}
         for file in files:
             state.update(load_file(str(file)))
@@ -47,7 +49,9 @@ def _read_state(path: Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for damaged or foreign files
-        raise CheckpointError(f"{path}: cannot read the backbone weights ({' '.join(str(exc).split())[:160]})") from None
+        raise CheckpointError(
+            f"{path}: cannot read the backbone weights ({' '.join(str(exc).split())[:160]})"
+        ) from None
     for key in ("ema", "model", "state_dict"):  # the original solver's and common wrappers
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             inner = obj[key].get("module", obj[key]) if key == "ema" else obj[key]
@@ -89,15 +93,16 @@ def _check_rope_periods(model: DefectDetector, original: dict[str, torch.Tensor]
         )
 
 
-def _transformers_names(state: dict[str, torch.Tensor], target: dict[str, torch.Tensor],
-                        prefix: str) -> dict[str, torch.Tensor] | None:
+def _transformers_names(
+    state: dict[str, torch.Tensor], target: dict[str, torch.Tensor], prefix: str
+) -> dict[str, torch.Tensor] | None:
     """A transformers backbone's own names (optionally under a model prefix) mapped onto ``target``."""
     for strip in ("", "backbone.", "model.", "dinov3.", "hgnetv2."):
         mapped = {}
         for key, value in state.items():
             if not key.startswith(strip):
                 continue
-            rest = key[len(strip):]
+            rest = key[len(strip) :]
             for candidate in (prefix + rest, prefix + "model." + rest):  # DINOv3ViTModel's layer.N -> model.layer.N
                 if candidate in target:
                     mapped[candidate] = value
@@ -134,8 +139,11 @@ def load_backbone_weights(model: DefectDetector, path: str | Path) -> list[str]:
                 f"original DEIMv2 backbone files or a transformers backbone folder"
             )
     stray = [k for k in mapped if k not in target]
-    wrong = [f"{k} {tuple(mapped[k].shape)} vs {tuple(target[k].shape)}" for k in mapped
-             if k in target and mapped[k].shape != target[k].shape]
+    wrong = [
+        f"{k} {tuple(mapped[k].shape)} vs {tuple(target[k].shape)}"
+        for k in mapped
+        if k in target and mapped[k].shape != target[k].shape
+    ]
     if stray or wrong:
         detail = "; ".join((wrong + stray)[:_MAX_LISTED])
         raise CheckpointError(

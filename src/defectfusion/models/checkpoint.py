@@ -42,8 +42,9 @@ def detector_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
 
 
-def save_detector(model: DefectDetector, path: str | Path,
-                  extra: Mapping[str, Callable[[Path], None]] | None = None) -> Path:
+def save_detector(
+    model: DefectDetector, path: str | Path, extra: Mapping[str, Callable[[Path], None]] | None = None
+) -> Path:
     """Write the model folder atomically (an existing folder is replaced only when complete).
 
     ``extra`` maps file names to writers called with the file's path inside the new folder, so
@@ -95,7 +96,9 @@ def load_state_into(model: torch.nn.Module, state: dict[str, torch.Tensor], sour
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     mismatched = [
-        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in state and state[k].shape != own[k].shape
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
     ]
     if missing or unexpected or mismatched:
         parts = []

@@ -69,8 +69,7 @@ class DeployDetector(nn.Module):
         what ``detector(pixel_values=images)`` returns.
     """
 
-    def __init__(self, detector: DefectDetector, image_size: Sequence[int] | None = None,
-                 top_k: int = DEFAULT_TOP_K):
+    def __init__(self, detector: DefectDetector, image_size: Sequence[int] | None = None, top_k: int = DEFAULT_TOP_K):
         super().__init__()
         config = detector.config
         size = tuple(int(s) for s in (image_size or detector.meta.image_size))
@@ -89,7 +88,9 @@ class DeployDetector(nn.Module):
         model = detector.model
         self.is_vit = isinstance(model.conv_encoder, hf.Deimv2DINOv3ConvEncoder)
         if not self.is_vit and not hasattr(model.conv_encoder.model, "embedder"):
-            raise ConfigError(f"export supports DINOv3 and HGNetV2 backbones, not {type(model.conv_encoder.model).__name__}")
+            raise ConfigError(
+                f"export supports DINOv3 and HGNetV2 backbones, not {type(model.conv_encoder.model).__name__}"
+            )
         decoder = model.decoder
         self.eval_idx = decoder.eval_idx
         self.query_pos_once = isinstance(decoder, OriginalDeimv2Decoder)
@@ -193,7 +194,7 @@ class DeployDetector(nn.Module):
             state = stages[idx]
             if idx == self.vit_last_stage or backbone.config.apply_layernorm:
                 state = backbone.norm(state)
-            tokens = state[:, self.num_prefix:]
+            tokens = state[:, self.num_prefix :]
             maps.append(tokens.reshape(-1, height, width, tokens.shape[-1]).permute(0, 3, 1, 2))
         return maps
 
@@ -217,10 +218,16 @@ class DeployDetector(nn.Module):
         semantic = []
         for i, fmap in enumerate(maps):
             scale = 2.0 ** (len(maps) - 2 - i)
-            semantic.append(F.interpolate(fmap, size=[int(height * scale), int(width * scale)], mode="bilinear",
-                                          align_corners=False))
+            semantic.append(
+                F.interpolate(
+                    fmap, size=[int(height * scale), int(width * scale)], mode="bilinear", align_corners=False
+                )
+            )
         detail = conv_encoder.spatial_tuning_adapter(images)
-        return [proj(torch.cat([s, d], dim=1)) for proj, s, d in zip(conv_encoder.fusion_proj, semantic, detail, strict=True)]
+        return [
+            proj(torch.cat([s, d], dim=1))
+            for proj, s, d in zip(conv_encoder.fusion_proj, semantic, detail, strict=True)
+        ]
 
     def _encoder_layer(self, layer: nn.Module, hidden: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
         residual = hidden
@@ -283,12 +290,14 @@ class DeployDetector(nn.Module):
         def split(proj: nn.Linear, x: torch.Tensor) -> torch.Tensor:
             return proj(x).reshape(-1, length, proj.out_features // head_dim, head_dim).transpose(1, 2)
 
-        out = _attention(split(attn.q_proj, qk_input), split(attn.k_proj, qk_input), split(attn.v_proj, hidden),
-                         attn.scaling)
+        out = _attention(
+            split(attn.q_proj, qk_input), split(attn.k_proj, qk_input), split(attn.v_proj, hidden), attn.scaling
+        )
         return attn.o_proj(out)
 
-    def _deformable_attention(self, attn: nn.Module, hidden: torch.Tensor, reference: torch.Tensor,
-                              memory: torch.Tensor) -> torch.Tensor:
+    def _deformable_attention(
+        self, attn: nn.Module, hidden: torch.Tensor, reference: torch.Tensor, memory: torch.Tensor
+    ) -> torch.Tensor:
         """Multi-scale deformable attention with 4-d reference boxes; spatial shapes are Python ints."""
         queries, heads = hidden.shape[1], attn.n_heads
         head_dim = attn.d_model // heads
@@ -311,8 +320,9 @@ class DeployDetector(nn.Module):
         out = (torch.cat(sampled, dim=-1) * weights).sum(-1).reshape(-1, heads * head_dim, queries)
         return out.transpose(1, 2)
 
-    def _decoder_layer(self, layer: nn.Module, hidden: torch.Tensor, pos: torch.Tensor, reference: torch.Tensor,
-                       memory: torch.Tensor) -> torch.Tensor:
+    def _decoder_layer(
+        self, layer: nn.Module, hidden: torch.Tensor, pos: torch.Tensor, reference: torch.Tensor, memory: torch.Tensor
+    ) -> torch.Tensor:
         hidden = layer.self_attn_layer_norm(hidden + self._self_attention(layer.self_attn, hidden, pos))
         residual = hidden
         cross = self._deformable_attention(layer.encoder_attn, hidden + pos, reference, memory)
@@ -325,8 +335,9 @@ class DeployDetector(nn.Module):
     def raw(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``images [B, 3, H, W]`` -> ``logits [B, Q, C]``, ``pred_boxes [B, Q, 4]`` (normalised cxcywh)."""
         model = self.detector.model
-        memory = torch.cat([s.flatten(2).transpose(1, 2) for s in self._sources(self._encoder(self._conv_encoder(images)))],
-                           dim=1)
+        memory = torch.cat(
+            [s.flatten(2).transpose(1, 2) for s in self._sources(self._encoder(self._conv_encoder(images)))], dim=1
+        )
 
         # query selection: the top-Q encoder positions become the decoder's queries
         output_memory = model.enc_output(self.valid_mask * memory)
@@ -352,13 +363,15 @@ class DeployDetector(nn.Module):
         logits = decoder.lqe_layers[self.eval_idx](decoder.class_embed[self.eval_idx](hidden), corners)
         return logits, ref_detach
 
-    def postprocess(self, logits: torch.Tensor, pred_boxes: torch.Tensor, orig_target_sizes: torch.Tensor
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def postprocess(
+        self, logits: torch.Tensor, pred_boxes: torch.Tensor, orig_target_sizes: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The original DEIMv2 post-processor (the core :func:`~.postprocess.top_k_queries` shares)."""
         scores, labels, queries = top_k_queries(logits, self.top_k)
         return labels, query_boxes_in_pixels(pred_boxes, queries, orig_target_sizes), scores
 
-    def forward(self, images: torch.Tensor, orig_target_sizes: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self, images: torch.Tensor, orig_target_sizes: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         logits, pred_boxes = self.raw(images)
         return self.postprocess(logits, pred_boxes, orig_target_sizes)

@@ -123,7 +123,9 @@ class DefectDetector(Deimv2ForObjectDetection):
 
         def fused(linear: nn.Linear) -> FusedClassifier:
             head = TextFusionHead(
-                linear.in_features, placeholder, temperature=fusion.temperature,
+                linear.in_features,
+                placeholder,
+                temperature=fusion.temperature,
                 prior_prob=self.config.initializer_bias_prior_prob or 0.01,
             )
             return FusedClassifier(linear, head)
@@ -156,8 +158,15 @@ class DefectDetector(Deimv2ForObjectDetection):
         head = next(self.fusion_heads(), None)
         return None if head is None else head.text_embeddings
 
-    def set_text_embeddings(self, embeddings: torch.Tensor, *, text: str | None = None, encoder: str | None = None,
-                            descriptions: str | None = None, encoder_spec: str | None = None) -> None:
+    def set_text_embeddings(
+        self,
+        embeddings: torch.Tensor,
+        *,
+        text: str | None = None,
+        encoder: str | None = None,
+        descriptions: str | None = None,
+        encoder_spec: str | None = None,
+    ) -> None:
         """Replace the class text embeddings of every fusion head (e.g. what-if descriptions)."""
         if not self.is_fused:
             raise ConfigError("this detector has no fusion head: build it with fusion enabled to use text")
@@ -194,7 +203,6 @@ class DefectDetector(Deimv2ForObjectDetection):
     @property
     def class_names(self) -> list[str]:
         return [self.config.id2label[i] for i in range(self.config.num_labels)]
-
 
 
 def parameter_group(name: str) -> str:
@@ -298,8 +306,9 @@ def detector_config(model: ModelConfig, class_names: Sequence[str], fusion: Fusi
     return config
 
 
-def fusion_meta(fusion: FusionConfig, text_embeddings: torch.Tensor, *, encoder: str | None = None,
-                descriptions: str | None = None) -> FusionMeta:
+def fusion_meta(
+    fusion: FusionConfig, text_embeddings: torch.Tensor, *, encoder: str | None = None, descriptions: str | None = None
+) -> FusionMeta:
     return FusionMeta(
         text_dim=int(text_embeddings.shape[1]),
         text=fusion.text,
@@ -311,9 +320,15 @@ def fusion_meta(fusion: FusionConfig, text_embeddings: torch.Tensor, *, encoder:
     )
 
 
-def build_detector(model: ModelConfig, class_names: Sequence[str], fusion: FusionConfig | None = None,
-                   text_embeddings: torch.Tensor | None = None, *, encoder: str | None = None,
-                   descriptions: str | None = None) -> DefectDetector:
+def build_detector(
+    model: ModelConfig,
+    class_names: Sequence[str],
+    fusion: FusionConfig | None = None,
+    text_embeddings: torch.Tensor | None = None,
+    *,
+    encoder: str | None = None,
+    descriptions: str | None = None,
+) -> DefectDetector:
     """Build a randomly initialised detector, fused when ``fusion.enabled`` and embeddings are given.
 
     Args:
@@ -344,8 +359,14 @@ def build_detector(model: ModelConfig, class_names: Sequence[str], fusion: Fusio
     return detector
 
 
-def add_fusion(detector: DefectDetector, fusion: FusionConfig, text_embeddings: torch.Tensor, *,
-               encoder: str | None = None, descriptions: str | None = None) -> DefectDetector:
+def add_fusion(
+    detector: DefectDetector,
+    fusion: FusionConfig,
+    text_embeddings: torch.Tensor,
+    *,
+    encoder: str | None = None,
+    descriptions: str | None = None,
+) -> DefectDetector:
     """A fused copy of a plain detector: same weights, fusion heads gated at zero.
 
     The result computes exactly what ``detector`` computes until the gates move.
@@ -363,7 +384,9 @@ def add_fusion(detector: DefectDetector, fusion: FusionConfig, text_embeddings: 
     fused = DefectDetector(config)
     missing, unexpected = fused.load_state_dict(detector.state_dict(), strict=False)
     if unexpected or any(".fusion." not in k for k in missing):
-        raise RuntimeError(f"fusion insertion changed the base model: missing={missing[:5]} unexpected={unexpected[:5]}")
+        raise RuntimeError(
+            f"fusion insertion changed the base model: missing={missing[:5]} unexpected={unexpected[:5]}"
+        )
     fused.set_text_embeddings(text_embeddings)
     if fusion.gate_init:
         with torch.no_grad():

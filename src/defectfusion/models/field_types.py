@@ -164,8 +164,9 @@ def _is_exactly(value: Any, annotation: Any) -> bool:
     return False
 
 
-def coerce_kwargs(config_class: type, kwargs: dict[str, Any],
-                  on_error: typing.Callable[[str, FieldTypeError], Exception]) -> dict[str, Any]:
+def coerce_kwargs(
+    config_class: type, kwargs: dict[str, Any], on_error: typing.Callable[[str, FieldTypeError], Exception]
+) -> dict[str, Any]:
     """Every value of ``kwargs`` coerced to the type ``config_class`` declares for it.
 
     Keys the class does not declare pass unchanged. ``on_error(field, error)`` builds the

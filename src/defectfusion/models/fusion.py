@@ -62,8 +62,14 @@ class TextFusionHead(nn.Module):
         ``forward(h [.., H], base_logits [.., C]) -> [.., C]``.
     """
 
-    def __init__(self, hidden_dim: int, text_embeddings: torch.Tensor, temperature: float = DEFAULT_TEMPERATURE,
-                 prior_prob: float = 0.01, gate_init: float = 0.0):
+    def __init__(
+        self,
+        hidden_dim: int,
+        text_embeddings: torch.Tensor,
+        temperature: float = DEFAULT_TEMPERATURE,
+        prior_prob: float = 0.01,
+        gate_init: float = 0.0,
+    ):
         super().__init__()
         if text_embeddings.dim() != 2:
             raise ValueError(f"text_embeddings must be [C, D], got shape {tuple(text_embeddings.shape)}")
@@ -115,8 +121,13 @@ class FusedClassifier(nn.Linear):
     """
 
     def __init__(self, linear: nn.Linear, fusion: TextFusionHead):
-        super().__init__(linear.in_features, linear.out_features, bias=linear.bias is not None,
-                         device=linear.weight.device, dtype=linear.weight.dtype)
+        super().__init__(
+            linear.in_features,
+            linear.out_features,
+            bias=linear.bias is not None,
+            device=linear.weight.device,
+            dtype=linear.weight.dtype,
+        )
         # Share the trained tensors, so tied copies elsewhere stay tied.
         self.weight = linear.weight
         self.bias = linear.bias

@@ -59,9 +59,19 @@ _COMMON: dict[str, Any] = {
 }
 
 
-def vit_backbone(hidden: int, heads: int, layers: int, indexes: list[int], *, ffn_ratio: int = 4,
-         gated: bool = False, registers: int = 0, layerscale: float = 1.0,
-         rescale: float | None = None, dinov3: bool = False) -> dict[str, Any]:
+def vit_backbone(
+    hidden: int,
+    heads: int,
+    layers: int,
+    indexes: list[int],
+    *,
+    ffn_ratio: int = 4,
+    gated: bool = False,
+    registers: int = 0,
+    layerscale: float = 1.0,
+    rescale: float | None = None,
+    dinov3: bool = False,
+) -> dict[str, Any]:
     if gated:
         d = int(hidden * ffn_ratio * 2 / 3)
         intermediate = d + (-d % 8)
@@ -88,10 +98,24 @@ def vit_backbone(hidden: int, heads: int, layers: int, indexes: list[int], *, ff
     }
 
 
-def _dinov3(name: str, vit: dict[str, Any], *, sta: int, hidden: int, enc_ffn: int, expansion: float,
-            depth: float, dec_ffn: int, layers: int, queries: int = 300, size: int = 640,
-            points: list[int] | None = None, denoising: int = 100, description: str = "",
-            aliases: tuple[str, ...] = ()) -> Preset:
+def _dinov3(
+    name: str,
+    vit: dict[str, Any],
+    *,
+    sta: int,
+    hidden: int,
+    enc_ffn: int,
+    expansion: float,
+    depth: float,
+    dec_ffn: int,
+    layers: int,
+    queries: int = 300,
+    size: int = 640,
+    points: list[int] | None = None,
+    denoising: int = 100,
+    description: str = "",
+    aliases: tuple[str, ...] = (),
+) -> Preset:
     detector = {
         **_COMMON,
         "num_denoising": denoising,
@@ -120,6 +144,7 @@ def _dinov3(name: str, vit: dict[str, Any], *, sta: int, hidden: int, enc_ffn: i
 
 # The original HGNetv2.arch_configs: stem channels, then per stage (in, mid, out, blocks, downsample,
 # light block, kernel size, layers per block).
+# fmt: off
 _HGNET_STAGES: dict[str, tuple[list[int], list[tuple[int, int, int, int, bool, bool, int, int]]]] = {
     "Atto": ([3, 16, 16], [(16, 16, 64, 1, False, False, 3, 3), (64, 32, 256, 1, True, False, 3, 3),
                            (256, 64, 256, 1, True, True, 3, 3)]),
@@ -145,6 +170,7 @@ _HGNET_STAGES: dict[str, tuple[list[int], list[tuple[int, int, int, int, bool, b
     "micro": ([3, 8, 8], [(8, 8, 16, 1, False, False, 3, 2), (16, 16, 32, 1, True, False, 3, 2),
                           (32, 16, 64, 1, True, True, 3, 2)]),
 }
+# fmt: on
 
 
 def hgnetv2_backbone(name: str, return_idx: list[int], use_lab: bool = True) -> dict[str, Any]:
@@ -153,7 +179,9 @@ def hgnetv2_backbone(name: str, return_idx: list[int], use_lab: bool = True) -> 
         raise ConfigError(f"unknown HGNetV2 size {name!r}; known: {', '.join(_HGNET_STAGES)}")
     stem, stages = _HGNET_STAGES[name]
     if any(not 0 <= i < len(stages) for i in return_idx):
-        raise ConfigError(f"HGNetV2 {name} has {len(stages)} stages; return_idx {return_idx} must index 0..{len(stages) - 1}")
+        raise ConfigError(
+            f"HGNetV2 {name} has {len(stages)} stages; return_idx {return_idx} must index 0..{len(stages) - 1}"
+        )
     column = lambda i: [stage[i] for stage in stages]  # noqa: E731
     return {
         "model_type": "hgnet_v2",
@@ -174,9 +202,20 @@ def hgnetv2_backbone(name: str, return_idx: list[int], use_lab: bool = True) -> 
     }
 
 
-def _hgnet_lite(name: str, backbone: str, *, in_channels: int, hidden: int, queries: int, dec_ffn: int,
-                size: int, layers: int = 3, denoising: int = 100, description: str = "",
-                aliases: tuple[str, ...] = ()) -> Preset:
+def _hgnet_lite(
+    name: str,
+    backbone: str,
+    *,
+    in_channels: int,
+    hidden: int,
+    queries: int,
+    dec_ffn: int,
+    size: int,
+    layers: int = 3,
+    denoising: int = 100,
+    description: str = "",
+    aliases: tuple[str, ...] = (),
+) -> Preset:
     detector = {
         **_COMMON,
         "num_denoising": denoising,
@@ -198,11 +237,13 @@ def _hgnet_lite(name: str, backbone: str, *, in_channels: int, hidden: int, quer
         "share_bbox_head": True,
         "use_gateway": False,
     }
-    return Preset(name, "hgnetv2", hgnetv2_backbone(backbone, [2]), detector, (size, size), NO_MEAN, NO_STD,
-                  description, aliases)
+    return Preset(
+        name, "hgnetv2", hgnetv2_backbone(backbone, [2]), detector, (size, size), NO_MEAN, NO_STD, description, aliases
+    )
 
 
 def _build_presets() -> dict[str, Preset]:
+    # fmt: off
     presets = [
         _dinov3("dinov3_s", vit_backbone(192, 3, 12, [3, 7, 11]), sta=16, hidden=192, enc_ffn=512, expansion=0.34,
                 depth=0.67, dec_ffn=512, layers=4, description="DEIMv2-S: ViT-Tiny distilled + STA, ~9.7 M",
@@ -210,7 +251,8 @@ def _build_presets() -> dict[str, Preset]:
         _dinov3("dinov3_m", vit_backbone(256, 4, 12, [3, 7, 11]), sta=16, hidden=256, enc_ffn=512, expansion=0.67,
                 depth=1.0, dec_ffn=512, layers=4, description="DEIMv2-M: ViT-Tiny+ distilled + STA, ~18 M",
                 aliases=("m",)),
-        _dinov3("dinov3_l", vit_backbone(384, 6, 12, [5, 8, 11], registers=4, layerscale=1e-5, rescale=2.0, dinov3=True),
+        _dinov3("dinov3_l",
+                vit_backbone(384, 6, 12, [5, 8, 11], registers=4, layerscale=1e-5, rescale=2.0, dinov3=True),
                 sta=32, hidden=224, enc_ffn=896, expansion=1.0, depth=1.0, dec_ffn=1792, layers=4,
                 description="DEIMv2-L: DINOv3 ViT-S/16 + STA, ~32 M", aliases=("l",)),
         _dinov3("dinov3_x", vit_backbone(384, 6, 12, [5, 8, 11], ffn_ratio=6, gated=True, registers=4, layerscale=1e-5,
@@ -246,6 +288,7 @@ def _build_presets() -> dict[str, Preset]:
         _hgnet_lite("hgnetv2_micro", "micro", in_channels=64, hidden=32, queries=30, dec_ffn=64, size=96,
                     layers=2, denoising=20, description="tests: HGNetV2-lite 32-d, ~0.1 M"),
     ]
+    # fmt: on
     return {p.name: p for p in presets}
 
 

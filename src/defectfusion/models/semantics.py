@@ -70,8 +70,18 @@ class OriginalDeimv2Decoder(hf.Deimv2Decoder):
 
     @merge_with_config_defaults
     @capture_outputs
-    def forward(self, encoder_hidden_states, reference_points, inputs_embeds, spatial_shapes, level_start_index=None,
-                spatial_shapes_list=None, encoder_attention_mask=None, memory_mask=None, **kwargs):
+    def forward(
+        self,
+        encoder_hidden_states,
+        reference_points,
+        inputs_embeds,
+        spatial_shapes,
+        level_start_index=None,
+        spatial_shapes_list=None,
+        encoder_attention_mask=None,
+        memory_mask=None,
+        **kwargs,
+    ):
         hidden_states = inputs_embeds
         intermediate, inter_refs, inter_logits, inter_corners, initial_refs = (), (), (), (), ()
         output_detach = pred_corners_undetach = 0
@@ -92,7 +102,9 @@ class OriginalDeimv2Decoder(hf.Deimv2Decoder):
                 **kwargs,
             )
             if i == 0:
-                new_reference_points = F.sigmoid(self.pre_bbox_head(hidden_states) + hf.inverse_sigmoid(ref_points_detach))
+                new_reference_points = F.sigmoid(
+                    self.pre_bbox_head(hidden_states) + hf.inverse_sigmoid(ref_points_detach)
+                )
                 ref_points_initial = new_reference_points.detach()
 
             pred_corners = self.bbox_embed[i](hidden_states + output_detach) + pred_corners_undetach

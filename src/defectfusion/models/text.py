@@ -102,7 +102,8 @@ def _unavailable(spec: str, name: str, reason: str) -> TextEncoderUnavailable:
         f"text encoder {spec!r} could not be loaded ({reason}). Model {name!r} is neither a local folder nor in "
         f"the Hugging Face cache, and the hub is not reachable from here. Either pass a local copy "
         f"({spec.split(':', 1)[0]}:/path/to/model), or run `defectfusion encode-text --descriptions FILE "
-        f"--encoder {spec} --out emb.safetensors` once where the hub is reachable and use --encoder file:emb.safetensors"
+        f"--encoder {spec} --out emb.safetensors` once where the hub is reachable and use "
+        f"--encoder file:emb.safetensors"
     )
 
 
@@ -284,8 +285,9 @@ class EmbeddingCache:
         return path
 
 
-def encode_texts(spec: str, texts: Sequence[str], cache_dir: str | Path | None = None,
-                 encoder: TextEncoder | None = None) -> torch.Tensor:
+def encode_texts(
+    spec: str, texts: Sequence[str], cache_dir: str | Path | None = None, encoder: TextEncoder | None = None
+) -> torch.Tensor:
     """``[N, D]`` unit embeddings of ``texts``, from the cache when possible."""
     encoder = encoder or build_text_encoder(spec)
     if isinstance(encoder, FileTextEncoder):
@@ -330,8 +332,9 @@ class TextEmbeddings:
         return self.class_embeddings @ self.class_embeddings.t()
 
 
-def encode_descriptions(descriptions: DescriptionSet, spec: str, cache_dir: str | Path | None = None,
-                        encoder: TextEncoder | None = None) -> TextEmbeddings:
+def encode_descriptions(
+    descriptions: DescriptionSet, spec: str, cache_dir: str | Path | None = None, encoder: TextEncoder | None = None
+) -> TextEmbeddings:
     """Embed every prompt of every class and average them per class."""
     prompts = descriptions.prompts()
     flat = [p for class_prompts in prompts for p in class_prompts]

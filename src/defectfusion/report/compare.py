@@ -157,9 +157,7 @@ def compare_metrics(
     return compare_many([(labels[0], before), (labels[1], after)], class_names)
 
 
-def compare_many(
-    models: Sequence[tuple[str, Metrics]], class_names: Sequence[str] | None = None
-) -> ComparisonTable:
+def compare_many(models: Sequence[tuple[str, Metrics]], class_names: Sequence[str] | None = None) -> ComparisonTable:
     """Compare any number of evaluations (e.g. one per description file); the first is the reference."""
     if not models:
         raise DefectFusionError("compare_many: expected at least one (label, metrics) pair, got none")
@@ -311,9 +309,7 @@ def per_class_rows(metrics: Metrics, class_names: Sequence[str] | None = None) -
     rows.append(
         {
             "class": f"**{OVERALL}**",
-            "GT": str(metrics["num_ground_truth"])
-            if isinstance(metrics.get("num_ground_truth"), int)
-            else "",
+            "GT": str(metrics["num_ground_truth"]) if isinstance(metrics.get("num_ground_truth"), int) else "",
             "pred": str(metrics["num_detections"]) if isinstance(metrics.get("num_detections"), int) else "",
             "AP@0.5": fmt_value(metrics.get("map50")),
             "AP@0.5:0.95": fmt_value(metrics.get("map")),

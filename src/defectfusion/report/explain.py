@@ -54,13 +54,27 @@ def plot_similarity_maps(expl: Explanation, path: str | os.PathLike, cols: int =
     det_labels = {d.label for d in expl.detections}
     with plots.figure(fig_w, fig_h) as fig:
         grid = fig.add_gridspec(
-            rows, cols + 1, width_ratios=[cell_w] * cols + [0.18], wspace=0.12 / cell_w, hspace=title_h / img_h,
-            left=0.0, right=1.0 - (bar_w - 0.18 - 0.12) / fig_w, bottom=0.0, top=1.0 - (title_h + head_h) / fig_h)
+            rows,
+            cols + 1,
+            width_ratios=[cell_w] * cols + [0.18],
+            wspace=0.12 / cell_w,
+            hspace=title_h / img_h,
+            left=0.0,
+            right=1.0 - (bar_w - 0.18 - 0.12) / fig_w,
+            bottom=0.0,
+            top=1.0 - (title_h + head_h) / fig_h,
+        )
         ax0 = fig.add_subplot(grid[0, 0])
         drawn = plots.draw_detections(
-            expl.image, {"boxes": [d.box for d in expl.detections], "labels": [d.label for d in expl.detections],
-                         "scores": [d.score for d in expl.detections]},
-            names, resize_to=max(480, max(H, W)))
+            expl.image,
+            {
+                "boxes": [d.box for d in expl.detections],
+                "labels": [d.label for d in expl.detections],
+                "scores": [d.score for d in expl.detections],
+            },
+            names,
+            resize_to=max(480, max(H, W)),
+        )
         ax0.imshow(np.asarray(drawn), interpolation="lanczos")
         ax0.set_title(f"detections (score ≥ {expl.threshold:g})", fontsize=9.5)
         ax0.set_axis_off()
@@ -71,8 +85,12 @@ def plot_similarity_maps(expl: Explanation, path: str | os.PathLike, cols: int =
             ax.imshow(gray, cmap="gray", vmin=0, vmax=1, interpolation="bilinear")
             image_artist = ax.imshow(maps[c], cmap="turbo", norm=norm, alpha=alpha, interpolation="bilinear")
             mark = " ◆" if c in det_labels else ""
-            ax.set_title(f"{name}{mark}\nmax {maps[c].max():.2f} · best match on {100 * shares[c]:.0f}% of the image",
-                         fontsize=9, color=plots.class_hex(c), fontweight="bold")
+            ax.set_title(
+                f"{name}{mark}\nmax {maps[c].max():.2f} · best match on {100 * shares[c]:.0f}% of the image",
+                fontsize=9,
+                color=plots.class_hex(c),
+                fontweight="bold",
+            )
             ax.set_axis_off()
         k = len(names) + 1
         ax = fig.add_subplot(grid[k // cols, k % cols])
@@ -88,7 +106,8 @@ def plot_similarity_maps(expl: Explanation, path: str | os.PathLike, cols: int =
         fig.suptitle(
             f"Text-visual similarity per class{' · ' + Path(expl.source).name if expl.source else ''}\n"
             f"features projected by {expl.map_head} (one colour scale for all classes; ◆ = class detected)",
-            fontsize=10.5)
+            fontsize=10.5,
+        )
         return plots.save_figure(fig, path)
 
 
@@ -102,8 +121,15 @@ def plot_detection_matches(expl: Explanation, path: str | os.PathLike, top: int 
         if not dets:
             ax = fig.add_subplot(1, 1, 1)
             ax.set_axis_off()
-            ax.text(0.5, 0.5, f"no detections with score ≥ {expl.threshold:g}", ha="center", va="center",
-                    fontsize=11, color=plots.NEUTRAL)
+            ax.text(
+                0.5,
+                0.5,
+                f"no detections with score ≥ {expl.threshold:g}",
+                ha="center",
+                va="center",
+                fontsize=11,
+                color=plots.NEUTRAL,
+            )
             fig.suptitle("What each detection matched in text", fontsize=11)
             return plots.save_figure(fig, path)
         # the middle column is room for the class names of the bars' y axis
@@ -118,10 +144,18 @@ def plot_detection_matches(expl: Explanation, path: str | os.PathLike, top: int 
             m = 0.15 * max(x2 - x1, y2 - y1, 4)
             ix1, iy1 = max(0, int(x1 - m)), max(0, int(y1 - m))
             ix2, iy2 = min(W, int(math.ceil(x2 + m))), min(H, int(math.ceil(y2 + m)))
-            crop = expl.image[iy1:max(iy2, iy1 + 1), ix1:max(ix2, ix1 + 1)]
+            crop = expl.image[iy1 : max(iy2, iy1 + 1), ix1 : max(ix2, ix1 + 1)]
             crop_ax.imshow(crop, interpolation="lanczos" if crop.shape[0] > 24 else "nearest")
-            crop_ax.add_patch(Rectangle((x1 - ix1 - 0.5, y1 - iy1 - 0.5), x2 - x1, y2 - y1, fill=False,
-                                              lw=2, edgecolor=plots.class_hex(d.label)))
+            crop_ax.add_patch(
+                Rectangle(
+                    (x1 - ix1 - 0.5, y1 - iy1 - 0.5),
+                    x2 - x1,
+                    y2 - y1,
+                    fill=False,
+                    lw=2,
+                    edgecolor=plots.class_hex(d.label),
+                )
+            )
             crop_ax.set_axis_off()
             crop_ax.set_title(f"#{r + 1}", fontsize=9)
             ax = fig.add_subplot(grid[r, 2])
@@ -134,8 +168,15 @@ def plot_detection_matches(expl: Explanation, path: str | os.PathLike, top: int 
                 if chosen:
                     b.set_edgecolor("black")
                     b.set_linewidth(1.4)
-                ax.text(v + (pad * 0.15 if v >= 0 else -pad * 0.15), y, f"{v:.2f}", va="center",
-                        ha="left" if v >= 0 else "right", fontsize=8, fontweight="bold" if chosen else "normal")
+                ax.text(
+                    v + (pad * 0.15 if v >= 0 else -pad * 0.15),
+                    y,
+                    f"{v:.2f}",
+                    va="center",
+                    ha="left" if v >= 0 else "right",
+                    fontsize=8,
+                    fontweight="bold" if chosen else "normal",
+                )
             ax.set_yticks(ys, [n for n, _ in matches], fontsize=8.5)
             for lab, (n, _) in zip(ax.get_yticklabels(), matches, strict=True):
                 if n == d.class_name:
@@ -147,12 +188,20 @@ def plot_detection_matches(expl: Explanation, path: str | os.PathLike, top: int 
             ax.axvline(0, color="#999999", lw=0.8)
             ax.grid(True, axis="x", color="#EEEEEE")
             ax.set_axisbelow(True)
-            ax.set_title(f"#{r + 1} detected {d.class_name} ({d.score:.2f}) · query {d.query}", fontsize=9.5,
-                         loc="left", color=plots.class_hex(d.label), fontweight="bold")
+            ax.set_title(
+                f"#{r + 1} detected {d.class_name} ({d.score:.2f}) · query {d.query}",
+                fontsize=9.5,
+                loc="left",
+                color=plots.class_hex(d.label),
+                fontweight="bold",
+            )
             if r == rows - 1:
                 ax.set_xlabel("cosine similarity of the query feature to each class text")
-        fig.suptitle(f"What each detection matched in text (bold: the class detected)\n"
-                     f"query features projected by {expl.query_head}", fontsize=10.5)
+        fig.suptitle(
+            f"What each detection matched in text (bold: the class detected)\n"
+            f"query features projected by {expl.query_head}",
+            fontsize=10.5,
+        )
         return plots.save_figure(fig, path)
 
 
@@ -171,8 +220,12 @@ def write_explanation(expl: Explanation, out_dir: str | os.PathLike) -> ExplainF
     """Write the two figures, the JSON of the numbers and the full-resolution maps (``.npz``)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    files = ExplainFiles(out / "similarity_maps.png", out / "detection_matches.png", out / "explanation.json",
-                         out / "similarity_maps.npz")
+    files = ExplainFiles(
+        out / "similarity_maps.png",
+        out / "detection_matches.png",
+        out / "explanation.json",
+        out / "similarity_maps.npz",
+    )
     plot_similarity_maps(expl, files.maps_png)
     plot_detection_matches(expl, files.matches_png)
     data = expl.to_json()

@@ -205,8 +205,7 @@ def _html_table(rows: Sequence[Mapping[str, Any]]) -> str:
     columns = list(rows[0])
     numeric = numeric_columns(rows)
     head = "".join(
-        f'<th class="num">{_inline(str(c))}</th>' if c in numeric else f"<th>{_inline(str(c))}</th>"
-        for c in columns
+        f'<th class="num">{_inline(str(c))}</th>' if c in numeric else f"<th>{_inline(str(c))}</th>" for c in columns
     )
     body = []
     for row in rows:
@@ -277,11 +276,7 @@ def _markdown_to_html(text: str) -> str:
             out.append(f"<{tag}>" + "".join(f"<li>{_inline(x)}</li>" for x in items) + f"</{tag}>")
             continue
         para = []
-        while (
-            i < len(lines)
-            and lines[i].strip()
-            and not re.match(r"^\s*([-*]|\d+\.)\s+|^\s*[|#]|^\s*```", lines[i])
-        ):
+        while i < len(lines) and lines[i].strip() and not re.match(r"^\s*([-*]|\d+\.)\s+|^\s*[|#]|^\s*```", lines[i]):
             para.append(lines[i].strip())
             i += 1
         if not para:  # a line that looked like a block start but was not one
@@ -300,9 +295,7 @@ def _anchor(text: str, seen: set[str]) -> str:
     return anchor
 
 
-def render_html(
-    title: str, sections: Sequence[Section], images: Sequence[Sequence[_Image]], generated: str
-) -> str:
+def render_html(title: str, sections: Sequence[Section], images: Sequence[Sequence[_Image]], generated: str) -> str:
     seen: set[str] = set()
     anchors = [_anchor(s.heading, seen) for s in sections]
     toc = "".join(

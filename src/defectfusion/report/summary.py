@@ -77,9 +77,7 @@ def build_report(
         b50 = as_number(baseline.get("map50"))
         d = fmt_delta(None if b50 is None or map50 is None else map50 - b50)
         lines.append(f"- **mAP@0.5**: {fmt_value(map50)} ({labels[0]}: {fmt_value(b50)}, change {d})")
-        lines.append(
-            f"- **mAP@0.5:0.95**: {fmt_value(map_all)} ({labels[0]}: {fmt_value(baseline.get('map'))})"
-        )
+        lines.append(f"- **mAP@0.5:0.95**: {fmt_value(map_all)} ({labels[0]}: {fmt_value(baseline.get('map'))})")
     else:
         lines.append(f"- **mAP@0.5**: {fmt_value(map50)}")
         lines.append(f"- **mAP@0.5:0.95**: {fmt_value(map_all)}")
@@ -118,9 +116,7 @@ def build_report(
 
     if baseline is not None:
         table = compare_metrics(baseline, metrics, names, labels=labels)
-        bars = plots.plot_ap_bars(
-            baseline, metrics, plot_dir / "ap_bars.png", labels=labels, class_names=names
-        )
+        bars = plots.plot_ap_bars(baseline, metrics, plot_dir / "ap_bars.png", labels=labels, class_names=names)
         text = f"Per class: {labels[0]} (before), {labels[1]} (after) and the change. Same data for both."
         sections.append(
             Section(
@@ -194,9 +190,7 @@ def build_report(
         try:
             base_line = as_number(baseline.get("map50")) if baseline is not None else None
             curve = plots.plot_training_curves(training, plot_dir / "training_curves.png", baseline=base_line)
-            sections.append(
-                Section("Training curves", images=[(curve, "Validation mAP and training loss per epoch")])
-            )
+            sections.append(Section("Training curves", images=[(curve, "Validation mAP and training loss per epoch")]))
         except DefectFusionError as exc:
             sections.append(Section("Training curves", f"Not drawn: {exc}"))
 

@@ -153,6 +153,7 @@ def confusion_matrix(metrics: Mapping[str, Any], what: str = "metrics") -> Mappi
     counts = cm["counts"]
     if len(counts) != n or any(len(r) != n for r in counts):
         raise DefectFusionError(
-            f"{what}: confusion_matrix 'counts' must be {n} x {n} (one row and column per label), got {len(counts)} rows"
+            f"{what}: confusion_matrix 'counts' must be {n} x {n} (one row and column per label), "
+            f"got {len(counts)} rows"
         )
     return cm

@@ -22,29 +22,48 @@ from tests.helpers import ORIGINAL_FIXTURES
 
 OFFICIAL = ORIGINAL_FIXTURES / "official_configs" / "configs" / "deimv2"
 CONFIGS = [
-    "deimv2_dinov3_s_coco.yml", "deimv2_dinov3_m_coco.yml", "deimv2_dinov3_l_coco.yml", "deimv2_dinov3_x_coco.yml",
-    "deimv2_hgnetv2_atto_coco.yml", "deimv2_hgnetv2_femto_coco.yml", "deimv2_hgnetv2_pico_coco.yml",
-    "deimv2_hgnetv2_n_coco.yml", "deimv2_hgnetv2_s_coco.yml", "deimv2_hgnetv2_m_coco.yml",
-    "deimv2_hgnetv2_l_coco.yml", "deimv2_hgnetv2_x_coco.yml",
+    "deimv2_dinov3_s_coco.yml",
+    "deimv2_dinov3_m_coco.yml",
+    "deimv2_dinov3_l_coco.yml",
+    "deimv2_dinov3_x_coco.yml",
+    "deimv2_hgnetv2_atto_coco.yml",
+    "deimv2_hgnetv2_femto_coco.yml",
+    "deimv2_hgnetv2_pico_coco.yml",
+    "deimv2_hgnetv2_n_coco.yml",
+    "deimv2_hgnetv2_s_coco.yml",
+    "deimv2_hgnetv2_m_coco.yml",
+    "deimv2_hgnetv2_l_coco.yml",
+    "deimv2_hgnetv2_x_coco.yml",
 ]
 # Parameters at 80 classes in the original README (millions, rounded to the digit shown).
 README_PARAMS = {
-    "deimv2_hgnetv2_atto_coco.yml": 0.5, "deimv2_hgnetv2_femto_coco.yml": 1.0, "deimv2_hgnetv2_pico_coco.yml": 1.5,
-    "deimv2_hgnetv2_n_coco.yml": 3.6, "deimv2_dinov3_s_coco.yml": 9.7, "deimv2_dinov3_m_coco.yml": 18.1,
-    "deimv2_dinov3_l_coco.yml": 32.2, "deimv2_dinov3_x_coco.yml": 50.3,
+    "deimv2_hgnetv2_atto_coco.yml": 0.5,
+    "deimv2_hgnetv2_femto_coco.yml": 1.0,
+    "deimv2_hgnetv2_pico_coco.yml": 1.5,
+    "deimv2_hgnetv2_n_coco.yml": 3.6,
+    "deimv2_dinov3_s_coco.yml": 9.7,
+    "deimv2_dinov3_m_coco.yml": 18.1,
+    "deimv2_dinov3_l_coco.yml": 32.2,
+    "deimv2_dinov3_x_coco.yml": 50.3,
 }
 PRESET_OF = {
-    "dinov3_s": "deimv2_dinov3_s_coco.yml", "dinov3_m": "deimv2_dinov3_m_coco.yml",
-    "dinov3_l": "deimv2_dinov3_l_coco.yml", "dinov3_x": "deimv2_dinov3_x_coco.yml",
-    "hgnetv2_n": "deimv2_hgnetv2_n_coco.yml", "hgnetv2_pico": "deimv2_hgnetv2_pico_coco.yml",
-    "hgnetv2_femto": "deimv2_hgnetv2_femto_coco.yml", "hgnetv2_atto": "deimv2_hgnetv2_atto_coco.yml",
+    "dinov3_s": "deimv2_dinov3_s_coco.yml",
+    "dinov3_m": "deimv2_dinov3_m_coco.yml",
+    "dinov3_l": "deimv2_dinov3_l_coco.yml",
+    "dinov3_x": "deimv2_dinov3_x_coco.yml",
+    "hgnetv2_n": "deimv2_hgnetv2_n_coco.yml",
+    "hgnetv2_pico": "deimv2_hgnetv2_pico_coco.yml",
+    "hgnetv2_femto": "deimv2_hgnetv2_femto_coco.yml",
+    "hgnetv2_atto": "deimv2_hgnetv2_atto_coco.yml",
 }
 
 
 def official(name: str) -> Path:
     path = OFFICIAL / name
     if not path.is_file():
-        pytest.skip(f"the original repository's configs {OFFICIAL} are absent (they live in ../shared beside the checkout)")
+        pytest.skip(
+            f"the original repository's configs {OFFICIAL} are absent (they live in ../shared beside the checkout)"
+        )
     return path
 
 
@@ -60,7 +79,8 @@ def deploy_count(model) -> int:
     vit = model.config.backbone_config
     for name, param in model.named_parameters():
         if name.endswith("embeddings.mask_token") or (
-                ".layer_scale" in name and vit.model_type == "dinov3_vit" and vit.layerscale_value == 1.0):
+            ".layer_scale" in name and vit.model_type == "dinov3_vit" and vit.layerscale_value == 1.0
+        ):
             total -= param.numel()
     layers = model.config.decoder_layers
     total -= sum(p.numel() for i in range(layers - 1) for p in model.model.decoder.class_embed[i].parameters())
@@ -101,7 +121,7 @@ def test_parameter_counts_match_the_original_readme(name):
     model, _ = build_from_original_config(official(name), device="meta")
     reported = README_PARAMS[name]
     digits = 1
-    half_step = 0.5 * 10 ** -digits
+    half_step = 0.5 * 10**-digits
     total = sum(p.numel() for p in model.parameters()) / 1e6
     # The training-time model: within the README's rounding or 3 %, whichever is larger.
     assert abs(total - reported) <= max(half_step, 0.03 * reported), (total, reported)
@@ -121,8 +141,9 @@ def test_each_full_size_preset_is_the_released_architecture(preset):
     skip = {"defectfusion", "id2label", "label2id"}
     assert {k: v for k, v in ours.items() if k not in skip} == {k: v for k, v in theirs.items() if k not in skip}
     assert ours_backbone == theirs_backbone
-    assert tuple(model.meta.image_size) == tuple(detector_config(ModelConfig(preset=preset), names)
-                                                 .defectfusion["image_size"])
+    assert tuple(model.meta.image_size) == tuple(
+        detector_config(ModelConfig(preset=preset), names).defectfusion["image_size"]
+    )
 
 
 def _user_config(tmp_path: Path, **overrides) -> Path:
@@ -132,11 +153,17 @@ def _user_config(tmp_path: Path, **overrides) -> Path:
         "num_classes": 6,
         "remap_mscoco_category": False,
         "eval_spatial_size": [1024, 1024],
-        "val_dataloader": {"dataset": {"transforms": {"ops": [
-            {"type": "Resize", "size": [1024, 1024]},
-            {"type": "ConvertPILImage", "dtype": "float32", "scale": True},
-            {"type": "Normalize", "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
-        ]}}},
+        "val_dataloader": {
+            "dataset": {
+                "transforms": {
+                    "ops": [
+                        {"type": "Resize", "size": [1024, 1024]},
+                        {"type": "ConvertPILImage", "dtype": "float32", "scale": True},
+                        {"type": "Normalize", "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+                    ]
+                }
+            }
+        },
     }
     for section, values in overrides.items():
         data.setdefault(section, {}).update(values)
@@ -166,8 +193,11 @@ def test_a_value_of_the_wrong_type_is_one_error_naming_file_key_value_and_type(t
 
 def test_a_bad_value_in_an_included_file_names_that_file(tmp_path):
     base = tmp_path / "base.yml"
-    base.write_text(yaml.safe_dump({"__include__": [str(official("deimv2_dinov3_m_coco.yml"))],
-                                    "DEIMTransformer": {"num_layers": 4.5}}))
+    base.write_text(
+        yaml.safe_dump(
+            {"__include__": [str(official("deimv2_dinov3_m_coco.yml"))], "DEIMTransformer": {"num_layers": 4.5}}
+        )
+    )
     user = tmp_path / "user.yml"
     user.write_text(yaml.safe_dump({"__include__": ["base.yml"], "num_classes": 6}))
     with pytest.raises(ConfigError, match=r"base\.yml: DEIMTransformer\.num_layers is 4\.5; expected an integer"):

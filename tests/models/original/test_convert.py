@@ -89,7 +89,9 @@ def match_queries(logits, boxes, ref_logits, ref_boxes):
     for i in ref_logits.max(-1).values.argsort(descending=True).tolist():
         j = next((j for j in ours if d_logits[i][j] <= LOGIT_TOL and d_boxes[i][j] <= BOX_TOL), None)
         if j is None:
-            raise AssertionError(f"query {i} of the original has no counterpart within logits {LOGIT_TOL}/boxes {BOX_TOL}")
+            raise AssertionError(
+                f"query {i} of the original has no counterpart within logits {LOGIT_TOL}/boxes {BOX_TOL}"
+            )
         ours.remove(j)
         worst_logit, worst_box = max(worst_logit, d_logits[i][j]), max(worst_box, d_boxes[i][j])
     return worst_logit, worst_box
@@ -98,9 +100,11 @@ def match_queries(logits, boxes, ref_logits, ref_boxes):
 def assert_same_detections(ours, ref):
     """Same labels, scores and pixel boxes up to the order of (near-)ties and the top-k cut-off."""
     labels, boxes, scores = ours
-    close = ((ref["labels"][:, None] == labels[None])
-             & ((ref["scores"][:, None] - scores[None]).abs() < SCORE_TOL)
-             & ((ref["boxes"][:, None] - boxes[None]).abs().amax(-1) < PIXEL_TOL)).tolist()
+    close = (
+        (ref["labels"][:, None] == labels[None])
+        & ((ref["scores"][:, None] - scores[None]).abs() < SCORE_TOL)
+        & ((ref["boxes"][:, None] - boxes[None]).abs().amax(-1) < PIXEL_TOL)
+    ).tolist()
     free = list(range(len(scores)))
     unmatched = []
     for i, score in enumerate(ref["scores"].tolist()):
@@ -295,10 +299,10 @@ def test_includes_merge_in_order_relative_to_each_file(tmp_path):
     (tmp_path / "base" / "nested").mkdir()
     (tmp_path / "base" / "nested" / "deep.yml").write_text("a: deep\nsection: {x: 0, keep: deep}\n")
     (tmp_path / "base" / "first.yml").write_text(
-        "__include__: ['nested/deep.yml']\na: first\nb: first\nsection: {x: 1, y: 1}\nlist: [1, 2, 3]\n")
+        "__include__: ['nested/deep.yml']\na: first\nb: first\nsection: {x: 1, y: 1}\nlist: [1, 2, 3]\n"
+    )
     (tmp_path / "base" / "second.yml").write_text("b: second\nsection: {y: 2}\nlist: [9]\n")
-    (tmp_path / "main.yml").write_text(
-        "__include__: ['base/first.yml', 'base/second.yml']\nsection: {z: 3}\n")
+    (tmp_path / "main.yml").write_text("__include__: ['base/first.yml', 'base/second.yml']\nsection: {z: 3}\n")
     merged = load_original_yaml(tmp_path / "main.yml")
     assert merged == {"a": "first", "b": "second", "list": [9], "section": {"x": 1, "keep": "deep", "y": 2, "z": 3}}
 
@@ -324,10 +328,13 @@ def _yaml_without(tmp_path: Path, name: str, removals: dict[str | None, list[str
     return path
 
 
-@pytest.mark.parametrize("name, section, key", [
-    ("mini_dinov3", "DINOv3STAs", "interaction_indexes"),
-    ("mini_hgnetv2", "HGNetv2", "name"),
-])
+@pytest.mark.parametrize(
+    "name, section, key",
+    [
+        ("mini_dinov3", "DINOv3STAs", "interaction_indexes"),
+        ("mini_hgnetv2", "HGNetv2", "name"),
+    ],
+)
 def test_a_missing_key_the_weights_cannot_tell_is_an_error_naming_it(tmp_path, name, section, key):
     folder = fixture_dir(name)
     reduced = _yaml_without(tmp_path, name, {section: [key]})
@@ -338,14 +345,35 @@ def test_a_missing_key_the_weights_cannot_tell_is_an_error_naming_it(tmp_path, n
 
 def test_widths_and_depths_missing_from_the_yaml_are_inferred_from_the_weights(tmp_path):
     folder = fixture_dir("mini_dinov3")
-    reduced = _yaml_without(tmp_path, "mini_dinov3", {
-        None: ["num_classes", "eval_spatial_size"],
-        "DINOv3STAs": ["embed_dim", "num_heads", "conv_inplane", "hidden_dim", "patch_size"],
-        "HybridEncoder": ["hidden_dim", "in_channels", "dim_feedforward", "expansion", "depth_mult",
-                          "num_encoder_layers"],
-        "DEIMTransformer": ["hidden_dim", "num_layers", "num_points", "num_levels", "nhead", "dim_feedforward",
-                            "feat_channels", "reg_max", "reg_scale", "use_gateway", "share_bbox_head"],
-    })
+    reduced = _yaml_without(
+        tmp_path,
+        "mini_dinov3",
+        {
+            None: ["num_classes", "eval_spatial_size"],
+            "DINOv3STAs": ["embed_dim", "num_heads", "conv_inplane", "hidden_dim", "patch_size"],
+            "HybridEncoder": [
+                "hidden_dim",
+                "in_channels",
+                "dim_feedforward",
+                "expansion",
+                "depth_mult",
+                "num_encoder_layers",
+            ],
+            "DEIMTransformer": [
+                "hidden_dim",
+                "num_layers",
+                "num_points",
+                "num_levels",
+                "nhead",
+                "dim_feedforward",
+                "feat_channels",
+                "reg_max",
+                "reg_scale",
+                "use_gateway",
+                "share_bbox_head",
+            ],
+        },
+    )
     result = convert_original(folder / "checkpoint.pth", reduced, weights="model")
     inferred = {s.key: s.value for s in result.settings.by_source("weights")}
     assert inferred["DINOv3STAs.embed_dim"] == 48 and inferred["DINOv3STAs.num_heads"] == 2

@@ -11,7 +11,6 @@ Each image has its own random generator seeded by ``(seed, split, index)``, so a
 depend on how many came before it, and the same arguments give the same bytes.
 """
 
-
 from .defects import CATEGORIES, SplitSummary, SynthObject, SynthSummary, image_rng
 from .scene import generate_synthetic_dataset, render_image
 

@@ -157,9 +157,7 @@ def _darken(img: np.ndarray, alpha: np.ndarray) -> None:
 Painter = Callable[[Canvas, float, float], "Box | None"]
 
 
-def _random_walk(
-    rng: np.random.Generator, length: float, heading: float, step: float, turns: float
-) -> np.ndarray:
+def _random_walk(rng: np.random.Generator, length: float, heading: float, step: float, turns: float) -> np.ndarray:
     """Jagged path: a mean-reverting heading with occasional sharp turns, like a crack."""
     n = max(3, int(length / step))
     dev, pts, h = 0.0, [np.zeros(2)], heading
@@ -335,9 +333,7 @@ def _plan_contamination(rng: np.random.Generator, s: float) -> tuple[Box, Painte
 
     def paint_particles(c: Canvas, dx: float, dy: float) -> Box | None:
         ys, xs, xx, yy = _window(c, (ext[0] + dx, ext[1] + dy, ext[2] + dx, ext[3] + dy), 1)
-        d = np.sqrt(
-            (xx[None] - dx - pos[:, 0, None, None]) ** 2 + (yy[None] - dy - pos[:, 1, None, None]) ** 2
-        )
+        d = np.sqrt((xx[None] - dx - pos[:, 0, None, None]) ** 2 + (yy[None] - dy - pos[:, 1, None, None]) ** 2)
         alpha = np.clip(radii[:, None, None] - d + 0.5, 0, 1).max(0) * 0.9
         region = c.img[ys, xs]
         region += alpha[..., None] * (_contrasting(colour, region) - region)

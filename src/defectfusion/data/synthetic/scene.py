@@ -83,9 +83,7 @@ def _surface(rng: np.random.Generator, n: int) -> np.ndarray:
         kind = 2
     if kind == 0:  # brushed metal: streaks along one axis
         base = rng.uniform(0.45, 0.78) + rng.uniform(-0.04, 0.04, 3)
-        streak = _box_blur(
-            _box_blur(rng.standard_normal((n, n), dtype=np.float32), int(rng.integers(15, 60)), 1), 2, 0
-        )
+        streak = _box_blur(_box_blur(rng.standard_normal((n, n), dtype=np.float32), int(rng.integers(15, 60)), 1), 2, 0)
         streak /= streak.std() + 1e-6
         if rng.random() < 0.5:
             streak = streak.T
@@ -125,9 +123,7 @@ def _finish(rng: np.random.Generator, c: Canvas) -> np.ndarray:
     t = (np.arange(n, dtype=np.float32) + 0.5) / n - 0.5
     ramp, vignette, gain = rng.uniform(0.1, 0.35), rng.uniform(0, 0.3), rng.uniform(0.85, 1.15)
     light = gain * (
-        1
-        + ramp * (t[None] * c.light[0] + t[:, None] * c.light[1])
-        - vignette * (t[None] ** 2 + t[:, None] ** 2)
+        1 + ramp * (t[None] * c.light[0] + t[:, None] * c.light[1]) - vignette * (t[None] ** 2 + t[:, None] ** 2)
     )
     img = np.clip(c.img * light[..., None], 0, 1)
     sigma = rng.uniform(0, 0.7)
@@ -200,9 +196,7 @@ def _check_args(out: Path, train: int, val: int, size: int, seed: int) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise DataError(
-            f"synthetic data: out folder {str(out)!r} cannot be created ({e}); choose another path"
-        ) from e
+        raise DataError(f"synthetic data: out folder {str(out)!r} cannot be created ({e}); choose another path") from e
     if not os.access(out, os.W_OK | os.X_OK):
         raise DataError(f"synthetic data: out folder {str(out)!r} is not writable; choose another path")
 
@@ -212,9 +206,7 @@ def _coco(images: list[dict], annotations: list[dict], size: int, seed: int) -> 
         "info": {"description": "defectfusion synthetic industrial defects", "size": size, "seed": seed},
         "images": images,
         "annotations": annotations,
-        "categories": [
-            {"id": i, "name": name, "supercategory": "defect"} for i, name in enumerate(CATEGORIES)
-        ],
+        "categories": [{"id": i, "name": name, "supercategory": "defect"} for i, name in enumerate(CATEGORIES)],
     }
 
 
@@ -252,9 +244,7 @@ def _build_split(
 ) -> SplitSummary:
     """One split, built in a temporary folder and moved into place whole."""
     result: list[tuple[int, dict[str, int]]] = []
-    atomic_write_dir(
-        target, lambda tmp: result.append(_write_split(tmp, split_index, count, size, seed, tick))
-    )
+    atomic_write_dir(target, lambda tmp: result.append(_write_split(tmp, split_index, count, size, seed, tick)))
     empty, counts = result[0]
     return SplitSummary(target.name, target / "images", target / "annotations.json", count, empty, counts)
 

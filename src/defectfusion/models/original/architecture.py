@@ -25,8 +25,9 @@ from .encoder import hybrid_encoder, lite_encoder
 from .spec import Architecture, Weights
 
 
-def resolve_architecture(config: OriginalConfig, settings: Settings,
-                         state: dict[str, torch.Tensor] | None = None) -> Architecture:
+def resolve_architecture(
+    config: OriginalConfig, settings: Settings, state: dict[str, torch.Tensor] | None = None
+) -> Architecture:
     """Decide the architecture from ``config`` (and the checkpoint ``state`` when given)."""
     w = Weights(state)
     parts = config.model_parts()
@@ -115,7 +116,9 @@ def anchors_for(size: Sequence[int], strides: Sequence[int], eps: float = 1e-2) 
     return logits, valid
 
 
-def _anchors_match(size: Sequence[int], strides: Sequence[int], anchors: torch.Tensor, valid: torch.Tensor | None) -> bool:
+def _anchors_match(
+    size: Sequence[int], strides: Sequence[int], anchors: torch.Tensor, valid: torch.Tensor | None
+) -> bool:
     expected, expected_valid = anchors_for(size, strides)
     if expected.shape != anchors.shape:
         return False
@@ -125,8 +128,9 @@ def _anchors_match(size: Sequence[int], strides: Sequence[int], anchors: torch.T
     return bool(torch.allclose(anchors[finite].float(), expected[finite], atol=1e-4))
 
 
-def _resolve_image_size(w: Weights, cfg: OriginalConfig, s: Settings, strides: list[int],
-                        verified: list[str]) -> tuple[int, int]:
+def _resolve_image_size(
+    w: Weights, cfg: OriginalConfig, s: Settings, strides: list[int], verified: list[str]
+) -> tuple[int, int]:
     key: tuple[str, ...] = ("eval_spatial_size",)
     size = cfg.data.get("eval_spatial_size")
     if size is None and cfg.section("DEIMTransformer").get("eval_spatial_size") is not None:
@@ -144,7 +148,8 @@ def _resolve_image_size(w: Weights, cfg: OriginalConfig, s: Settings, strides: l
     if size is not None:
         if not _anchors_match(size, strides, anchors, valid):
             raise CheckpointError(
-                f"config {cfg.path} and weights {s.checkpoint} disagree: the checkpoint's decoder.anchors were not made "
+                f"config {cfg.path} and weights {s.checkpoint} disagree: the checkpoint's decoder.anchors were "
+                f"not made "
                 f"for eval_spatial_size {list(size)} with strides {strides}"
             )
         s.note("eval_spatial_size", list(size), "config", "checked against decoder.anchors")

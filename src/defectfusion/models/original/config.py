@@ -39,8 +39,9 @@ def merge_into(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return base
 
 
-def load_original_yaml(path: str | Path, _chain: tuple[Path, ...] = (),
-                       origins: dict[tuple[str, ...], Path] | None = None) -> dict[str, Any]:
+def load_original_yaml(
+    path: str | Path, _chain: tuple[Path, ...] = (), origins: dict[tuple[str, ...], Path] | None = None
+) -> dict[str, Any]:
     """The merged content of an original DEIMv2 YAML file and everything it includes.
 
     ``origins``, when given, receives for every key path (``("HybridEncoder", "depth_mult")``)
@@ -188,8 +189,18 @@ class Settings:
     items: list[Setting] = field(default_factory=list)
     fields: dict[str, tuple[str | None, str]] = field(default_factory=dict)  # Deimv2Config field -> YAML key
 
-    def resolve(self, section: str | None, key: str, *, field: str | None = None, expect: Any = None,
-                weights: Any = MISSING, default: Any = MISSING, same=None, why: str = "") -> Any:
+    def resolve(
+        self,
+        section: str | None,
+        key: str,
+        *,
+        field: str | None = None,
+        expect: Any = None,
+        weights: Any = MISSING,
+        default: Any = MISSING,
+        same=None,
+        why: str = "",
+    ) -> Any:
         """One value.
 
         Args:

@@ -88,12 +88,16 @@ def read_checkpoint(path: str | Path, weights: str | None = None) -> OriginalChe
     if weights is not None and weights not in WEIGHT_CHOICES:
         raise ConfigError(f"weights must be one of {', '.join(WEIGHT_CHOICES)}, got {weights!r}")
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist" + (" (it is a folder)" if path.exists() else ""))
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} does not exist" + (" (it is a folder)" if path.exists() else "")
+        )
     if path.suffix == ".safetensors":
         try:
             obj: Any = load_file(str(path))
         except (SafetensorError, OSError) as exc:
-            raise CheckpointError(f"{path}: cannot read the weights ({exc}); the file is damaged or incomplete") from None
+            raise CheckpointError(
+                f"{path}: cannot read the weights ({exc}); the file is damaged or incomplete"
+            ) from None
     else:
         obj = _torch_load(path)
 
@@ -138,7 +142,7 @@ def _clean_state(state: dict[str, Any], path: Path, entry: str) -> dict[str, tor
     if bad:
         raise CheckpointError(f"{path}: '{entry}' is not a state dict of tensors (e.g. {', '.join(bad[:3])})")
     if all(k.startswith("module.") for k in state):  # saved from a DistributedDataParallel wrapper
-        state = {k[len("module."):]: v for k, v in state.items()}
+        state = {k[len("module.") :]: v for k, v in state.items()}
     if not any(k.startswith(("decoder.dec_score_head.", "decoder.enc_score_head.")) for k in state):
         sample = ", ".join(list(state)[:4])
         raise CheckpointError(
@@ -162,12 +166,14 @@ def class_names_from_annotations(path: str | Path, num_classes: int | None = Non
     names, ids, _ = read_categories(path)
     if sorted(ids) != list(range(len(ids))):
         raise DataError(
-            f"{path}: category ids are {ids}; the original DEIMv2 (remap_mscoco_category: False) uses the category id as "
+            f"{path}: category ids are {ids}; the original DEIMv2 (remap_mscoco_category: False) uses the category "
+            f"id as "
             f"the class channel, so the ids must be 0..{len(ids) - 1}. Give the class names in channel order instead"
         )
     if ids != sorted(ids):
         raise DataError(
-            f"{path}: categories are listed in the order of ids {ids}, not 0..{len(ids) - 1}; channel k is the category "
+            f"{path}: categories are listed in the order of ids {ids}, not 0..{len(ids) - 1}; channel k is the "
+            f"category "
             f"with id k, but defectfusion numbers classes in list order. Reorder the categories by id"
         )
     if num_classes is not None and len(ids) != num_classes:
@@ -175,14 +181,16 @@ def class_names_from_annotations(path: str | Path, num_classes: int | None = Non
     return names
 
 
-def _class_names(given: Sequence[str] | None, annotations: str | Path | None, num_classes: int,
-                 remap: bool, s: Settings) -> list[str]:
+def _class_names(
+    given: Sequence[str] | None, annotations: str | Path | None, num_classes: int, remap: bool, s: Settings
+) -> list[str]:
     if given is not None and annotations is not None:
         raise ConfigError("give class names either from annotations or as a list, not both")
     if annotations is not None:
         if remap:
             raise ConfigError(
-                f"{s.config.path}: remap_mscoco_category is True (labels are the 80 COCO classes remapped); class names "
+                f"{s.config.path}: remap_mscoco_category is True (labels are the 80 COCO classes remapped); "
+                f"class names "
                 f"cannot come from an annotation file's ids. Give the class names in channel order"
             )
         names = class_names_from_annotations(annotations, num_classes)
@@ -221,16 +229,29 @@ class ConversionResult:
         return sum(p.numel() for p in self.model.parameters())
 
 
-def build_from_original(checkpoint: OriginalCheckpoint, config: OriginalConfig, *,
-                        class_names: Sequence[str] | None = None,
-                        annotations: str | Path | None = None) -> ConversionResult:
+def build_from_original(
+    checkpoint: OriginalCheckpoint,
+    config: OriginalConfig,
+    *,
+    class_names: Sequence[str] | None = None,
+    annotations: str | Path | None = None,
+) -> ConversionResult:
     """Build the :class:`DefectDetector` that computes what the original model computes (in memory)."""
     s = Settings(config, str(checkpoint.path))
     arch = resolve_architecture(config, s, checkpoint.state)
     remap = bool(config.data.get("remap_mscoco_category", False))
     names = _class_names(class_names, annotations, arch.num_classes, remap, s)
-    meta = _meta(arch, config, {"checkpoint": str(checkpoint.path), "config": str(config.path),
-                                "weights": checkpoint.weights, **checkpoint.info, "remap_mscoco_category": remap})
+    meta = _meta(
+        arch,
+        config,
+        {
+            "checkpoint": str(checkpoint.path),
+            "config": str(config.path),
+            "weights": checkpoint.weights,
+            **checkpoint.info,
+            "remap_mscoco_category": remap,
+        },
+    )
     hf_config = arch.deimv2_config(s, names)
     setattr(hf_config, META_KEY, meta.to_dict())
     model = DefectDetector(hf_config)
@@ -241,8 +262,12 @@ def build_from_original(checkpoint: OriginalCheckpoint, config: OriginalConfig, 
     return ConversionResult(model, checkpoint, s, names, arch.verified, filled)
 
 
-def build_from_original_config(config: str | Path | OriginalConfig, *, class_names: Sequence[str] | None = None,
-                               device: str | torch.device | None = None) -> tuple[DefectDetector, Settings]:
+def build_from_original_config(
+    config: str | Path | OriginalConfig,
+    *,
+    class_names: Sequence[str] | None = None,
+    device: str | torch.device | None = None,
+) -> tuple[DefectDetector, Settings]:
     """The architecture an original DEIMv2 YAML describes, randomly initialised (no checkpoint).
 
     Every value comes from the YAML or the original code's defaults; ``class_names`` (default
@@ -269,6 +294,10 @@ def build_from_original_config(config: str | Path | OriginalConfig, *, class_nam
 def _meta(arch: Architecture, config: OriginalConfig, source: dict[str, Any]) -> DetectorMeta:
     num_top = config.section("PostProcessor").get("num_top_queries", 300)
     return DetectorMeta(
-        preset=None, semantics="original", image_size=arch.image_size, image_mean=tuple(arch.image_mean),
-        image_std=tuple(arch.image_std), extra={"num_top_queries": num_top, "converted_from": source},
+        preset=None,
+        semantics="original",
+        image_size=arch.image_size,
+        image_mean=tuple(arch.image_mean),
+        image_std=tuple(arch.image_std),
+        extra={"num_top_queries": num_top, "converted_from": source},
     )

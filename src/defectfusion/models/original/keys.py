@@ -48,15 +48,31 @@ _COMMON_RULES: list[tuple[str, str]] = [
     (r"backbone\.convs\.(\d+)\.weight", r"model.conv_encoder.fusion_proj.\1.conv.weight"),
     (r"backbone\.norms\.(\d+)\.(\w+)", r"model.conv_encoder.fusion_proj.\1.norm.\2"),
     # hybrid encoder
-    (r"encoder\.encoder\.(\d+)\.layers\.(\d+)\.self_attn\.out_proj\.(weight|bias)",
-     r"model.encoder.aifi.\1.layers.\2.self_attn.o_proj.\3"),
-    (r"encoder\.encoder\.(\d+)\.layers\.(\d+)\.linear1\.(weight|bias)", r"model.encoder.aifi.\1.layers.\2.mlp.layers.0.\3"),
-    (r"encoder\.encoder\.(\d+)\.layers\.(\d+)\.linear2\.(weight|bias)", r"model.encoder.aifi.\1.layers.\2.mlp.layers.1.\3"),
-    (r"encoder\.encoder\.(\d+)\.layers\.(\d+)\.norm1\.(weight|bias)",
-     r"model.encoder.aifi.\1.layers.\2.self_attn_layer_norm.\3"),
-    (r"encoder\.encoder\.(\d+)\.layers\.(\d+)\.norm2\.(weight|bias)", r"model.encoder.aifi.\1.layers.\2.final_layer_norm.\3"),
+    (
+        r"encoder\.encoder\.(\d+)\.layers\.(\d+)\.self_attn\.out_proj\.(weight|bias)",
+        r"model.encoder.aifi.\1.layers.\2.self_attn.o_proj.\3",
+    ),
+    (
+        r"encoder\.encoder\.(\d+)\.layers\.(\d+)\.linear1\.(weight|bias)",
+        r"model.encoder.aifi.\1.layers.\2.mlp.layers.0.\3",
+    ),
+    (
+        r"encoder\.encoder\.(\d+)\.layers\.(\d+)\.linear2\.(weight|bias)",
+        r"model.encoder.aifi.\1.layers.\2.mlp.layers.1.\3",
+    ),
+    (
+        r"encoder\.encoder\.(\d+)\.layers\.(\d+)\.norm1\.(weight|bias)",
+        r"model.encoder.aifi.\1.layers.\2.self_attn_layer_norm.\3",
+    ),
+    (
+        r"encoder\.encoder\.(\d+)\.layers\.(\d+)\.norm2\.(weight|bias)",
+        r"model.encoder.aifi.\1.layers.\2.final_layer_norm.\3",
+    ),
     (r"encoder\.lateral_convs\.(\d+)\.((?:conv|norm)\.\w+)", r"model.encoder.lateral_convs.\1.\2"),
-    (r"encoder\.downsample_convs\.(\d+)\.0\.cv(\d)\.((?:conv|norm)\.\w+)", r"model.encoder.downsample_convs.\1.conv\2.\3"),
+    (
+        r"encoder\.downsample_convs\.(\d+)\.0\.cv(\d)\.((?:conv|norm)\.\w+)",
+        r"model.encoder.downsample_convs.\1.conv\2.\3",
+    ),
     # lite encoder
     (r"encoder\.down_sample([12])\.1\.weight", r"model.encoder.down_conv\1.conv.weight"),
     (r"encoder\.down_sample([12])\.2\.(\w+)", r"model.encoder.down_conv\1.norm.\2"),
@@ -64,16 +80,20 @@ _COMMON_RULES: list[tuple[str, str]] = [
     # decoder
     (_DL + r"self_attn\.out_proj\.(weight|bias)", _HDL + r"self_attn.o_proj.\2"),
     (_DL + r"norm1\.scale", _HDL + "self_attn_layer_norm.weight"),
-    (_DL + r"cross_attn\.(sampling_offsets|attention_weights|value_proj|output_proj)\.(weight|bias)",
-     _HDL + r"encoder_attn.\2.\3"),
+    (
+        _DL + r"cross_attn\.(sampling_offsets|attention_weights|value_proj|output_proj)\.(weight|bias)",
+        _HDL + r"encoder_attn.\2.\3",
+    ),
     (_DL + r"cross_attn\.num_points_scale", _HDL + "encoder_attn.num_points_scale"),
     (_DL + r"gateway\.gate\.(weight|bias)", _HDL + r"gateway.gate.\2"),
     (_DL + r"gateway\.norm\.scale", _HDL + "gateway.norm.weight"),
     (_DL + r"norm2\.scale", _HDL + "encoder_attn_layer_norm.weight"),
     (_DL + r"swish_ffn\.w3\.(weight|bias)", _HDL + r"mlp.down_proj.\2"),
     (_DL + r"norm3\.scale", _HDL + "final_layer_norm.weight"),
-    (r"decoder\.decoder\.lqe_layers\.(\d+)\.reg_conf\.layers\.(\d+)\.(weight|bias)",
-     r"model.decoder.lqe_layers.\1.reg_conf.layers.\2.\3"),
+    (
+        r"decoder\.decoder\.lqe_layers\.(\d+)\.reg_conf\.layers\.(\d+)\.(weight|bias)",
+        r"model.decoder.lqe_layers.\1.reg_conf.layers.\2.\3",
+    ),
     (r"decoder\.input_proj\.(\d+)\.(?:conv|0)\.weight", r"model.decoder_input_proj.\1.conv.weight"),
     (r"decoder\.input_proj\.(\d+)\.(?:norm|1)\.(\w+)", r"model.decoder_input_proj.\1.norm.\2"),
     (r"decoder\.denoising_class_embed\.weight", "model.denoising_class_embed.weight"),
@@ -94,10 +114,16 @@ def _hgnet_rest(rest: str) -> str:
 
 def _csp_rest(rest: str) -> str | None:
     """RepNCSPELAN block names: cv1/cv4 are the outer convs, cv2/cv3 the two CSP branches."""
-    for old, new in (("cv1.", "conv1."), ("cv4.", "conv2."), ("cv2.0.", "csp_rep1."), ("cv2.1.", "csp_rep1.conv2."),
-                     ("cv3.0.", "csp_rep2."), ("cv3.1.", "csp_rep2.conv2.")):
+    for old, new in (
+        ("cv1.", "conv1."),
+        ("cv4.", "conv2."),
+        ("cv2.0.", "csp_rep1."),
+        ("cv2.1.", "csp_rep1.conv2."),
+        ("cv3.0.", "csp_rep2."),
+        ("cv3.1.", "csp_rep2.conv2."),
+    ):
         if rest.startswith(old):
-            return new + rest[len(old):]
+            return new + rest[len(old) :]
     return None
 
 
@@ -107,9 +133,14 @@ def _callable_rules(encoder_type: str) -> list[tuple[str, Callable[[re.Match], s
         (r"backbone\.stem\.(.+)", lambda m: "model.conv_encoder.model.embedder." + _hgnet_rest(m.group(1))),
         (r"backbone\.stages\.(.+)", lambda m: "model.conv_encoder.model.encoder.stages." + _hgnet_rest(m.group(1))),
         (r"encoder\.input_proj\.(\d+)\.((?:conv|norm)\.\w+)", lambda m: f"{input_proj}{m.group(1)}.{m.group(2)}"),
-        (r"encoder\.(fpn|pan)_blocks\.(\d+)\.(.+)",
-         lambda m: (r := _csp_rest(m.group(3))) and f"model.encoder.{m.group(1)}_blocks.{m.group(2)}.{r}"),
-        (r"encoder\.(fpn|pan)_block\.(.+)", lambda m: (r := _csp_rest(m.group(2))) and f"model.encoder.{m.group(1)}_block.{r}"),
+        (
+            r"encoder\.(fpn|pan)_blocks\.(\d+)\.(.+)",
+            lambda m: (r := _csp_rest(m.group(3))) and f"model.encoder.{m.group(1)}_blocks.{m.group(2)}.{r}",
+        ),
+        (
+            r"encoder\.(fpn|pan)_block\.(.+)",
+            lambda m: (r := _csp_rest(m.group(2))) and f"model.encoder.{m.group(1)}_block.{r}",
+        ),
     ]
 
 
@@ -126,14 +157,18 @@ def map_original_state(state: dict[str, torch.Tensor], encoder_type: str) -> dic
     def take(key: str) -> torch.Tensor:
         return remaining.pop(key)
 
-    for key in [k for k in remaining if k in ("decoder.anchors", "decoder.valid_mask") or k.endswith("rope_embed.periods")]:
+    for key in [
+        k for k in remaining if k in ("decoder.anchors", "decoder.valid_mask") or k.endswith("rope_embed.periods")
+    ]:
         take(key)
     # up / reg_scale are one parameter each, stored under two names in the original.
     for name in ("up", "reg_scale"):
         values = [take(k) for k in (f"decoder.{name}", f"decoder.decoder.{name}") if k in remaining]
         if values:
             if any(not torch.equal(v, values[0]) for v in values[1:]):
-                raise CheckpointError(f"decoder.{name} and decoder.decoder.{name} differ; the checkpoint is inconsistent")
+                raise CheckpointError(
+                    f"decoder.{name} and decoder.decoder.{name} differ; the checkpoint is inconsistent"
+                )
             out[f"model.decoder.{name}"] = values[0].to(torch.float32).reshape(1)
     # fused projections: q/k/v of attention, the SwiGLU gate/up pair
     for key in list(remaining):
@@ -144,8 +179,11 @@ def map_original_state(state: dict[str, torch.Tensor], encoder_type: str) -> dic
             target = f"{_HV}model.layer.{m.group(1)}.attention"
             for part, chunk in zip("qkv", tensor.chunk(3, dim=0), strict=True):
                 out[f"{target}.{part}_proj.{m.group(2)}"] = chunk
-        elif m := re.fullmatch(r"(encoder\.encoder\.(\d+)\.layers\.(\d+)|decoder\.decoder\.layers\.(\d+))"
-                               r"\.self_attn\.in_proj_(weight|bias)", key):
+        elif m := re.fullmatch(
+            r"(encoder\.encoder\.(\d+)\.layers\.(\d+)|decoder\.decoder\.layers\.(\d+))"
+            r"\.self_attn\.in_proj_(weight|bias)",
+            key,
+        ):
             tensor = take(key)
             if m.group(4) is not None:
                 target = f"model.decoder.layers.{m.group(4)}.self_attn"
@@ -180,14 +218,26 @@ def map_original_state(state: dict[str, torch.Tensor], encoder_type: str) -> dic
 
 # Tensors transformers' model has and the original does not; each is a no-op for the original's maths.
 _MODEL_ONLY: list[tuple[re.Pattern, Callable[[torch.Tensor], bool], str]] = [
-    (re.compile(r"model\.conv_encoder\.backbone\.embeddings\.mask_token"), lambda t: True,
-     "ViT mask token (used only for masked pre-training)"),
-    (re.compile(r"model\.conv_encoder\.backbone\.embeddings\.register_tokens"), lambda t: t.numel() == 0,
-     "ViT register tokens (none)"),
-    (re.compile(r"model\.conv_encoder\.backbone\.model\.layer\.\d+\.layer_scale[12]\.lambda1"),
-     lambda t: bool((t == 1).all()), "ViT layer scales (1.0: the original has none)"),
-    (re.compile(r".*\.num_batches_tracked"), lambda t: True,
-     "batch-norm batch counters (frozen norms store none; unused with a momentum)"),
+    (
+        re.compile(r"model\.conv_encoder\.backbone\.embeddings\.mask_token"),
+        lambda t: True,
+        "ViT mask token (used only for masked pre-training)",
+    ),
+    (
+        re.compile(r"model\.conv_encoder\.backbone\.embeddings\.register_tokens"),
+        lambda t: t.numel() == 0,
+        "ViT register tokens (none)",
+    ),
+    (
+        re.compile(r"model\.conv_encoder\.backbone\.model\.layer\.\d+\.layer_scale[12]\.lambda1"),
+        lambda t: bool((t == 1).all()),
+        "ViT layer scales (1.0: the original has none)",
+    ),
+    (
+        re.compile(r".*\.num_batches_tracked"),
+        lambda t: True,
+        "batch-norm batch counters (frozen norms store none; unused with a momentum)",
+    ),
 ]
 
 

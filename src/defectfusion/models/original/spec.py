@@ -73,15 +73,22 @@ class Architecture:
         """The transformers config, every value coerced to its declared type (errors name the YAML key)."""
         backbone = dict(self.backbone)
         model_type = backbone.pop("model_type")
-        backbone = coerce_kwargs(CONFIG_MAPPING[model_type], backbone,
-                                 lambda name, exc: settings.field_error(f"{model_type}.{name}", exc))
+        backbone = coerce_kwargs(
+            CONFIG_MAPPING[model_type], backbone, lambda name, exc: settings.field_error(f"{model_type}.{name}", exc)
+        )
         detector = coerce_kwargs(Deimv2Config, self.detector, settings.field_error)
         try:
             backbone_config = AutoConfig.for_model(model_type, **backbone)
             return Deimv2Config(
-                backbone_config=backbone_config, initializer_bias_prior_prob=0.01, freeze_backbone_batch_norms=False,
-                eval_size=None, anchor_image_size=None, num_labels=len(class_names),
-                id2label=dict(enumerate(class_names)), label2id={n: i for i, n in enumerate(class_names)}, **detector,
+                backbone_config=backbone_config,
+                initializer_bias_prior_prob=0.01,
+                freeze_backbone_batch_norms=False,
+                eval_size=None,
+                anchor_image_size=None,
+                num_labels=len(class_names),
+                id2label=dict(enumerate(class_names)),
+                label2id={n: i for i, n in enumerate(class_names)},
+                **detector,
             )
         except (TypeError, ValueError) as exc:
             detail = " ".join(str(exc).split())

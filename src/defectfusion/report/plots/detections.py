@@ -54,9 +54,7 @@ def _to_pil(image: Any) -> Image.Image:
         scale = 255.0 if array.size and float(np.nanmax(array)) <= 1.0 else 1.0
         array = np.clip(array.astype(np.float32) * scale, 0, 255).astype(np.uint8)
     if array.ndim not in (2, 3):
-        raise DefectFusionError(
-            f"draw_detections: image must have shape [H, W, 3] or [H, W], got {list(array.shape)}"
-        )
+        raise DefectFusionError(f"draw_detections: image must have shape [H, W, 3] or [H, W], got {list(array.shape)}")
     return Image.fromarray(array).convert("RGB")
 
 
@@ -90,9 +88,7 @@ def _boxes(obj: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     return b, lab, s
 
 
-def _dashed_rect(
-    draw: ImageDraw.ImageDraw, box: Sequence[float], color: tuple[int, int, int], width: int
-) -> None:
+def _dashed_rect(draw: ImageDraw.ImageDraw, box: Sequence[float], color: tuple[int, int, int], width: int) -> None:
     x1, y1, x2, y2 = box
     dash = max(6, width * 4)
     for (ax_, ay), (bx, by) in (
@@ -184,9 +180,7 @@ def draw_detections(
     if resize_to and max(canvas.size) != resize_to:
         scale = resize_to / max(canvas.size)
         resample = Image.Resampling.BICUBIC if scale > 1 else Image.Resampling.LANCZOS
-        canvas = canvas.resize(
-            (max(1, round(canvas.width * scale)), max(1, round(canvas.height * scale))), resample
-        )
+        canvas = canvas.resize((max(1, round(canvas.width * scale)), max(1, round(canvas.height * scale))), resample)
     draw = ImageDraw.Draw(canvas)
     short = min(canvas.size)
     width = max(2, round(short / 220))
@@ -326,13 +320,7 @@ def plot_image_grid(
                 caption += "  ·  " + " / ".join(counts)
             ax.set_title(caption, fontsize=9)
         used = sorted(
-            {
-                int(x)
-                for it in items
-                for obj in (it.detections, it.gt)
-                if obj is not None
-                for x in _boxes(obj)[1]
-            }
+            {int(x) for it in items for obj in (it.detections, it.gt) if obj is not None for x in _boxes(obj)[1]}
         )
         handles = [
             Patch(color=class_hex(i), label=class_names[i] if i < len(class_names) else f"class {i}") for i in used

@@ -85,9 +85,7 @@ def plot_confusion_matrix(
         if normalized:
             norm: Normalize = Normalize(0.0, 1.0)
         else:
-            norm = PowerNorm(
-                gamma=0.5, vmin=0.0, vmax=max(1.0, float(np.nanmax(counts)) if counts.size else 1.0)
-            )
+            norm = PowerNorm(gamma=0.5, vmin=0.0, vmax=max(1.0, float(np.nanmax(counts)) if counts.size else 1.0))
         image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, norm=norm, aspect="equal")
         cbar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.03)
         cbar.set_label("fraction of the ground-truth row" if normalized else "number of boxes")
@@ -103,9 +101,7 @@ def plot_confusion_matrix(
                     dark = norm(v) > 0.55
                     color = "white" if dark else ("#999999" if v == 0 else "black")
                 weight = "bold" if i == j and np.isfinite(v) and v > 0 else "normal"
-                ax.text(
-                    j, i, text, ha="center", va="center", fontsize=fontsize, color=color, fontweight=weight
-                )
+                ax.text(j, i, text, ha="center", va="center", fontsize=fontsize, color=color, fontweight=weight)
 
         row_totals = counts.sum(axis=1).astype(int)
         ylabels = [f"{name}  (n={total})" for name, total in zip(labels, row_totals, strict=True)]
@@ -128,8 +124,7 @@ def plot_confusion_matrix(
             for name in (a, b):
                 if name not in labels:
                     raise DefectFusionError(
-                        f"plot_confusion_matrix: highlight class {name!r} is not among the labels "
-                        f"{', '.join(labels)}"
+                        f"plot_confusion_matrix: highlight class {name!r} is not among the labels {', '.join(labels)}"
                     )
             ia, ib = labels.index(a), labels.index(b)
             for i, j in ((ia, ib), (ib, ia)):
@@ -327,9 +322,7 @@ def plot_ap_bars_many(
         ax.set_ylabel(headers[metric])
         ax.grid(True, axis="y", color="#EEEEEE")
         ax.set_axisbelow(True)
-        handles = [
-            Patch(color=MODEL_COLORS[k % len(MODEL_COLORS)], label=lab) for k, lab in enumerate(table.labels)
-        ]
+        handles = [Patch(color=MODEL_COLORS[k % len(MODEL_COLORS)], label=lab) for k, lab in enumerate(table.labels)]
         ncol = min(m, 4)
         ax.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=ncol, frameon=False)
         vs = f" ({', '.join(table.labels[1:])} vs {table.labels[0]})" if m > 1 else ""

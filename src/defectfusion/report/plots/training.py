@@ -110,9 +110,7 @@ def plot_training_curves(
         xs = xs[order]
 
         def column(key: str, recs: list[dict[str, Any]] = recs) -> np.ndarray:
-            return np.asarray(
-                [np.nan if as_number(r.get(key)) is None else as_number(r.get(key)) for r in recs]
-            )
+            return np.asarray([np.nan if as_number(r.get(key)) is None else as_number(r.get(key)) for r in recs])
 
         lr = next((as_number(r.get("lr")) for r in recs if as_number(r.get("lr")) is not None), None)
         boundary = (end + xs.min()) / 2 if series else None
@@ -142,9 +140,7 @@ def plot_training_curves(
             if ok.any():
                 top.plot(xs[ok], map50[ok], "-o", color=color, ms=3.5, lw=1.8, label=label)
                 best = int(np.nanargmax(map50))
-                top.plot(
-                    xs[best], map50[best], marker="*", ms=14, color=color, mec="black", mew=0.6, zorder=5
-                )
+                top.plot(xs[best], map50[best], marker="*", ms=14, color=color, mec="black", mew=0.6, zorder=5)
                 top.annotate(
                     f"{map50[best]:.3f}",
                     (xs[best], map50[best]),
@@ -169,9 +165,7 @@ def plot_training_curves(
                 for a in axes:
                     a.axvline(boundary, color="#777777", lw=1.0, ls=":")
         if baseline is not None:
-            top.axhline(
-                baseline, color="#444444", lw=1.3, ls="-.", label=f"baseline mAP@0.5 = {baseline:.3f}"
-            )
+            top.axhline(baseline, color="#444444", lw=1.3, ls="-.", label=f"baseline mAP@0.5 = {baseline:.3f}")
             seen["map50"].append(baseline)
         for k, (phase, xs, *_rest) in enumerate(series):
             top.text(
@@ -192,9 +186,7 @@ def plot_training_curves(
                 a.set_ylim(lo - pad, hi + 2 * pad)
             a.grid(True, color="#EEEEEE")
         if not seen["map50"]:
-            top.text(
-                0.5, 0.5, "no validation mAP logged", transform=top.transAxes, ha="center", color=NEUTRAL
-            )
+            top.text(0.5, 0.5, "no validation mAP logged", transform=top.transAxes, ha="center", color=NEUTRAL)
         top.set_ylabel("val mAP@0.5")
         if "map" in ax:
             ax["map"].set_ylabel("val mAP@0.5:0.95")
