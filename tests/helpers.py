@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 from PIL import Image
@@ -23,6 +24,7 @@ from defectfusion.data.descriptions import load_descriptions
 from defectfusion.models.checkpoint import save_detector
 from defectfusion.models.detector import DefectDetector, build_detector
 from defectfusion.models.text import encode_descriptions
+from defectfusion.structures import Detections
 
 SIX_CLASSES = ["NORMAL", "DEFORMACIONES", "ROTURA_FRACTURA", "RAYONES_ARANAZOS", "PERFORACIONES", "CONTAMINACION"]
 # Checkpoints written by the original DEIMv2 code, beside the project (tests skip without them).
@@ -344,3 +346,60 @@ def write_train_config(path: Path, dataset: Path, **sections) -> Path:
     config["include"] = [str(packaged_config_path("progressive"))]
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+# ---------------------------------------------------------------------------- COCO cases
+
+
+# Category ids deliberately not 0..C-1 and not sorted: label i is the i-th entry of the list.
+CATS = [{"id": 7, "name": "NORMAL"}, {"id": 2, "name": "ROTURA"}, {"id": 5, "name": "RAYONES"},
+        {"id": 9, "name": "ABSENT"}]  # fmt: skip
+
+
+def coco_case(images: int, anns: list[dict]) -> dict:
+    for i, a in enumerate(anns):
+        a.setdefault("id", i + 1)
+        a.setdefault("iscrowd", 0)
+        a.setdefault("area", a["bbox"][2] * a["bbox"][3])
+    imgs = [{"id": i + 1, "width": 400, "height": 300, "file_name": f"{i + 1}.png"} for i in range(images)]
+    return {"images": imgs, "categories": copy.deepcopy(CATS), "annotations": anns}
+
+
+def random_coco_case(seed: int = 0) -> tuple[dict, list[dict]]:
+    """GT over 10 images (image 9 without GT, image 10 without GT or predictions, a crowd box,
+    class ABSENT never in GT) and COCO results with jittered boxes, swapped classes, misses and
+    false positives, so that the PR curves are non-trivial at every IoU threshold."""
+    rng = np.random.default_rng(seed)
+    anns, results = [], []
+    for img in range(1, 9):
+        for _ in range(rng.integers(1, 6)):
+            w, h = rng.uniform(15, 90, 2)
+            x, y = rng.uniform(0, 400 - w), rng.uniform(0, 300 - h)
+            cid = int(rng.choice([7, 2, 5]))
+            anns.append({"image_id": img, "category_id": cid, "bbox": [x, y, w, h]})
+            if rng.random() < 0.15:
+                continue  # missed
+            for _ in range(1 + int(rng.random() < 0.3)):  # sometimes a duplicate
+                j = rng.normal(0, 0.06, 4) * [w, h, w, h]
+                pc = cid if rng.random() < 0.8 else int(rng.choice([7, 2, 5, 9]))
+                box = [x + j[0], y + j[1], max(w + j[2], 2.0), max(h + j[3], 2.0)]
+                results.append({"image_id": img, "category_id": pc, "bbox": box, "score": float(rng.uniform(0.05, 1))})
+        for _ in range(rng.integers(0, 3)):  # false positives
+            box = [*rng.uniform(0, 300, 2), *rng.uniform(10, 60, 2)]
+            results.append({"image_id": img, "category_id": int(rng.choice([7, 2, 5, 9])), "bbox": box,
+                            "score": float(rng.uniform(0.05, 1))})  # fmt: skip
+    anns.append({"image_id": 3, "category_id": 2, "bbox": [300, 200, 90, 90], "iscrowd": 1})
+    results.append({"image_id": 3, "category_id": 2, "bbox": [310, 210, 30, 30], "score": 0.95})  # on the crowd
+    results.append({"image_id": 9, "category_id": 5, "bbox": [10, 10, 40, 40], "score": 0.6})
+    return coco_case(10, anns), results
+
+
+def results_as_detections(results: list[dict], image_id: int) -> Detections:
+    label = {c["id"]: i for i, c in enumerate(CATS)}
+    recs = [r for r in results if r["image_id"] == image_id]
+    if not recs:
+        return Detections.empty()
+    b = torch.tensor([r["bbox"] for r in recs], dtype=torch.float64)
+    scores = torch.tensor([r["score"] for r in recs], dtype=torch.float64)  # as in the results file
+    return Detections(torch.cat([b[:, :2], b[:, :2] + b[:, 2:]], 1), scores,
+                      torch.tensor([label[r["category_id"]] for r in recs]))  # fmt: skip

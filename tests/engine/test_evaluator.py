@@ -21,59 +21,7 @@ from defectfusion.engine.evaluator import (
 from defectfusion.errors import ConfigError, DataError, DefectFusionError
 from defectfusion.report.compare import pair_counts
 from defectfusion.structures import Detections
-
-# Category ids deliberately not 0..C-1 and not sorted: label i is the i-th entry of the list.
-CATS = [{"id": 7, "name": "NORMAL"}, {"id": 2, "name": "ROTURA"}, {"id": 5, "name": "RAYONES"},
-        {"id": 9, "name": "ABSENT"}]  # fmt: skip
-
-
-def _coco(images: int, anns: list[dict]) -> dict:
-    for i, a in enumerate(anns):
-        a.setdefault("id", i + 1)
-        a.setdefault("iscrowd", 0)
-        a.setdefault("area", a["bbox"][2] * a["bbox"][3])
-    imgs = [{"id": i + 1, "width": 400, "height": 300, "file_name": f"{i + 1}.png"} for i in range(images)]
-    return {"images": imgs, "categories": copy.deepcopy(CATS), "annotations": anns}
-
-
-def _random_case(seed: int = 0) -> tuple[dict, list[dict]]:
-    """GT over 10 images (image 9 without GT, image 10 without GT or predictions, a crowd box,
-    class ABSENT never in GT) and COCO results with jittered boxes, swapped classes, misses and
-    false positives, so that the PR curves are non-trivial at every IoU threshold."""
-    rng = np.random.default_rng(seed)
-    anns, results = [], []
-    for img in range(1, 9):
-        for _ in range(rng.integers(1, 6)):
-            w, h = rng.uniform(15, 90, 2)
-            x, y = rng.uniform(0, 400 - w), rng.uniform(0, 300 - h)
-            cid = int(rng.choice([7, 2, 5]))
-            anns.append({"image_id": img, "category_id": cid, "bbox": [x, y, w, h]})
-            if rng.random() < 0.15:
-                continue  # missed
-            for _ in range(1 + int(rng.random() < 0.3)):  # sometimes a duplicate
-                j = rng.normal(0, 0.06, 4) * [w, h, w, h]
-                pc = cid if rng.random() < 0.8 else int(rng.choice([7, 2, 5, 9]))
-                box = [x + j[0], y + j[1], max(w + j[2], 2.0), max(h + j[3], 2.0)]
-                results.append({"image_id": img, "category_id": pc, "bbox": box, "score": float(rng.uniform(0.05, 1))})
-        for _ in range(rng.integers(0, 3)):  # false positives
-            box = [*rng.uniform(0, 300, 2), *rng.uniform(10, 60, 2)]
-            results.append({"image_id": img, "category_id": int(rng.choice([7, 2, 5, 9])), "bbox": box,
-                            "score": float(rng.uniform(0.05, 1))})  # fmt: skip
-    anns.append({"image_id": 3, "category_id": 2, "bbox": [300, 200, 90, 90], "iscrowd": 1})
-    results.append({"image_id": 3, "category_id": 2, "bbox": [310, 210, 30, 30], "score": 0.95})  # on the crowd
-    results.append({"image_id": 9, "category_id": 5, "bbox": [10, 10, 40, 40], "score": 0.6})
-    return _coco(10, anns), results
-
-
-def _detections(results: list[dict], image_id: int) -> Detections:
-    label = {c["id"]: i for i, c in enumerate(CATS)}
-    recs = [r for r in results if r["image_id"] == image_id]
-    if not recs:
-        return Detections.empty()
-    b = torch.tensor([r["bbox"] for r in recs], dtype=torch.float64)
-    scores = torch.tensor([r["score"] for r in recs], dtype=torch.float64)  # as in the results file
-    return Detections(torch.cat([b[:, :2], b[:, :2] + b[:, 2:]], 1), scores,
-                      torch.tensor([label[r["category_id"]] for r in recs]))  # fmt: skip
+from tests.helpers import CATS, coco_case, random_coco_case, results_as_detections
 
 
 def _pycocotools(gt: dict, results: list[dict], cat_ids: list[int] | None = None) -> np.ndarray:
@@ -95,11 +43,11 @@ def _pycocotools(gt: dict, results: list[dict], cat_ids: list[int] | None = None
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_matches_pycocotools(seed: int) -> None:
-    gt, results = _random_case(seed)
+    gt, results = random_coco_case(seed)
     ev = DetectionEvaluator(gt)
     ids = list(range(1, 11))
     for i in range(0, 10, 3):  # batches of varying size
-        ev.process(ids[i : i + 3], [_detections(results, j) for j in ids[i : i + 3]])
+        ev.process(ids[i : i + 3], [results_as_detections(results, j) for j in ids[i : i + 3]])
     m = ev.evaluate()
     ref = _pycocotools(gt, results)
     assert m["map"] == pytest.approx(ref[0], abs=1e-4)
@@ -131,7 +79,7 @@ def _xyxy(*boxes: list[float]) -> torch.Tensor:
 
 
 def _confusion_case() -> tuple[DetectionEvaluator, dict]:
-    gt = _coco(7, [
+    gt = coco_case(7, [
         {"image_id": 1, "category_id": 2, "bbox": _box(10, 10)},    # correct crack
         {"image_id": 2, "category_id": 2, "bbox": _box(10, 10)},    # crack called scratch
         {"image_id": 3, "category_id": 7, "bbox": _box(10, 10)},    # missed NORMAL
@@ -185,7 +133,7 @@ def test_per_class_counts_and_best_f1_on_hand_case() -> None:
 
 
 def test_predicts_nothing_and_undefined_metrics(tmp_path: Path) -> None:
-    gt, _ = _random_case()
+    gt, _ = random_coco_case()
     ev = DetectionEvaluator(gt)
     m = ev.evaluate()  # nothing processed: no images
     assert m["num_images"] == 0 and m["map50"] is None and m["map"] is None
@@ -207,7 +155,7 @@ def test_predicts_nothing_and_undefined_metrics(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "metrics.json").read_text()) == m_all
 
     # Only crowd GT, images without GT: every AP is undefined.
-    only_crowd = _coco(2, [{"image_id": 1, "category_id": 2, "bbox": _box(0, 0), "iscrowd": 1}])
+    only_crowd = coco_case(2, [{"image_id": 1, "category_id": 2, "bbox": _box(0, 0), "iscrowd": 1}])
     ev = DetectionEvaluator(only_crowd)
     ev.process([1, 2], [Detections(_xyxy(_box(0, 0)), torch.tensor([0.9]), torch.tensor([1])), Detections.empty()])
     m = ev.evaluate()
@@ -217,12 +165,12 @@ def test_predicts_nothing_and_undefined_metrics(tmp_path: Path) -> None:
 
 
 def test_results_file_round_trip_and_bad_files(tmp_path: Path) -> None:
-    gt, results = _random_case()
+    gt, results = random_coco_case()
     ann, res = tmp_path / "ann.json", tmp_path / "res.json"
     ann.write_text(json.dumps(gt))
     res.write_text(json.dumps(results))
     ev = DetectionEvaluator(ann)
-    ev.process(list(range(1, 11)), [_detections(results, i) for i in range(1, 11)])
+    ev.process(list(range(1, 11)), [results_as_detections(results, i) for i in range(1, 11)])
     direct, from_file = ev.evaluate(), evaluate_results_file(res, ann)
     assert from_file["map"] == pytest.approx(direct["map"], abs=1e-9)
     assert from_file["confusion_matrix"] == direct["confusion_matrix"]
@@ -252,7 +200,7 @@ def test_results_file_round_trip_and_bad_files(tmp_path: Path) -> None:
 
 
 def test_bad_annotations_and_detections() -> None:
-    gt, _ = _random_case()
+    gt, _ = random_coco_case()
     broken = copy.deepcopy(gt)
     broken["annotations"][2]["category_id"] = 42
     with pytest.raises(DataError, match=r"annotations\[2\]: category_id 42"):

@@ -29,7 +29,7 @@ from ..data.coco import load_coco
 from ..data.descriptions import resolve_pair
 from ..data.images import load_image
 from ..data.synthetic import generate_synthetic_dataset
-from ..engine.bootstrap import bootstrap_map50, difference_interval
+from ..engine.bootstrap import difference_interval, image_draws, resample
 from ..engine.explainer import explain_image
 from ..engine.predictor import Predictor
 from ..engine.progressive import run_training
@@ -259,7 +259,8 @@ def run_demo(
         predictor = Predictor.from_checkpoint(folder, top_k=top_k)
         metrics, kept = evaluate_on_index(predictor, val, keep=[r.id for r in val.images], progress=False, desc=name)
         scored[name], detections[name] = metrics, kept
-    samples = bootstrap_map50(val.to_coco_dict(), detections, draws=plan.bootstrap_draws, seed=0)
+    draws = image_draws([r.id for r in val.images], plan.bootstrap_draws, seed=0)
+    samples = resample(val.to_coco_dict(), detections, draws)
     intervals = {
         "text_vs_baseline": difference_interval(samples, "text", "baseline", _diff(scored["text"], scored["baseline"])),
         "control_vs_baseline": difference_interval(

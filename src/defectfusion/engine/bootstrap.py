@@ -1,9 +1,12 @@
-"""How sure is a difference in mAP@0.5? A paired bootstrap over validation images.
+"""How sure is a difference? Paired resamples of the test images, scored by the evaluator's own rules.
 
-Resample the validation images with replacement, score every model on the same resample, and
-repeat: the spread of the differences says how much of a gap between two models the choice of
-validation images alone could produce. Paired (the same images for every model in a draw), so
-image difficulty cancels out of the differences.
+Resample the images with replacement, score every model on the same resample, and repeat: the
+spread of the differences says how much of a gap between two models the choice of images alone
+could produce. Paired (the same images for every model in a draw), so image difficulty cancels
+out of the differences. Every resample is scored exactly as :class:`~.evaluator.DetectionEvaluator`
+scores a set (COCO AP through :func:`~.evaluator.coco_class_ap`: at most 100 detections per image
+*and class*; the confusion matrix summed from its per-image counts), so the identity resample
+reproduces the evaluator's numbers.
 """
 
 from __future__ import annotations
@@ -13,21 +16,37 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from faster_coco_eval import COCO, COCOeval_faster
+from faster_coco_eval import COCO
 
 from ..structures import Detections
-from .metrics import coco_class_stats, mean_or_none
-
-MAX_DETS = 100  # COCO's maxDets: detections beyond an image's best 100 do not change mAP
+from .evaluator import DetectionEvaluator, coco_class_ap
+from .metrics import mean_or_none
 
 
 def _quiet(*_args, **_kwargs) -> None:
     pass
 
 
+@dataclass
+class Resampled:
+    """One model's metrics on every draw (NaN where undefined).
+
+    Attributes:
+        map50, map: ``[draws]`` mAP@0.5 and mAP@0.5:0.95.
+        ap50, ap: ``[draws, C]`` per-class AP.
+        confusion: ``[draws, C+1, C+1]`` confusion-matrix counts (rows ground truth).
+    """
+
+    map50: np.ndarray
+    map: np.ndarray
+    ap50: np.ndarray
+    ap: np.ndarray
+    confusion: np.ndarray
+
+
 @dataclass(frozen=True)
 class Interval:
-    """A difference ``a - b`` of mAP@0.5 with its bootstrap interval."""
+    """A difference ``a - b`` with its bootstrap interval."""
 
     a: str
     b: str
@@ -36,106 +55,120 @@ class Interval:
     high: float
     level: float
     draws: int
+    metric: str = "map50"
 
     @property
     def excludes_zero(self) -> bool:
         return self.low > 0 or self.high < 0
 
+    @property
+    def half_width(self) -> float:
+        return (self.high - self.low) / 2
+
     def to_dict(self) -> dict[str, Any]:
         return {
-            "a": self.a,
-            "b": self.b,
-            "difference": self.observed,
-            "low": self.low,
-            "high": self.high,
-            "level": self.level,
-            "draws": self.draws,
-        }
+            "a": self.a, "b": self.b, "metric": self.metric, "difference": self.observed,
+            "low": self.low, "high": self.high, "level": self.level, "draws": self.draws,
+        }  # fmt: skip
 
 
-def _map50(gt: dict[str, Any], results: list[dict[str, Any]], cat_ids: Sequence[int]) -> float | None:
-    coco_gt = COCO(gt, print_function=_quiet)
-    if not results:
-        return 0.0 if gt["annotations"] else None
-    ev = COCOeval_faster(coco_gt, coco_gt.loadRes(results), "bbox", print_function=_quiet)
-    ev.params.iouThrs = np.array([0.5])
-    ev.evaluate()
-    ev.accumulate()
-    k_of = {int(cid): k for k, cid in enumerate(ev.params.catIds)}
-    return mean_or_none([coco_class_stats(ev.eval["precision"], ev.params.iouThrs, k_of[c])[0] for c in cat_ids])
-
-
-def _coco_records(detections: Mapping[int, Detections], cat_ids: Sequence[int]) -> dict[int, list[dict]]:
-    """Per image, its ``MAX_DETS`` best detections as COCO records (the rest never count)."""
-    records = {}
-    for image_id, det in detections.items():
-        keep = det.scores.argsort(descending=True)[:MAX_DETS]
-        records[image_id] = [
-            {
-                "category_id": cat_ids[int(label)],
-                "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]],
-                "score": float(score),
-            }
-            for box, score, label in zip(
-                det.boxes[keep].tolist(), det.scores[keep].tolist(), det.labels[keep].tolist(), strict=True
-            )
-        ]
-    return records
-
-
-def _results(records: Mapping[int, list[dict]], ids: Sequence[int]) -> list[dict]:
-    """COCO results for a resample: draw position ``n`` becomes image id ``n + 1``."""
-    return [
-        {**r, "image_id": new_id} for new_id, image_id in enumerate(ids, start=1) for r in records.get(image_id, ())
-    ]
+def image_draws(image_ids: Sequence[int], draws: int, seed: int = 0) -> np.ndarray:
+    """``[draws, N]`` resamples of ``image_ids`` with replacement (the same for every model)."""
+    rng = np.random.default_rng(seed)
+    return rng.choice(np.asarray(image_ids), size=(draws, len(image_ids)), replace=True)
 
 
 def _resampled_gt(gt: Mapping[str, Any], ids: Sequence[int]) -> dict[str, Any]:
+    """The ground truth of a resample: draw position ``n`` becomes image id ``n + 1``."""
     images = {img["id"]: img for img in gt["images"]}
     by_image: dict[int, list[dict[str, Any]]] = {}
     for ann in gt["annotations"]:
         by_image.setdefault(ann["image_id"], []).append(ann)
     new_images, new_anns = [], []
     for new_id, image_id in enumerate(ids, start=1):
-        new_images.append({**images[image_id], "id": new_id})
-        for ann in by_image.get(image_id, []):
+        new_images.append({**images[int(image_id)], "id": new_id})
+        for ann in by_image.get(int(image_id), []):
             new_anns.append({**ann, "id": len(new_anns) + 1, "image_id": new_id})
     return {"images": new_images, "annotations": new_anns, "categories": gt["categories"]}
 
 
-def bootstrap_map50(
-    gt: Mapping[str, Any], models: Mapping[str, Mapping[int, Detections]], draws: int = 200, seed: int = 0
-) -> dict[str, np.ndarray]:
-    """mAP@0.5 of every model on ``draws`` paired resamples of the ground truth's images.
+def _records(detections: Mapping[int, Detections], cat_ids: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
+    """Per image, every detection as a COCO results record (COCO applies its own per-class cap)."""
+    records = {}
+    for image_id, det in detections.items():
+        boxes, scores, labels = det.boxes.double().tolist(), det.scores.double().tolist(), det.labels.tolist()
+        records[int(image_id)] = [
+            {"category_id": cat_ids[int(lab)], "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]], "score": float(s)}
+            for b, s, lab in zip(boxes, scores, labels, strict=True)
+        ]
+    return records
+
+
+def resample(
+    gt: Mapping[str, Any],
+    models: Mapping[str, Mapping[int, Detections]],
+    draws: np.ndarray,
+    *,
+    iou_threshold: float = 0.5,
+    conf_threshold: float = 0.25,
+) -> dict[str, Resampled]:
+    """Every model's metrics on every draw of :func:`image_draws`.
 
     Args:
         gt: COCO ground truth (``images``, ``annotations``, ``categories``); contiguous label
             ``i`` is the ``i``-th category.
         models: per model, its detections by image id (images without an entry: none).
-
-    Returns:
-        Per model, ``[draws]`` mAP@0.5 values (NaN where undefined).
+        draws: ``[D, N]`` image ids, one resample per row.
     """
-    cat_ids = [int(c["id"]) for c in gt["categories"]]
-    image_ids = [int(img["id"]) for img in gt["images"]]
-    rng = np.random.default_rng(seed)
-    values = {name: np.full(draws, np.nan) for name in models}
-    records = {name: _coco_records(detections, cat_ids) for name, detections in models.items()}
-    for d in range(draws):
-        ids = rng.choice(image_ids, size=len(image_ids), replace=True).tolist()
-        sample = _resampled_gt(gt, ids)
+    base = DetectionEvaluator(dict(gt)).dataset  # normalised as the evaluator scores it
+    cat_ids = [int(c["id"]) for c in base["categories"]]
+    C = len(cat_ids)
+    records, per_image = {}, {}
+    for name, detections in models.items():
+        records[name] = _records(detections, cat_ids)
+        ev = DetectionEvaluator(base, iou_threshold=iou_threshold, conf_threshold=conf_threshold)
+        ids = [int(i) for i in ev.image_ids]
+        ev.process(ids, [detections.get(i, Detections.empty()) for i in ids])
+        per_image[name] = ev.confusion_per_image()
+    D = len(draws)
+    out = {
+        name: Resampled(np.full(D, np.nan), np.full(D, np.nan), np.full((D, C), np.nan), np.full((D, C), np.nan),
+                        np.zeros((D, C + 1, C + 1), dtype=np.int64))
+        for name in models
+    }  # fmt: skip
+    for d, ids in enumerate(draws):
+        coco_gt = COCO(_resampled_gt(base, ids), print_function=_quiet)
+        new_ids = list(range(1, len(ids) + 1))
         for name in models:
-            value = _map50(sample, _results(records[name], ids), cat_ids)
-            values[name][d] = np.nan if value is None else value
-    return values
+            results = [
+                {**r, "image_id": new_id}
+                for new_id, image_id in enumerate(ids, start=1)
+                for r in records[name].get(int(image_id), ())
+            ]
+            ap50, ap, _ = coco_class_ap(coco_gt, results, new_ids, cat_ids)
+            target = out[name]
+            target.ap50[d] = [np.nan if v is None else v for v in ap50]
+            target.ap[d] = [np.nan if v is None else v for v in ap]
+            m50, m = mean_or_none(ap50), mean_or_none(ap)
+            target.map50[d] = np.nan if m50 is None else m50
+            target.map[d] = np.nan if m is None else m
+            target.confusion[d] = sum(per_image[name][int(i)] for i in ids)
+    return out
 
 
-def difference_interval(
-    samples: Mapping[str, np.ndarray], a: str, b: str, observed: float, level: float = 0.95
+def percentile_interval(
+    diff: np.ndarray, a: str, b: str, observed: float, level: float = 0.95, metric: str = "map50"
 ) -> Interval:
-    """Percentile interval of ``mAP(a) - mAP(b)`` over the paired draws."""
-    diff = samples[a] - samples[b]
+    """Percentile interval of resampled differences ``a - b`` (undefined draws left out)."""
+    diff = np.asarray(diff, dtype=np.float64)
     diff = diff[np.isfinite(diff)]
     tail = (1.0 - level) / 2 * 100
     low, high = np.percentile(diff, [tail, 100 - tail]).tolist() if diff.size else (float("nan"),) * 2
-    return Interval(a, b, float(observed), float(low), float(high), level, int(diff.size))
+    return Interval(a, b, float(observed), float(low), float(high), level, int(diff.size), metric)
+
+
+def difference_interval(
+    samples: Mapping[str, Resampled], a: str, b: str, observed: float, level: float = 0.95
+) -> Interval:
+    """Percentile interval of ``mAP@0.5(a) - mAP@0.5(b)`` over the paired draws."""
+    return percentile_interval(samples[a].map50 - samples[b].map50, a, b, observed, level)

@@ -311,14 +311,46 @@ class DetectionEvaluator:
             for i in ids
             for b, s, lab in zip(*preds[i], strict=True)
         ]
-        coco_dt = self._coco_gt.loadRes(results)
-        ev = COCOeval_faster(self._coco_gt, coco_dt, "bbox", print_function=_quiet)
-        ev.params.imgIds = ids
-        ev.evaluate()
-        ev.accumulate()
-        k_of = {int(cid): k for k, cid in enumerate(ev.params.catIds)}  # COCO sorts category ids
-        stats = [coco_class_stats(ev.eval["precision"], ev.params.iouThrs, k_of[cid]) for cid in self.cat_ids]
-        return [s[0] for s in stats], [s[1] for s in stats], [s[2] for s in stats]
+        return coco_class_ap(self._coco_gt, results, ids, self.cat_ids)
+
+    def confusion_per_image(self) -> dict[int, np.ndarray]:
+        """The confusion-matrix counts ``[C+1, C+1]`` each processed image adds (summing them gives
+        ``evaluate()``'s matrix over those images): what a bootstrap resamples."""
+        C = self.num_classes
+        out = {}
+        for i, (boxes, sc, labels) in self._preds.items():
+            gt = self._gt[i]
+            counts = np.zeros((C + 1, C + 1), dtype=np.int64)
+            keep = sc >= self.conf_threshold
+            confusion_image(counts, gt.boxes, gt.labels, gt.crowd_boxes, boxes[keep], labels[keep], self.iou_threshold)
+            out[i] = counts
+        return out
+
+
+def coco_class_ap(
+    coco_gt: COCO, results: list[dict[str, Any]], image_ids: Sequence[int], cat_ids: Sequence[int]
+) -> tuple[list[float | None], list[float | None], list[list[float | None]]]:
+    """Per-class AP@0.5, AP@0.5:0.95 and IoU=0.5 PR curves (in ``cat_ids`` order) by COCO's rules.
+
+    The one place COCO AP is computed: the evaluator and the bootstrap's resamples both come here
+    (bbox IoU, area "all", at most 100 detections per image and class, undefined -> ``None``).
+    """
+    coco_dt = coco_gt.loadRes(results) if results else _empty_results(coco_gt)
+    ev = COCOeval_faster(coco_gt, coco_dt, "bbox", print_function=_quiet)
+    ev.params.imgIds = list(image_ids)
+    ev.evaluate()
+    ev.accumulate()
+    k_of = {int(cid): k for k, cid in enumerate(ev.params.catIds)}  # COCO sorts category ids
+    stats = [coco_class_stats(ev.eval["precision"], ev.params.iouThrs, k_of[int(cid)]) for cid in cat_ids]
+    return [s[0] for s in stats], [s[1] for s in stats], [s[2] for s in stats]
+
+
+def _empty_results(coco_gt: COCO) -> COCO:
+    empty = COCO(print_function=_quiet)
+    empty.dataset = {"images": coco_gt.dataset["images"], "categories": coco_gt.dataset["categories"],
+                     "annotations": []}  # fmt: skip
+    empty.createIndex()
+    return empty
 
 
 def read_results_file(
