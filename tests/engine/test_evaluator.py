@@ -13,11 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from defectfusion.engine.evaluator import (
-    DetectionEvaluator,
-    evaluate_results_file,
-    write_metrics,
-)
+from defectfusion.engine.evaluator import DetectionEvaluator, write_metrics
+from defectfusion.engine.results_file import evaluate_results_file
 from defectfusion.errors import ConfigError, DataError, DefectFusionError
 from defectfusion.report.compare import pair_counts
 from defectfusion.structures import Detections

@@ -6,8 +6,9 @@ import pytest
 from safetensors.torch import load_file
 
 from defectfusion.config import GateConfig, load_config
-from defectfusion.engine.progressive import apply_gate, run_training, select_phases
-from defectfusion.errors import ConfigError
+from defectfusion.engine.gates import apply_gate
+from defectfusion.engine.progressive import run_training, select_phases
+from defectfusion.errors import ConfigError, DataError
 from defectfusion.models.detector import parameter_group
 from tests.helpers import write_train_config
 
@@ -217,11 +218,9 @@ def test_option2_trains_from_random_initialisation_with_a_pretrained_backbone(tm
         model={"backbone_weights": str(tmp_path / "hgnet")},
     )
     summary = run_training(load_config(cfg_path), tmp_path / "run", progress=False)
-    assert summary["start"]["source"] == f"random initialisation, backbone from {tmp_path / 'hgnet'}"
-    assert summary["phases"]["full"]["epochs_run"] == 1
-    # The phase's epoch-0 model is the random detector on the donor's backbone.
-    first = json.loads((tmp_path / "run" / "full" / "metrics.jsonl").read_text().splitlines()[0])
-    assert first["epoch"] == 0 and first["map50"] == summary["start"]["map50"]
+    assert summary["start_model"] == f"random initialisation, backbone from {tmp_path / 'hgnet'}"
+    assert summary["start"] is None and summary["baseline"] is None  # a random start is no baseline
+    assert summary["phases"]["full"]["epochs_run"] == 1 and summary["final"]["phase"] == "full"
 
     with pytest.raises(ConfigError, match="either checkpoint .* or backbone_weights"):
         load_config(cfg_path, ["model.checkpoint=somewhere"])
@@ -253,3 +252,46 @@ def test_gate_decisions_say_what_they_compared(tmp_path, synth_data):
     assert gate["compared"].startswith(f"phase1's last validation map50 (epoch 1) = {phase1['last_map50']:.4f}")
     assert f"(baseline {baseline:.4f} +0.5000)" in gate["compared"]
     assert gate["proceed"] is False and "phase2" not in summary["phases"]
+
+
+def test_a_test_split_scores_the_final_choice_and_selects_nothing(tmp_path, synth_data):
+    import torch
+
+    from defectfusion.config import ModelConfig
+    from defectfusion.data.coco import load_coco
+    from defectfusion.data.synthetic import generate_synthetic_dataset
+    from defectfusion.engine.results_file import read_results_file
+    from defectfusion.models.checkpoint import save_detector
+    from defectfusion.models.detector import build_detector
+
+    other = generate_synthetic_dataset(tmp_path / "other", train=1, val=6, size=96, seed=11).root
+    torch.manual_seed(0)
+    names = list(load_coco(synth_data / "train" / "annotations.json").class_names)
+    save_detector(build_detector(ModelConfig(preset="hgnetv2_micro", image_size=(96, 96)), names), tmp_path / "start")
+    test_ann = other / "val" / "annotations.json"
+    cfg_path = write_train_config(tmp_path / "cfg.yml", synth_data, order=["phase1"],
+                                  model={"checkpoint": str(tmp_path / "start")},
+                                  data={"test": {"annotations": str(test_ann)}})  # fmt: skip
+    summary = run_training(load_config(cfg_path), tmp_path / "run", progress=False)
+    test = summary["test"]
+    val_ann = str((synth_data / "val" / "annotations.json").resolve())
+    assert test["selected_on"] == val_ann and test["annotations"] == str(test_ann.resolve()) and test["num_images"] == 6
+    # selection used validation only: the final choice and every logged evaluation are validation numbers
+    best = max(summary["baseline"]["map50"], summary["phases"]["phase1"]["best_map50"])
+    assert summary["final"]["map50"] == best
+    logged = [json.loads(line) for line in (tmp_path / "run" / "phase1" / "metrics.jsonl").read_text().splitlines()]
+    assert logged[0]["map50"] == summary["baseline"]["map50"]  # epoch 0 = the checkpoint, on validation
+    # the test numbers are the final model's detections on the test images, stored for later statistics
+    test_images = load_coco(test_ann)
+    stored = read_results_file(test["final"]["results"], [r.id for r in test_images.images],
+                               list(test_images.label_to_category_id))  # fmt: skip
+    assert set(stored) <= {r.id for r in test_images.images} and stored
+    assert {"final", "baseline"} <= set(test)
+
+    # a "test" set holding training images is refused
+    train_ann = str(synth_data / "train" / "annotations.json")
+    leaky = write_train_config(tmp_path / "leak.yml", synth_data, order=["phase1"],
+                               model={"checkpoint": str(tmp_path / "start")},
+                               data={"test": {"annotations": train_ann}})  # fmt: skip
+    with pytest.raises(DataError, match="test image file.* are also training or validation images"):
+        run_training(load_config(leaky), tmp_path / "run2", progress=False)

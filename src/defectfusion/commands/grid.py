@@ -8,8 +8,8 @@ from typing import Any
 
 from ..data.coco import CocoIndex
 from ..data.images import load_image
-from ..engine.evaluator import read_results_file
 from ..engine.predictor import Predictor
+from ..engine.results_file import read_results_file
 from ..structures import Detections
 
 GRID_IMAGES = 8

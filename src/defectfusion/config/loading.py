@@ -89,6 +89,8 @@ PATH_KEYS: set[tuple[str, ...]] = {
     ("data", "train", "images"),
     ("data", "val", "annotations"),
     ("data", "val", "images"),
+    ("data", "test", "annotations"),
+    ("data", "test", "images"),
     ("fusion", "descriptions"),
     ("fusion", "cache_dir"),
 }

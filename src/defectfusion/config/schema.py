@@ -124,7 +124,11 @@ class DataSplit(_Section):
 
 class DataConfig(_Section):
     train: DataSplit | None = None
-    val: DataSplit | None = None
+    val: DataSplit | None = Field(None, description="selects: best epoch, gates, the final model")
+    test: DataSplit | None = Field(
+        None,
+        description="optional: only scores the final model and the baseline, never selects (reports compare on it)",
+    )
     batch_size: int = Field(4, ge=1, description="images per step (per process)")
     eval_batch_size: int | None = Field(None, ge=1, description="default: batch_size")
     num_workers: int = Field(2, ge=0, description="DataLoader worker processes")

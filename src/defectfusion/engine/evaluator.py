@@ -90,12 +90,12 @@ class _ImageGT:
     crowd_labels: np.ndarray  # [Gc]
 
 
-def _is_number(v: Any) -> bool:
+def is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _check_bbox(bbox: Any, where: str) -> None:
-    if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
+def check_bbox(bbox: Any, where: str) -> None:
+    if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(is_number(v) for v in bbox)):
         raise DataError(f"{where}: 'bbox' must be 4 finite numbers [x, y, width, height], got {bbox!r}")
     if bbox[2] < 0 or bbox[3] < 0:
         raise DataError(f"{where}: 'bbox' width and height must be >= 0, got {bbox!r}")
@@ -134,15 +134,15 @@ def _load_annotations(annotations: Path | str | dict) -> tuple[dict, str]:
             raise DataError(f"{where}: image_id {a.get('image_id')!r} is not in 'images'")
         if a.get("category_id") not in cat_ids:
             raise DataError(f"{where}: category_id {a.get('category_id')!r} is not in 'categories'")
-        _check_bbox(a.get("bbox"), where)
+        check_bbox(a.get("bbox"), where)
         a["id"] = i + 1
         a["iscrowd"] = int(bool(a.get("iscrowd", 0)))
-        if not _is_number(a.get("area")):
+        if not is_number(a.get("area")):
             a["area"] = float(a["bbox"][2] * a["bbox"][3])
     return data, src
 
 
-def _xywh_to_xyxy(b: np.ndarray) -> np.ndarray:
+def xywh_to_xyxy(b: np.ndarray) -> np.ndarray:
     return np.concatenate([b[:, :2], b[:, :2] + b[:, 2:]], axis=1)
 
 
@@ -178,7 +178,7 @@ class DetectionEvaluator:
         self._gt: dict[int, _ImageGT] = {}
         for img_id in self.image_ids:
             anns = per_image.get(img_id, [])
-            boxes = _xywh_to_xyxy(np.array([a["bbox"] for a in anns], dtype=np.float64).reshape(-1, 4))
+            boxes = xywh_to_xyxy(np.array([a["bbox"] for a in anns], dtype=np.float64).reshape(-1, 4))
             labels = np.array([label_of[a["category_id"]] for a in anns], dtype=np.int64)
             crowd = np.array([a["iscrowd"] == 1 for a in anns], dtype=bool)
             self._gt[img_id] = _ImageGT(boxes[~crowd], labels[~crowd], boxes[crowd], labels[crowd])
@@ -351,65 +351,6 @@ def _empty_results(coco_gt: COCO) -> COCO:
                      "annotations": []}  # fmt: skip
     empty.createIndex()
     return empty
-
-
-def read_results_file(
-    results_json: Path | str, image_ids: Sequence[int], category_ids: Sequence[int], source: str = "the annotations"
-) -> dict[int, Detections]:
-    """The detections of a COCO results file, per image id (boxes ``xyxy``, best score first).
-
-    ``results_json`` is a list of ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}``;
-    every record must name one of ``image_ids`` and ``category_ids`` (label ``i`` is
-    ``category_ids[i]``). Each bad record is one :class:`DataError` naming it.
-    """
-    path = Path(results_json)
-    records = read_json(path, "results file")
-    if not isinstance(records, list):
-        raise DataError(f"results file {path}: expected a JSON list of detections, got {type(records).__name__}")
-    known_images = set(image_ids)
-    label_of = {cid: i for i, cid in enumerate(category_ids)}
-    grouped: dict[int, list[tuple[list[float], float, int]]] = defaultdict(list)
-    for n, r in enumerate(records):
-        where = f"results file {path}, record {n}"
-        if not isinstance(r, dict):
-            raise DataError(f"{where}: expected an object, got {r!r}")
-        missing = [k for k in ("image_id", "category_id", "bbox", "score") if k not in r]
-        if missing:
-            raise DataError(f"{where}: missing {missing}; each record needs image_id, category_id, bbox, score")
-        if r["image_id"] not in known_images:
-            raise DataError(f"{where}: image_id {r['image_id']!r} is not in {source}")
-        if r["category_id"] not in label_of:
-            raise DataError(f"{where}: category_id {r['category_id']!r} is not in {source}'s categories")
-        _check_bbox(r["bbox"], where)
-        if not _is_number(r["score"]):
-            raise DataError(f"{where}: 'score' must be a finite number, got {r['score']!r}")
-        grouped[r["image_id"]].append((r["bbox"], float(r["score"]), label_of[r["category_id"]]))
-    out = {}
-    for image_id, recs in grouped.items():
-        recs.sort(key=lambda t: -t[1])
-        boxes = _xywh_to_xyxy(np.array([b for b, _, _ in recs], dtype=np.float64).reshape(-1, 4))
-        # float64: the evaluator scores the file's numbers exactly as written
-        out[image_id] = Detections(
-            torch.tensor(boxes, dtype=torch.float64),
-            torch.tensor([s for _, s, _ in recs], dtype=torch.float64),
-            torch.tensor([c for _, _, c in recs], dtype=torch.int64),
-        )
-    return out
-
-
-def evaluate_results_file(
-    results_json: Path | str, annotations: Path | str | dict, *, all_images: bool = True, **kw: Any
-) -> dict[str, Any]:
-    """Metrics of any detector's COCO results file against COCO annotations.
-
-    A results file cannot say which images were run, so by default every annotated image is
-    evaluated (images without a record: "predicted nothing"); ``all_images=False`` keeps only
-    images with at least one record. ``kw`` goes to :class:`DetectionEvaluator`.
-    """
-    ev = DetectionEvaluator(annotations, **kw)
-    detections = read_results_file(results_json, ev.image_ids, ev.cat_ids, ev.source)
-    ev.process(list(detections), list(detections.values()))
-    return ev.evaluate(all_images=all_images)
 
 
 def write_metrics(metrics: dict[str, Any], path: Path | str) -> None:

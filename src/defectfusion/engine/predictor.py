@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from ..data.coco import CocoIndex
 from ..data.images import load_image
 from ..data.transforms import build_eval_transform
 from ..errors import DataError
@@ -271,18 +272,34 @@ class Predictor:
 def to_coco_results(
     predictions: Sequence[ImagePrediction], category_ids: Sequence[int] | None = None
 ) -> list[dict[str, Any]]:
-    """COCO results records (``bbox`` as ``[x, y, w, h]`` pixels), best score first within each image."""
+    """COCO results records (``bbox`` as ``[x, y, w, h]`` pixels, rounded to 1/1000 px), best score
+    first within each image."""
     records = []
     for pred in predictions:
-        det = pred.detections
-        for box, score, label in zip(det.boxes.tolist(), det.scores.tolist(), det.labels.tolist(), strict=True):
-            x1, y1, x2, y2 = box
-            records.append(
-                {
-                    "image_id": int(pred.image_id),
-                    "category_id": int(category_ids[label] if category_ids is not None else label),
-                    "bbox": [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)],
-                    "score": round(float(score), 5),
-                }
-            )
+        records += _coco_records(pred.image_id, pred.detections, category_ids, digits=3)
     return records
+
+
+def detections_to_coco(detections: dict[int, Detections], index: CocoIndex) -> list[dict[str, Any]]:
+    """COCO results of detections by image id, at full precision and with the dataset's category ids
+    (:func:`~.evaluator.read_results_file` reads them back to the same numbers)."""
+    records = []
+    for image_id, det in detections.items():
+        records += _coco_records(image_id, det, index.label_to_category_id, digits=None)
+    return records
+
+
+def _coco_records(image_id: int, det: Detections, category_ids: Sequence[int] | None,
+                  digits: int | None) -> list[dict[str, Any]]:  # fmt: skip
+    keep = (lambda v: round(v, digits)) if digits is not None else float  # noqa: E731
+    score = (lambda v: round(float(v), digits + 2)) if digits is not None else float  # noqa: E731
+    out = []
+    for box, s, label in zip(det.boxes.tolist(), det.scores.tolist(), det.labels.tolist(), strict=True):
+        x1, y1, x2, y2 = box
+        out.append({
+            "image_id": int(image_id),
+            "category_id": int(category_ids[label] if category_ids is not None else label),
+            "bbox": [keep(x1), keep(y1), keep(x2 - x1), keep(y2 - y1)],
+            "score": score(s),
+        })  # fmt: skip
+    return out

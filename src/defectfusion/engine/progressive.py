@@ -20,21 +20,23 @@ from typing import Any
 import torch
 import yaml
 
-from ..config import Config, GateConfig, dump_config, validate_config
-from ..data.coco import CocoIndex, load_coco
+from ..config import Config, dump_config, validate_config
 from ..data.descriptions import load_descriptions
-from ..errors import CheckpointError, ConfigError, DataError
+from ..errors import CheckpointError, ConfigError
 from ..io import atomic_write_json, atomic_write_text, read_json
 from ..models.backbone_weights import load_backbone_weights
 from ..models.checkpoint import load_detector, save_detector
 from ..models.detector import DefectDetector, add_fusion, build_detector
 from ..models.text import TextEmbeddings, encode_descriptions
+from .datasets import RunData, load_datasets
 from .distributed import DistInfo, barrier, broadcast_object, init_distributed
 from .evaluator import write_metrics
+from .gates import apply_gate
 from .phase_records import PhaseData, PhaseOutcome, build_phase_data
+from .predictor import Predictor, detections_to_coco
 from .seeding import seed_phase
 from .trainer import PhaseTrainer
-from .validation import run_validation
+from .validation import evaluate_on_index, run_validation
 
 
 def _trains_the_detector(phase) -> bool:
@@ -52,80 +54,6 @@ def select_phases(cfg: Config, phase: str) -> list[str]:
         if candidate in cfg.phases:
             return [candidate]
     raise ConfigError(f"no phase {phase!r} in the config; defined phases: {', '.join(cfg.phases) or 'none'} (or 'all')")
-
-
-def load_datasets(cfg: Config, verify: bool = True, progress: bool = True) -> tuple[CocoIndex, CocoIndex]:
-    missing = [k for k in ("train", "val") if getattr(cfg.data, k) is None]
-    if missing:
-        keys = " ".join(f"-o data.{k}.annotations=PATH" for k in missing)
-        raise ConfigError(
-            f"data.{missing[0]} is not set: give the COCO annotations ({keys}) or write them in your config"
-        )
-    train = load_coco(cfg.data.train.annotations, cfg.data.train.images)
-    val = load_coco(cfg.data.val.annotations, cfg.data.val.images)
-    if list(train.class_names) != list(val.class_names):
-        raise DataError(
-            f"train and validation categories differ: {list(train.class_names)} vs {list(val.class_names)} "
-            f"({cfg.data.train.annotations} / {cfg.data.val.annotations}); both must list the same classes in the "
-            f"same order"
-        )
-    if not any(a for anns in val.annotations.values() for a in anns if not a.iscrowd):
-        raise DataError(f"{cfg.data.val.annotations} has no annotations: validation needs ground truth")
-    if verify and cfg.data.verify_images:
-        train.verify_images(progress=progress)
-        val.verify_images(progress=progress)
-    return train, val
-
-
-def apply_gate(
-    gate: GateConfig, after: str, value: float | None, baseline: float | None, epoch: int | None = None
-) -> dict[str, Any]:
-    """Whether the phase after ``after`` runs, with a plain-language reason and what was compared.
-
-    ``value`` is the phase's best or last validation metric (``gate.value``), ``epoch`` the epoch
-    it was measured at, ``baseline`` the baseline's metric (for relative gates).
-    """
-    low, high = gate.min, gate.max
-    if gate.relative_to_baseline:
-        if baseline is None:
-            raise ConfigError(f"gate after {after!r} is relative to the baseline, but no baseline was evaluated")
-        low = None if low is None else baseline + low
-        high = None if high is None else baseline + high
-    at = f" (epoch {epoch})" if epoch is not None else ""
-    measured = f"{after}'s {gate.value} validation {gate.metric}{at} = {_fmt(value)}"
-    bounds_text = []
-    for bound, word, offset in ((low, "min", gate.min), (high, "max", gate.max)):
-        if bound is not None:
-            relative = f" (baseline {baseline:.4f} {offset:+.4f})" if gate.relative_to_baseline else ""
-            bounds_text.append(f"{word} {bound:.4f}{relative}")
-    decision: dict[str, Any] = {
-        "after": after,
-        "metric": gate.metric,
-        "compared_value": gate.value,
-        "epoch": epoch,
-        "value": value,
-        "min": low,
-        "max": high,
-        "baseline": baseline if gate.relative_to_baseline else None,
-        "compared": f"{measured} against {', '.join(bounds_text) or 'no bound'}",
-    }
-    if value is None:
-        decision.update(proceed=False, reason=f"{gate.metric} is undefined after {after}: stopping")
-    elif low is not None and value < low:
-        decision.update(
-            proceed=False,
-            reason=f"{gate.metric} {value:.4f} < {low:.4f}: below the gate, the next phase "
-            f"does not run (review {after} before going on)",
-        )
-    elif high is not None and value >= high:
-        decision.update(
-            proceed=False,
-            reason=f"{gate.metric} {value:.4f} >= {high:.4f}: target reached, the next phase is not needed",
-        )
-    else:
-        bounds = f"[{'-inf' if low is None else f'{low:.4f}'}, {'inf' if high is None else f'{high:.4f}'})"
-        decision.update(proceed=True, reason=f"{gate.metric} {value:.4f} in {bounds}: continue")
-    return decision
 
 
 def _fmt(value: float | None) -> str:
@@ -198,6 +126,7 @@ class TrainingRun:
             atomic_write_json(self.out / "summary.json", self.summary)
 
     def _start_model(self, class_names: list[str]) -> tuple[DefectDetector, str]:
+        """The model the first phase starts from and where it came from ("random initialisation...")."""
         cfg, first = self.cfg, self.cfg.phases[self.names[0]]
         if cfg.model.checkpoint:
             model, source = load_detector(cfg.model.checkpoint), cfg.model.checkpoint
@@ -250,17 +179,19 @@ class TrainingRun:
             torch.set_num_threads(cfg.train.threads)
         torch.manual_seed(cfg.seed)
         self._prepare_folder()
-        train_index, val_index = load_datasets(cfg, verify=self.info.is_main, progress=self.progress)
-        class_names = list(train_index.class_names)
+        datasets = load_datasets(cfg, verify=self.info.is_main, progress=self.progress)
+        class_names = list(datasets.train.class_names)
         model, source = self._start_model(class_names)
         text = self._text(class_names)
         data = build_phase_data(
-            cfg, train_index, val_index, model.meta.image_size, model.meta.image_mean, model.meta.image_std
+            cfg, datasets.train, datasets.val, model.meta.image_size, model.meta.image_mean, model.meta.image_std
         )
 
-        # A run that starts with fusion phases starts from a trained model: score it first (the
-        # baseline); a run that trains the baseline itself gets it from that phase.
-        if cfg.phases[self.names[0]].fusion and self.summary.get("start") is None and self.info.is_main:
+        # A run that starts from a trained model scores it first: it is the baseline. A run from
+        # random initialisation gets its baseline from its first phase without fusion.
+        trained_start = not source.startswith("random initialisation")
+        self.summary["start_model"] = source
+        if trained_start and self.summary.get("start") is None and self.info.is_main:
             self._evaluate_start(model, data, source)
 
         for index, name in enumerate(self.names):
@@ -285,7 +216,7 @@ class TrainingRun:
                 trainer = PhaseTrainer(model, name, phase, cfg, data, folder, self.info, self.progress)
                 outcome = trainer.run(resume=self.resume)
             self.summary["phases"][name] = asdict(outcome)
-            if not phase.fusion:
+            if not trained_start and not phase.fusion and self.summary.get("baseline") is None:
                 self.summary["baseline"] = {
                     "source": f"phase {name}",
                     "checkpoint": outcome.best_dir,
@@ -316,6 +247,8 @@ class TrainingRun:
                     break
 
         self._choose_final()
+        if datasets.test is not None and self.info.is_main:
+            self._score_on_test(datasets)
         barrier(self.info)
         return self.summary
 
@@ -331,11 +264,55 @@ class TrainingRun:
         )
         write_metrics(metrics, self.out / "start" / "metrics.json")
         self.summary["start"] = _metric_summary(metrics, source)
-        if not model.is_fused:
-            self.summary["baseline"] = {**self.summary["start"], "checkpoint": source}
+        self.summary["baseline"] = {**self.summary["start"], "checkpoint": source}
         self._write_summary()
         if self.progress:
             print(f"start ({source}): val mAP@0.5 {_fmt(metrics['map50'])}, mAP@0.5:0.95 {_fmt(metrics['map'])}")
+
+    def _score_on_test(self, datasets: RunData) -> None:
+        """The final model and the baseline scored on the test images, which selected nothing.
+
+        Writes ``test/<final|baseline>_metrics.json`` and ``..._results.json`` (COCO results of every
+        detection, for paired statistics later) and ``summary["test"]``.
+        """
+        final = self.summary.get("final") or {}
+        baseline = self.summary.get("baseline") or {}
+        folder = self.out / "test"
+        entries: dict[str, Any] = {}
+        scored: dict[str, tuple[dict[str, Any], Path]] = {}
+        for role, checkpoint in (("final", final.get("checkpoint")), ("baseline", baseline.get("checkpoint"))):
+            if not checkpoint or not Path(checkpoint, "config.json").is_file():
+                continue
+            key = (
+                str(Path(final.get("source") or checkpoint).resolve())
+                if role == "final"
+                else str(Path(checkpoint).resolve())
+            )
+            if key not in scored:
+                predictor = Predictor.from_model(load_detector(checkpoint), device=self.info.device,
+                                                 top_k=self.cfg.train.top_k, batch_size=self.cfg.data.eval_batch_size
+                                                 or self.cfg.data.batch_size)  # fmt: skip
+                metrics, kept = evaluate_on_index(
+                    predictor, datasets.test, keep=[r.id for r in datasets.test.images], progress=self.progress,
+                    desc=f"test {role}",
+                )  # fmt: skip
+                results = folder / f"{role}_results.json"
+                write_metrics(metrics, folder / f"{role}_metrics.json")
+                atomic_write_json(results, detections_to_coco(kept, datasets.test), indent=None)
+                scored[key] = (metrics, results)
+            metrics, results = scored[key]
+            entries[role] = _test_entry(metrics, str(checkpoint), results)
+        self.summary["test"] = {
+            "annotations": str(datasets.test.annotations_file),
+            "num_images": len(datasets.test.images),
+            "selected_on": str(datasets.val.annotations_file),
+            **entries,
+        }
+        self._write_summary()
+        if self.progress and "final" in entries:
+            base = entries.get("baseline", {}).get("map50")
+            print(f"test ({len(datasets.test.images)} images, used for nothing else): final mAP@0.5 "
+                  f"{_fmt(entries['final']['map50'])}, baseline {_fmt(base)}")  # fmt: skip
 
     def _choose_final(self) -> None:
         if not self.info.is_main:
@@ -351,8 +328,9 @@ class TrainingRun:
                     reference.get("checkpoint") or reference.get("source"),
                 )
             )
+        baseline_phase = (self.summary.get("baseline") or {}).get("source")
         for name, outcome in self.summary["phases"].items():
-            if self.cfg.phases[name].fusion:
+            if baseline_phase != f"phase {name}":
                 candidates.append((name, outcome["best_map50"], outcome["best_map"], outcome["best_dir"]))
         if not candidates:
             return
@@ -382,6 +360,10 @@ class TrainingRun:
         self._write_summary()
         if self.progress:
             print(f"final: {label} (val mAP@0.5 {_fmt(map50)}) -> {final_dir}: {reason}")
+
+
+def _test_entry(metrics: dict[str, Any], checkpoint: str, results: Path) -> dict[str, Any]:
+    return {**_metric_summary(metrics, checkpoint), "results": str(results)}
 
 
 def find_run_folder(checkpoint: str | os.PathLike | None) -> Path | None:

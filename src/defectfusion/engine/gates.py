@@ -1,0 +1,63 @@
+"""Gates between phases: whether the next phase runs, with the reason and what was compared."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..config import GateConfig
+from ..errors import ConfigError
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def apply_gate(
+    gate: GateConfig, after: str, value: float | None, baseline: float | None, epoch: int | None = None
+) -> dict[str, Any]:
+    """Whether the phase after ``after`` runs, with a plain-language reason and what was compared.
+
+    ``value`` is the phase's best or last validation metric (``gate.value``), ``epoch`` the epoch
+    it was measured at, ``baseline`` the baseline's metric (for relative gates).
+    """
+    low, high = gate.min, gate.max
+    if gate.relative_to_baseline:
+        if baseline is None:
+            raise ConfigError(f"gate after {after!r} is relative to the baseline, but no baseline was evaluated")
+        low = None if low is None else baseline + low
+        high = None if high is None else baseline + high
+    at = f" (epoch {epoch})" if epoch is not None else ""
+    measured = f"{after}'s {gate.value} validation {gate.metric}{at} = {_fmt(value)}"
+    bounds_text = []
+    for bound, word, offset in ((low, "min", gate.min), (high, "max", gate.max)):
+        if bound is not None:
+            relative = f" (baseline {baseline:.4f} {offset:+.4f})" if gate.relative_to_baseline else ""
+            bounds_text.append(f"{word} {bound:.4f}{relative}")
+    decision: dict[str, Any] = {
+        "after": after,
+        "metric": gate.metric,
+        "compared_value": gate.value,
+        "epoch": epoch,
+        "value": value,
+        "min": low,
+        "max": high,
+        "baseline": baseline if gate.relative_to_baseline else None,
+        "compared": f"{measured} against {', '.join(bounds_text) or 'no bound'}",
+    }
+    if value is None:
+        decision.update(proceed=False, reason=f"{gate.metric} is undefined after {after}: stopping")
+    elif low is not None and value < low:
+        decision.update(
+            proceed=False,
+            reason=f"{gate.metric} {value:.4f} < {low:.4f}: below the gate, the next phase "
+            f"does not run (review {after} before going on)",
+        )
+    elif high is not None and value >= high:
+        decision.update(
+            proceed=False,
+            reason=f"{gate.metric} {value:.4f} >= {high:.4f}: target reached, the next phase is not needed",
+        )
+    else:
+        bounds = f"[{'-inf' if low is None else f'{low:.4f}'}, {'inf' if high is None else f'{high:.4f}'})"
+        decision.update(proceed=True, reason=f"{gate.metric} {value:.4f} in {bounds}: continue")
+    return decision
