@@ -25,6 +25,7 @@ COMMANDS = [
     "demo",
     "synth",
     "train",
+    "study",
     "encode_text",
     "convert",
     "evaluate",

@@ -173,6 +173,11 @@ class TrainConfig(_Section):
     top_k: int = Field(300, ge=1, description="detections per image kept for evaluation")
     log_every: int = Field(10, ge=1, description="TensorBoard loss logging interval, in steps")
     tensorboard: bool = True
+    mlflow: str | None = Field(
+        None, description="MLflow tracking URI (e.g. sqlite:///runs/mlflow.db): also log params, metrics, artifacts"
+    )
+    mlflow_experiment: str | None = Field(None, description="MLflow experiment; default: the run's name")
+    mlflow_tags: dict[str, str] = Field(default_factory=dict, description="tags of the MLflow run (a study sets them)")
 
 
 class PhaseConfig(_Section):

@@ -67,9 +67,15 @@ class Interval:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "a": self.a, "b": self.b, "metric": self.metric, "difference": self.observed,
-            "low": self.low, "high": self.high, "level": self.level, "draws": self.draws,
-        }  # fmt: skip
+            "a": self.a,
+            "b": self.b,
+            "metric": self.metric,
+            "difference": self.observed,
+            "low": self.low,
+            "high": self.high,
+            "level": self.level,
+            "draws": self.draws,
+        }
 
 
 def image_draws(image_ids: Sequence[int], draws: int, seed: int = 0) -> np.ndarray:
@@ -132,10 +138,15 @@ def resample(
         per_image[name] = ev.confusion_per_image()
     D = len(draws)
     out = {
-        name: Resampled(np.full(D, np.nan), np.full(D, np.nan), np.full((D, C), np.nan), np.full((D, C), np.nan),
-                        np.zeros((D, C + 1, C + 1), dtype=np.int64))
+        name: Resampled(
+            np.full(D, np.nan),
+            np.full(D, np.nan),
+            np.full((D, C), np.nan),
+            np.full((D, C), np.nan),
+            np.zeros((D, C + 1, C + 1), dtype=np.int64),
+        )
         for name in models
-    }  # fmt: skip
+    }
     for d, ids in enumerate(draws):
         coco_gt = COCO(_resampled_gt(base, ids), print_function=_quiet)
         new_ids = list(range(1, len(ids) + 1))

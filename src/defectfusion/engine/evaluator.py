@@ -269,10 +269,15 @@ class DetectionEvaluator:
                 int(num_gt[c]),
             )
             per_class[name] = {
-                "ap50": ap50[c], "ap": ap[c],
-                "precision": op.precision, "recall": op.recall, "f1": op.f1, "conf": op.conf,
-                "num_gt": int(num_gt[c]), "num_pred": int(num_pred[c]),
-            }  # fmt: skip
+                "ap50": ap50[c],
+                "ap": ap[c],
+                "precision": op.precision,
+                "recall": op.recall,
+                "f1": op.f1,
+                "conf": op.conf,
+                "num_gt": int(num_gt[c]),
+                "num_pred": int(num_pred[c]),
+            }
             pr_curves[name] = {"recall": [float(r) for r in RECALL_POINTS], "precision": curves[c]}
 
         return {
@@ -347,8 +352,11 @@ def coco_class_ap(
 
 def _empty_results(coco_gt: COCO) -> COCO:
     empty = COCO(print_function=_quiet)
-    empty.dataset = {"images": coco_gt.dataset["images"], "categories": coco_gt.dataset["categories"],
-                     "annotations": []}  # fmt: skip
+    empty.dataset = {
+        "images": coco_gt.dataset["images"],
+        "categories": coco_gt.dataset["categories"],
+        "annotations": [],
+    }
     empty.createIndex()
     return empty
 

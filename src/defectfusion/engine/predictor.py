@@ -289,17 +289,20 @@ def detections_to_coco(detections: dict[int, Detections], index: CocoIndex) -> l
     return records
 
 
-def _coco_records(image_id: int, det: Detections, category_ids: Sequence[int] | None,
-                  digits: int | None) -> list[dict[str, Any]]:  # fmt: skip
+def _coco_records(
+    image_id: int, det: Detections, category_ids: Sequence[int] | None, digits: int | None
+) -> list[dict[str, Any]]:
     keep = (lambda v: round(v, digits)) if digits is not None else float  # noqa: E731
     score = (lambda v: round(float(v), digits + 2)) if digits is not None else float  # noqa: E731
     out = []
     for box, s, label in zip(det.boxes.tolist(), det.scores.tolist(), det.labels.tolist(), strict=True):
         x1, y1, x2, y2 = box
-        out.append({
-            "image_id": int(image_id),
-            "category_id": int(category_ids[label] if category_ids is not None else label),
-            "bbox": [keep(x1), keep(y1), keep(x2 - x1), keep(y2 - y1)],
-            "score": score(s),
-        })  # fmt: skip
+        out.append(
+            {
+                "image_id": int(image_id),
+                "category_id": int(category_ids[label] if category_ids is not None else label),
+                "bbox": [keep(x1), keep(y1), keep(x2 - x1), keep(y2 - y1)],
+                "score": score(s),
+            }
+        )
     return out

@@ -289,13 +289,19 @@ class TrainingRun:
                 else str(Path(checkpoint).resolve())
             )
             if key not in scored:
-                predictor = Predictor.from_model(load_detector(checkpoint), device=self.info.device,
-                                                 top_k=self.cfg.train.top_k, batch_size=self.cfg.data.eval_batch_size
-                                                 or self.cfg.data.batch_size)  # fmt: skip
+                predictor = Predictor.from_model(
+                    load_detector(checkpoint),
+                    device=self.info.device,
+                    top_k=self.cfg.train.top_k,
+                    batch_size=self.cfg.data.eval_batch_size or self.cfg.data.batch_size,
+                )
                 metrics, kept = evaluate_on_index(
-                    predictor, datasets.test, keep=[r.id for r in datasets.test.images], progress=self.progress,
+                    predictor,
+                    datasets.test,
+                    keep=[r.id for r in datasets.test.images],
+                    progress=self.progress,
                     desc=f"test {role}",
-                )  # fmt: skip
+                )
                 results = folder / f"{role}_results.json"
                 write_metrics(metrics, folder / f"{role}_metrics.json")
                 atomic_write_json(results, detections_to_coco(kept, datasets.test), indent=None)
@@ -311,8 +317,10 @@ class TrainingRun:
         self._write_summary()
         if self.progress and "final" in entries:
             base = entries.get("baseline", {}).get("map50")
-            print(f"test ({len(datasets.test.images)} images, used for nothing else): final mAP@0.5 "
-                  f"{_fmt(entries['final']['map50'])}, baseline {_fmt(base)}")  # fmt: skip
+            print(
+                f"test ({len(datasets.test.images)} images, used for nothing else): final mAP@0.5 "
+                f"{_fmt(entries['final']['map50'])}, baseline {_fmt(base)}"
+            )
 
     def _choose_final(self) -> None:
         if not self.info.is_main:

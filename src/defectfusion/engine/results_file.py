@@ -73,5 +73,3 @@ def evaluate_results_file(
     detections = read_results_file(results_json, ev.image_ids, ev.cat_ids, ev.source)
     ev.process(list(detections), list(detections.values()))
     return ev.evaluate(all_images=all_images)
-
-

@@ -1,0 +1,85 @@
+"""`defectfusion study`: text vs random vs continued (x seeds x training fractions), scored on test, with a verdict."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def _fractions(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated fractions like 0.1,0.25,1.0, got {text!r}"
+        ) from None
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "study",
+        help="did the descriptions help? arms x seeds from one baseline, scored on test, with intervals and a verdict",
+        description="Train every arm (text: the config; random: random vectors as text; continued: the same phases "
+        "without a fusion head; one arm per --descriptions file) with every seed (and training fraction) from the "
+        "config's model.checkpoint, each an ordinary resumable run; score each final model on data.test (which "
+        "selected nothing); report means and sds over seeds, hierarchical bootstrap intervals of every difference "
+        "and a verdict by a rule stated before the numbers.",
+    )
+    p.add_argument(
+        "config", nargs="?", help="training config (its model.checkpoint is the baseline); optional with --resume"
+    )
+    p.add_argument("--out", type=Path, required=True, help="study folder")
+    p.add_argument("--arms", default="text,random,continued", help="comma-separated (default: text,random,continued)")
+    p.add_argument("--seeds", type=int, default=2, help="training seeds per arm (default: 2)")
+    p.add_argument(
+        "--train-fractions",
+        type=_fractions,
+        default=[1.0],
+        metavar="F,F,...",
+        help="train every arm on these nested, class-stratified fractions of the training images",
+    )
+    p.add_argument(
+        "--descriptions", nargs="+", default=[], metavar="YAML", help="extra description files: one arm each"
+    )
+    p.add_argument("--parallel", type=int, default=1, help="runs at a time with the local launcher (default: 1)")
+    p.add_argument("--launcher", choices=["local", "slurm"], default="local", help="local processes or Slurm jobs")
+    p.add_argument("--slurm-partition", default=None, help="Slurm partition (launcher slurm)")
+    p.add_argument("--slurm-time", type=int, default=24 * 60, metavar="MIN", help="Slurm time limit per run, minutes")
+    p.add_argument("--draws", type=int, default=200, help="bootstrap draws (default: 200)")
+    p.add_argument("--resume", action="store_true", help="continue the study in --out: only what is missing runs")
+    p.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    p.add_argument("--quiet", action="store_true", help="less output")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..commands.study import run_study
+    from ..commands.study_launch import SlurmOptions
+    from ..errors import ConfigError
+
+    if args.config is None and not args.resume:
+        raise ConfigError("give a training config, or --resume --out STUDY_DIR")
+    if args.seeds < 1 or args.parallel < 1 or args.draws < 10:
+        raise ConfigError("--seeds and --parallel must be >= 1 and --draws >= 10")
+    if any(not 0 < f <= 1 for f in args.train_fractions):
+        raise ConfigError(f"--train-fractions must be in (0, 1], got {args.train_fractions}")
+    if (args.out / "study.json").is_file() and not args.resume:
+        raise ConfigError(f"{args.out} already holds a study: pass --resume to continue it, or another --out")
+    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    result = run_study(
+        args.config,
+        args.out,
+        overrides=args.override,
+        arms=arms,
+        seeds=args.seeds,
+        fractions=args.train_fractions,
+        descriptions=args.descriptions,
+        parallel=args.parallel,
+        launcher=args.launcher,
+        resume=args.resume,
+        draws=args.draws,
+        slurm=SlurmOptions(partition=args.slurm_partition, timeout_min=args.slurm_time),
+        progress=not args.quiet,
+    )
+    print(f"study folder: {result.out}")
+    return 0
