@@ -35,6 +35,7 @@ from .gates import apply_gate
 from .phase_records import PhaseData, PhaseOutcome, build_phase_data
 from .predictor import Predictor, detections_to_coco
 from .seeding import seed_phase
+from .tracking import Tracker
 from .trainer import PhaseTrainer
 from .validation import evaluate_on_index, run_validation
 
@@ -179,6 +180,17 @@ class TrainingRun:
             torch.set_num_threads(cfg.train.threads)
         torch.manual_seed(cfg.seed)
         self._prepare_folder()
+        self.tracker = Tracker(cfg, self.out)
+        if self.info.is_main:
+            self.tracker.start()
+        try:
+            return self._run()
+        except BaseException:
+            self.tracker.failed()
+            raise
+
+    def _run(self) -> dict[str, Any]:
+        cfg = self.cfg
         datasets = load_datasets(cfg, verify=self.info.is_main, progress=self.progress)
         class_names = list(datasets.train.class_names)
         model, source = self._start_model(class_names)
@@ -213,7 +225,17 @@ class TrainingRun:
                         encoder=embeddings.encoder,
                         descriptions=descriptions,
                     )
-                trainer = PhaseTrainer(model, name, phase, cfg, data, folder, self.info, self.progress)
+                trainer = PhaseTrainer(
+                    model,
+                    name,
+                    phase,
+                    cfg,
+                    data,
+                    folder,
+                    self.info,
+                    self.progress,
+                    on_evaluation=self.tracker.evaluation,
+                )
                 outcome = trainer.run(resume=self.resume)
             self.summary["phases"][name] = asdict(outcome)
             if not trained_start and not phase.fusion and self.summary.get("baseline") is None:
@@ -249,6 +271,7 @@ class TrainingRun:
         self._choose_final()
         if datasets.test is not None and self.info.is_main:
             self._score_on_test(datasets)
+        self.tracker.finish(self.summary)
         barrier(self.info)
         return self.summary
 

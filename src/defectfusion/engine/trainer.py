@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
@@ -63,6 +64,7 @@ class PhaseTrainer:
         folder: Path,
         info: DistInfo,
         progress: bool = True,
+        on_evaluation: Callable[[dict[str, Any]], None] | None = None,
     ):
         self.model, self.name, self.phase, self.cfg, self.data = model, name, phase, cfg, data
         self.folder, self.info, self.progress = Path(folder), info, progress and info.is_main
@@ -113,6 +115,7 @@ class PhaseTrainer:
         self.stop_reason = ""
         self.records: list[dict[str, Any]] = []
         self.log = PhaseLog(self.folder, name, tensorboard=cfg.train.tensorboard) if info.is_main else None
+        self.on_evaluation = on_evaluation  # e.g. an experiment tracker
         self.epoch_loss: float | None = None
         self.started = time.monotonic()
 
@@ -320,6 +323,8 @@ class PhaseTrainer:
         }
         self.records.append(record)
         self.log.append(record)
+        if self.on_evaluation is not None:
+            self.on_evaluation(record)
         if self.progress:
             fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
             best = " (best)" if improved else ""
