@@ -20,63 +20,46 @@ def demo(tmp_path_factory):
 
 def test_every_step_leaves_its_files(demo):
     for path in [
-        "data/train/annotations.json",
-        "data/val/annotations.json",
-        "data/descriptions.yml",
-        "baseline/summary.json",
-        "baseline/baseline/best/model.safetensors",
-        "text/summary.json",
-        "text/phase1/metrics.jsonl",
-        "text/phase2/best/metrics.json",
-        "text/phase3/results.csv",
-        "text/final/config.json",
-        "control/summary.json",
-        "control/phase1/metrics.jsonl",
-        "control/final/model.safetensors",
-        "summary.json",
-        "report/report.md",
-        "report/report.html",
-        "report/plots/ap50_all_models.png",
-        "report/plots/confusion_matrix.png",
-        "report/plots/training_curves.png",
-    ]:
+        "data/train/annotations.json", "data/val/annotations.json", "data/test/annotations.json",
+        "data/descriptions.yml", "baseline/summary.json", "baseline/baseline/best/model.safetensors",
+        "study/study.json", "study/summary.json", "study/baseline/metrics.json",
+        "study/runs/text/100pct/seed0/phase1/metrics.jsonl", "study/runs/random/100pct/seed1/final/config.json",
+        "study/runs/continued/100pct/seed0/test/final_results.json",
+        "summary.json", "report/report.md", "report/report.html",
+    ]:  # fmt: skip
         assert (demo / path).is_file(), path
     assert list((demo / "report" / "explain").glob("*/similarity_maps.png"))
+    assert list((demo / "report" / "plots").glob("forest_*.png"))
 
 
-def test_phase1_starts_at_the_baseline_and_the_final_model_is_the_recorded_best(demo):
-    text = json.loads((demo / "text" / "summary.json").read_text())
-    baseline = text["baseline"]["map50"]
-    assert text["phases"]["phase1"]["initial_map50"] == baseline
-    first = json.loads((demo / "text" / "phase1" / "metrics.jsonl").read_text().splitlines()[0])
-    assert first["epoch"] == 0 and first["map50"] == baseline
-    recorded = [("baseline", baseline)] + [(n, p["best_map50"]) for n, p in text["phases"].items()]
-    best = max(v for _, v in recorded if v is not None)
-    assert text["final"]["phase"] == next(n for n, v in recorded if v == best)
-    # The demo's gates compare each phase's last evaluation and say so.
-    assert all(g["compared_value"] == "last" and g["compared"] for g in text["gates"])
-
-
-def test_the_control_is_run_from_the_same_baseline_with_random_text(demo):
-    control = json.loads((demo / "control" / "summary.json").read_text())
-    text = json.loads((demo / "text" / "summary.json").read_text())
+def test_every_arm_starts_from_the_baseline_selects_on_val_and_is_scored_on_test(demo):
     baseline = json.loads((demo / "baseline" / "summary.json").read_text())
-    assert control["start"]["map50"] == text["baseline"]["map50"] == baseline["final"]["map50"]
-    assert control["start"]["source"] == text["start"]["source"] == baseline["phases"]["baseline"]["best_dir"]
-    assert list(control["phases"]) == ["phase1", "phase2", "phase3"]
-    config = (demo / "control" / "config.yaml").read_text()
-    assert "text: random" in config
+    start = baseline["phases"]["baseline"]["best_dir"]
+    plan = json.loads((demo / "study" / "study.json").read_text())
+    assert sorted({r["arm"] for r in plan["runs"]}) == ["continued", "random", "text"]
+    assert all(sum(r["arm"] == arm for r in plan["runs"]) == 2 for arm in ("text", "random", "continued"))
+    for run in plan["runs"]:
+        with open(f"{run['folder']}/summary.json") as f:
+            summary = json.load(f)
+        assert summary["start"]["source"] == start  # the same baseline for every arm and seed
+        # phase 1 (or the first phase left) starts exactly at the baseline's validation numbers
+        first = next(iter(summary["phases"].values()))
+        assert first["initial_map50"] == summary["baseline"]["map50"]
+        assert summary["test"]["selected_on"].endswith("data/val/annotations.json")
+        assert summary["test"]["annotations"].endswith("data/test/annotations.json")
 
 
-def test_the_verdict_is_computed_from_the_numbers(demo):
+def test_the_verdict_is_computed_from_the_test_numbers(demo):
     summary = json.loads((demo / "summary.json").read_text())
-    verdict = " ".join(summary["verdict"])
-    base = summary["validation"]["baseline"]["map50"]
-    assert f"{base:.3f}" in verdict
-    iv = summary["intervals"]["text_vs_control"]
-    assert f"{iv['low']:+.3f}" in verdict or f"{iv['low']:.3f}" in verdict
+    study = summary["study"]
+    assert study["scored_on"]["test"] and study["scored_on"]["images"] == 16
+    entry = study["fractions"]["100pct"]
+    text_vs_base = next(c for c in entry["comparisons"] if (c["a"], c["b"]) == ("text", "baseline"))["map50"]
+    assert f"{text_vs_base['difference']:+.3f}" in " ".join(summary["verdict"])
+    assert entry["verdict"]["outcome"] in {"helped", "hurt", "inconclusive"}
     report = (demo / "report" / "report.md").read_text()
-    assert "## Verdict" in report and "control phase1" in report and summary["verdict"][0] in report
+    assert "The rule (written before the numbers)" in report and "Demo verdict" in report
+    assert report.index("The rule") < report.index("### Arms")  # the rule stands above the numbers
 
 
 def test_the_html_report_holds_every_image(demo):
@@ -89,25 +72,8 @@ def test_the_html_report_holds_every_image(demo):
 
     parser = Images()
     parser.feed((demo / "report" / "report.html").read_text())
-    assert len(parser.sources) >= 8
+    assert len(parser.sources) >= 3
     assert all(src.startswith("data:image/png;base64,") for src in parser.sources)
-
-
-def test_a_failed_control_run_is_one_message_with_its_last_line_and_log(tmp_path):
-    import subprocess
-    import sys
-
-    from defectfusion.commands.demo import DemoError, _finish_control
-
-    log = tmp_path / "control.log"
-    with open(log, "w") as sink:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", "print('loading'); print('error: disk full'); raise SystemExit(2)"], stdout=sink
-        )
-    with pytest.raises(
-        DemoError, match=r"exit code 2: error: disk full \(whole log: .*control.log\); run the demo again"
-    ):
-        _finish_control(proc, tmp_path / "control", log)
 
 
 def test_a_bad_worker_count_is_refused_before_anything_is_written(tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""`defectfusion demo`: synthetic data, baseline, three phases, control, report: the whole mission."""
+"""`defectfusion demo`: synthetic data, a baseline, a study of text vs its controls, a report: the whole mission."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ from pathlib import Path
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
-        help="the whole mission end to end on a CPU: synthetic data, baseline, 3 phases, control, report",
-        description="Generate a synthetic six-class industrial-defect dataset, train a tiny DEIMv2 baseline, run "
-        "the three progressive phases with an offline text encoder, run the same phases with random text (the "
-        "control), evaluate everything and write a report with a verdict computed from the numbers. Re-running "
-        "with the same --out resumes.",
+        help="the whole mission end to end on a CPU: synthetic data, baseline, a study of text vs controls, report",
+        description="Generate a synthetic six-class industrial-defect dataset (train / val / test), train a tiny "
+        "DEIMv2 baseline, then study it: the three progressive phases with an offline text encoder (text), with "
+        "random vectors as text (random) and without a fusion head (continued), two seeds each; score every final "
+        "model on the test images and write a report with a verdict by a rule stated before the numbers. "
+        "Re-running with the same --out resumes.",
     )
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="demo folder (default: runs/demo)")
     p.add_argument("--quick", action="store_true", help="a few dozen images, an epoch or two per phase (minutes)")
@@ -21,7 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--workers",
         type=int,
         default=None,
-        help="data-parallel processes for the baseline (default: one per core, at most 2; 1: this process)",
+        help="processes side by side: the baseline's data-parallel ranks, the study's runs (default: one per core, "
+        "at most 2)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(handler=run)

@@ -8,7 +8,14 @@ from ..data.synthetic import SynthSummary, generate_synthetic_dataset
 
 
 def synth(
-    out: str | os.PathLike, *, train: int = 400, val: int = 80, size: int = 256, seed: int = 0, progress: bool = True
+    out: str | os.PathLike,
+    *,
+    train: int = 400,
+    val: int = 80,
+    test: int = 0,
+    size: int = 256,
+    seed: int = 0,
+    progress: bool = True,
 ) -> SynthSummary:
-    """Write ``out/{train,val}/images`` with ``annotations.json`` and ``out/descriptions.yml``."""
-    return generate_synthetic_dataset(out, train=train, val=val, size=size, seed=seed, progress=progress)
+    """Write ``out/{train,val,test}/images`` with ``annotations.json`` and ``out/descriptions.yml``."""
+    return generate_synthetic_dataset(out, train=train, val=val, test=test, size=size, seed=seed, progress=progress)

@@ -55,8 +55,16 @@ def _per_class_table(comparisons: Sequence[Mapping[str, Any]], class_names: Sequ
     return rows
 
 
-def write_study_report(out: str | Path, summary: Mapping[str, Any], class_names: Sequence[str]) -> tuple[Path, Path]:
-    """``out/report.md`` + ``out/report.html`` of a study's ``summary.json``."""
+def write_study_report(
+    out: str | Path,
+    summary: Mapping[str, Any],
+    class_names: Sequence[str],
+    *,
+    title: str | None = None,
+    intro: Sequence[Section] = (),
+    extra: Sequence[Section] = (),
+) -> tuple[Path, Path]:
+    """``out/report.md`` + ``out/report.html`` of a study's ``summary.json`` (``intro`` first, ``extra`` last)."""
     out = Path(out)
     scored = summary["scored_on"]
     where = (
@@ -64,7 +72,7 @@ def write_study_report(out: str | Path, summary: Mapping[str, Any], class_names:
         if scored["test"]
         else f"validation images ({scored['images']}): selected on these, optimistic"
     )
-    sections = [Section("The rule (written before the numbers)", summary["rule"])]
+    sections = [*intro, Section("The rule (written before the numbers)", summary["rule"])]
     if scored.get("note"):
         sections.append(Section("Caution", scored["note"]))
     curves: dict[str, list[tuple[float, float | None, float | None]]] = {}
@@ -115,4 +123,5 @@ def write_study_report(out: str | Path, summary: Mapping[str, Any], class_names:
     if len(summary["fractions"]) > 1:
         curve = plot_learning_curve(curves, out / "plots" / "learning_curve.png")
         sections.append(Section("Learning curve", images=[(curve, "test mAP@0.5 vs training fraction")]))
-    return write_report(out, f"Study {summary['name']}: did the descriptions help?", sections)
+    sections.extend(extra)
+    return write_report(out, title or f"Study {summary['name']}: did the descriptions help?", sections)

@@ -22,7 +22,7 @@ CATEGORIES: tuple[str, ...] = (
     "CONTAMINACION",
 )
 NORMAL, DEFORMACIONES, ROTURA, RAYONES, PERFORACIONES, CONTAMINACION = range(6)
-SPLITS: tuple[str, ...] = ("train", "val")
+SPLITS: tuple[str, ...] = ("train", "val", "test")  # the index seeds each split: adding one changes no other
 DESCRIPTIONS_RESOURCE = "configs/descriptions/defects6.yml"
 MIN_SIZE = 64
 EMPTY_FRACTION = 0.08  # share of images drawn without any object

@@ -254,13 +254,15 @@ def generate_synthetic_dataset(
     *,
     train: int = 400,
     val: int = 100,
+    test: int = 0,
     size: int = 256,
     seed: int = 0,
     progress: bool = False,
 ) -> SynthSummary:
     """Write a synthetic six-class industrial-defect dataset in COCO format.
 
-    Layout: ``out/{train,val}/images/NNNNNN.png`` with ``out/{train,val}/annotations.json``
+    Layout: ``out/{train,val,test}/images/NNNNNN.png`` with ``out/{split}/annotations.json`` (no
+    ``test/`` folder when ``test`` is 0)
     (category ids 0..5 named as in :data:`CATEGORIES`; image ids start at 1) and
     ``out/descriptions.yml``, a copy of the packaged six-class descriptions. Each split is built
     in a temporary folder and moved into place whole, replacing an earlier split of the same
@@ -271,12 +273,16 @@ def generate_synthetic_dataset(
     """
     out = Path(out)
     _check_args(out, train, val, size, seed)
+    if isinstance(test, bool) or not isinstance(test, (int, np.integer)) or test < 0:
+        raise DataError(f"synthetic data: test must be an integer >= 0, got {test!r}")
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=train + val, desc="synthetic data", unit="img", disable=not progress)
+    bar = tqdm(total=train + val + test, desc="synthetic data", unit="img", disable=not progress)
     splits: dict[str, SplitSummary] = {}
     try:
-        for split_index, (name, count) in enumerate(zip(SPLITS, (train, val), strict=True)):
+        for split_index, (name, count) in enumerate(zip(SPLITS, (train, val, test), strict=True)):
+            if name == "test" and not count:
+                continue
             splits[name] = _build_split(out / name, split_index, count, size, seed, lambda: bar.update(1))
         descriptions = out / "descriptions.yml"
         source = importlib.resources.files("defectfusion").joinpath(DESCRIPTIONS_RESOURCE)
