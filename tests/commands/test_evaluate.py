@@ -209,3 +209,13 @@ def test_what_if_warns_when_the_stored_text_embeddings_drifted(kit, tmp_path):
             tmp_path / "drifted", kit.val_ann, descriptions=["defects6"], out=tmp_path / "ev", grid=0, progress=False
         )
     assert len(result.notes) == 1 and "## Notes" in result.report_md.read_text()
+
+
+def test_scores_on_the_images_that_selected_the_model_say_so(kit, tmp_path):
+    from tests.helpers import make_run_folder
+
+    run = make_run_folder(tmp_path, kit)
+    own = evaluate_checkpoint(run / "final", kit.val_ann, progress=False)
+    assert all(label.endswith("[selected on these images: optimistic]") for label in own.labels)
+    other = evaluate_checkpoint(kit.fused, kit.val_ann, progress=False)  # not in a run folder
+    assert other.labels == ("baseline", "fused")

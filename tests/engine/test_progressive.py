@@ -287,6 +287,12 @@ def test_a_test_split_scores_the_final_choice_and_selects_nothing(tmp_path, synt
                                list(test_images.label_to_category_id))  # fmt: skip
     assert set(stored) <= {r.id for r in test_images.images} and stored
     assert {"final", "baseline"} <= set(test)
+    # the run's report compares on the test images and says so in its tables
+    from defectfusion.commands.report_run import report_run
+
+    rep = report_run(tmp_path / "run", grid=0, progress=False)
+    assert rep.result.labels[1] == "final [test: 6 images that selected nothing]"
+    assert rep.result.metrics["num_images"] == 6
 
     # a "test" set holding training images is refused
     train_ann = str(synth_data / "train" / "annotations.json")

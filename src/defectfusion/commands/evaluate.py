@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..config import load_config
 from ..data.coco import CocoIndex, load_coco
 from ..data.descriptions import descriptions_near, resolve_pair
 from ..engine.evaluator import write_metrics
@@ -30,7 +31,7 @@ from ..engine.predictor import Predictor
 from ..engine.progressive import find_run_folder
 from ..engine.results_file import evaluate_results_file
 from ..engine.validation import evaluate_on_index
-from ..errors import CheckpointError, DataError
+from ..errors import CheckpointError, DataError, DefectFusionError
 from ..io import atomic_write_json
 from ..report.compare import ComparisonTable, ConfusionPair, compare_metrics, confusion_pair, pair_counts
 from ..report.summary import Section, build_report
@@ -110,6 +111,19 @@ def _check_classes(names: Sequence[str], index: CocoIndex, source: str) -> None:
         )
 
 
+def selected_on(checkpoint: str | os.PathLike, annotations: str | os.PathLike) -> bool:
+    """Whether ``annotations`` are the validation images of the run ``checkpoint`` belongs to (they
+    chose it, so numbers on them are optimistic)."""
+    run = find_run_folder(checkpoint)
+    if run is None:
+        return False
+    try:
+        val = load_config(run / "config.yaml").data.val
+    except DefectFusionError:
+        return False
+    return val is not None and Path(val.annotations).resolve() == Path(annotations).expanduser().resolve()
+
+
 def _pair_sources(model: Any, descriptions: Sequence[str], annotations: str | os.PathLike) -> list[Any]:
     """Where the confusable pair is looked up: the model's descriptions, the what-if files, the dataset's."""
     fusion = getattr(getattr(model, "meta", None), "fusion", None)
@@ -175,7 +189,10 @@ def evaluate_checkpoint(
     chosen = grid_ids(index, pair_names, grid if report and out is not None else 0)
     metrics, kept = evaluate_on_index(predictor, index, keep=chosen, progress=progress, **eval_kw)
     label = "fused" if model is not None and model.is_fused else "model"
-    result = EvaluationResult(metrics, names, labels=("baseline", label), pair=pair_names)
+    labels = ("baseline", label)
+    if selected_on(checkpoint, annotations):
+        labels = tuple(f"{x} [selected on these images: optimistic]" for x in labels)
+    result = EvaluationResult(metrics, names, labels=labels, pair=pair_names)
     if base_predictor is not None:
         result.baseline, _ = evaluate_on_index(
             base_predictor, index, progress=progress, desc="evaluate baseline", **eval_kw

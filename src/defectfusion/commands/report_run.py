@@ -207,10 +207,27 @@ def report_run(
             f"and cannot be found here, so the final model is shown without a comparison."
         )
 
+    # Compare on the test images when the run has them (they selected nothing); otherwise the
+    # validation images, which chose the final model: the labels say so in every table.
+    test = summary.get("test") or {}
+    where = "[val: selected on these, optimistic]"
+    if test.get("final") and here(test["final"].get("results")) is not None:
+        test_final = here(test["final"]["results"]).with_name("final_metrics.json")
+        test_base = (
+            here(test["baseline"]["results"]).with_name(
+                Path(test["baseline"]["results"]).name.replace("_results", "_metrics")
+            )
+            if test.get("baseline")
+            else None
+        )
+        if test_final.is_file():
+            final_metrics = load_metrics(test_final)
+            base_metrics = load_metrics(test_base) if test_base is not None and test_base.is_file() else None
+            where = f"[test: {test.get('num_images')} images that selected nothing]"
     names = list(final_metrics["per_class"])
     pair_names = resolve_pair(pair, names, _run_descriptions(run))
     result = EvaluationResult(
-        final_metrics, names, labels=("baseline", "final"), baseline=base_metrics, pair=pair_names
+        final_metrics, names, labels=(f"baseline {where}", f"final {where}"), baseline=base_metrics, pair=pair_names
     )
     if base_metrics is not None:
         result.comparison = compare_metrics(base_metrics, final_metrics, names, labels=result.labels)
