@@ -97,3 +97,40 @@ def test_the_slurm_launcher_runs_through_submitit(study_config):
     )
     assert (out / "slurm").is_dir() and any((out / "slurm").iterdir())  # submitit's job files
     assert result.summary["fractions"]["100pct"]["arms"]["random"]["seeds"] == 1
+
+
+def test_training_fractions_are_nested_class_stratified_subsets(tmp_path, synth_data):
+    from defectfusion.commands.study_plan import plan_study, stratified_subset
+
+    ann = synth_data / "train" / "annotations.json"
+    full = load_coco(ann)
+    quarter = load_coco(stratified_subset(ann, 0.25, tmp_path / "q.json"), full.images_dir)
+    half = load_coco(stratified_subset(ann, 0.5, tmp_path / "h.json"), full.images_dir)
+    q_ids, h_ids = {r.id for r in quarter.images}, {r.id for r in half.images}
+    assert q_ids < h_ids < {r.id for r in full.images}  # nested
+    assert 0.15 * len(full.images) <= len(q_ids) <= 0.45 * len(full.images)
+    present = lambda index: {a.label for anns in index.annotations.values() for a in anns}  # noqa: E731
+    assert present(quarter) == present(full)  # every class keeps examples
+
+    cfg = load_config(
+        write_train_config(
+            tmp_path / "cfg.yml", synth_data, order=["phase1"], model={"checkpoint": str(tmp_path / "any")}
+        )
+    )
+    plan = plan_study(
+        cfg,
+        tmp_path / "s",
+        arms=["text"],
+        seeds=1,
+        fractions=[0.25, 1.0],
+        descriptions=[str(synth_data / "descriptions.yml")],
+    )
+    assert [r.key for r in plan.runs] == [
+        "text/25pct/seed0",
+        "text/100pct/seed0",
+        "desc:descriptions/25pct/seed0",
+        "desc:descriptions/100pct/seed0",
+    ]
+    small = load_config(plan.runs[0].config)
+    assert small.data.train.annotations.endswith("train_25pct.json") and small.data.val == cfg.data.val
+    assert load_config(plan.runs[2].config).fusion.descriptions == str((synth_data / "descriptions.yml").resolve())
