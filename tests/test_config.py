@@ -76,3 +76,16 @@ def test_null_removes_an_included_mapping(tmp_path):
     )
     cfg = load_config(tmp_path / "top.yml")
     assert "phase1" not in cfg.gates and "phase2" in cfg.gates
+
+
+def test_relative_paths_in_overrides_mean_the_working_directory(tmp_path, monkeypatch):
+    from defectfusion.config import dump_config, load_config
+
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(None, ["data.train.annotations=data/train/annotations.json", "fusion.descriptions=defects6"])
+    assert cfg.data.train.annotations == str(tmp_path / "data" / "train" / "annotations.json")
+    assert cfg.fusion.descriptions == "defects6"  # a packaged name stays a name
+    # so a config dumped elsewhere and read back names the same files
+    (tmp_path / "deep" / "er").mkdir(parents=True)
+    (tmp_path / "deep" / "er" / "c.yaml").write_text(dump_config(cfg))
+    assert load_config(tmp_path / "deep" / "er" / "c.yaml").data.train.annotations == cfg.data.train.annotations

@@ -193,7 +193,7 @@ def run_demo(
     data-parallel ranks, then the study's runs; 1 trains everything in this process's children one
     at a time.
     """
-    out = Path(out)
+    out = Path(out).resolve()  # every config and run folder of the demo names absolute paths
     plan = QUICK if quick else FULL
     workers = default_workers() if workers is None else workers
     if workers < 1:

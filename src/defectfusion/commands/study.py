@@ -136,7 +136,7 @@ def run_study(
     progress: bool = True,
 ) -> StudyResult:
     """Plan (or resume) a study in ``out``, train what is missing, score on test, write the report."""
-    out = Path(out)
+    out = Path(out).resolve()  # the plan and the runs' configs name absolute paths
     saved = out / "study.json"
     if config is None:
         if not (resume and saved.is_file()):

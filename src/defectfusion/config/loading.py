@@ -170,9 +170,15 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """``data`` with ``key.sub=value`` overrides applied; relative paths in them mean the working directory."""
     result = copy.deepcopy(data)
     for text in overrides:
         parts, value = parse_override(text)
+        if isinstance(value, str) and value:
+            if tuple(parts) in PATH_KEYS:
+                value = _resolve_path_value(value, Path.cwd())
+            elif tuple(parts) == ("fusion", "encoder"):
+                value = _resolve_encoder_spec(value, Path.cwd())
         node = result
         for part in parts[:-1]:
             child = node.get(part)
