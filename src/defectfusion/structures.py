@@ -44,6 +44,15 @@ class DetectionMatch:
         label, class_name, score: the detection.
         query: index of the decoder query it came from.
         similarity: ``C`` cosine similarities (projected query feature vs class text), label order.
+        logit_parts: the detected class's logit split as ``logit = base + text + quality``
+            (the detector's own head, the gated text term, the LQE term) and the ``gate``.
+        maps: per map kind, ``[H, W]`` float32 at the image's size: ``gradcam`` (what raised its
+            logit), ``text_gradcam`` (what raised its text term), ``sampling`` (where its query
+            looked) and, for a class of the confusable pair, ``pair`` (signed: what pushed it
+            towards its class rather than the other).
+        pair_margin: for a detection of a confusable-pair class, ``{"against", "margin",
+            "text", "base"}``: its logit minus the other class's, and the text and base terms'
+            parts of that margin (the LQE term is the same for both classes and cancels).
     """
 
     box: list[float]
@@ -52,6 +61,9 @@ class DetectionMatch:
     score: float
     query: int
     similarity: list[float]
+    logit_parts: dict[str, float] = field(default_factory=dict)
+    maps: dict[str, torch.Tensor] = field(default_factory=dict)
+    pair_margin: dict[str, Any] | None = None
 
     def top_matches(self, class_names: Sequence[str], k: int | None = None) -> list[tuple[str, float]]:
         order = np.argsort(-np.asarray(self.similarity), kind="stable")
@@ -74,6 +86,12 @@ class Explanation:
         threshold: the score threshold.
         source: image path, if read from a file.
         text: where the model's class texts came from (descriptions file, encoder).
+        class_maps: per map kind, ``[C, H, W]`` float32 at the image's size, one map per class
+            (``similarity`` is ``maps``; the attribution kinds use the class's detections, or its
+            best-scoring query when none passes the threshold).
+        map_kinds: per map kind, what it shows, in words.
+        pair: the confusable pair the detections' margins are computed for, if any.
+        default_kind: the map kind the figures lead with.
     """
 
     image: np.ndarray
@@ -87,6 +105,10 @@ class Explanation:
     threshold: float
     source: str | None = None
     text: dict[str, Any] = field(default_factory=dict)
+    class_maps: dict[str, torch.Tensor] = field(default_factory=dict)
+    map_kinds: dict[str, str] = field(default_factory=dict)
+    pair: tuple[str, str] | None = None
+    default_kind: str = "gradcam"
 
     @property
     def size(self) -> tuple[int, int]:
@@ -130,8 +152,11 @@ class Explanation:
                     for m in self.level_maps
                 ],
             },
+            "map_kinds": self.map_kinds,
+            "pair": list(self.pair) if self.pair else None,
             "detections": {
                 "head": self.query_head,
+                "logit": "logit = base (the detector's own head) + text (gate x text logit) + quality (LQE)",
                 "threshold": self.threshold,
                 "items": [
                     {
@@ -142,6 +167,8 @@ class Explanation:
                         "query": d.query,
                         "similarity": {n: r(v) for n, v in zip(names, d.similarity, strict=True)},
                         "top_matches": [[n, r(v)] for n, v in d.top_matches(names, 3)],
+                        "logit_parts": {k: r(v) for k, v in d.logit_parts.items()},
+                        "pair_margin": d.pair_margin,
                     }
                     for d in self.detections
                 ],

@@ -24,8 +24,20 @@ def test_explain_writes_maps_matches_and_numbers(kit, tmp_path, capsys):
         ["explain", "--checkpoint", kit.fused, image, kit.val_images / "000001.png", "--out", tmp_path / "two"], capsys
     )
     assert code == 0
-    assert (tmp_path / "two" / "000000" / "similarity_maps.png").is_file()
+    assert (tmp_path / "two" / "000000" / "explanation.png").is_file()  # several images: the main figure
     assert (tmp_path / "two" / "000001" / "explanation.json").is_file()
+
+
+def test_explain_with_annotations_prints_how_well_each_map_kind_points(kit, tmp_path, capsys):
+    code, printed, _ = run_cli(
+        ["explain", "--checkpoint", kit.fused, "--annotations", kit.val_ann, "--limit", "2", "--out", tmp_path],
+        capsys,
+    )
+    assert code == 0
+    assert "how well the maps point at the boxes (2 images)" in printed
+    for kind in ("gradcam", "pixel", "text_gradcam", "sampling", "similarity"):
+        assert kind in printed
+    assert "logit = base + text + LQE" in printed and f"summary: {tmp_path / 'report.html'}" in printed
 
 
 def test_user_errors_are_one_line(kit, tmp_path, capsys):
@@ -37,6 +49,10 @@ def test_user_errors_are_one_line(kit, tmp_path, capsys):
         (["explain", "--checkpoint", kit.fused, str(tmp_path / "none.png")], "none.png does not exist"),
         (["explain", "--checkpoint", fake, image], "explain needs the PyTorch detector folder"),
         (["explain", "--checkpoint", kit.fused, image, "--threshold", "3"], "--threshold must be in [0, 1]"),
+        (["explain", "--checkpoint", kit.fused], "nothing to explain"),
+        (["explain", "--checkpoint", kit.fused, image, "--annotations", kit.val_ann], "not both"),
+        (["explain", "--checkpoint", kit.fused, "--annotations", tmp_path / "no.json"], "no.json does not exist"),
+        (["explain", "--checkpoint", kit.fused, image, "--limit", "0"], "--limit must be at least 1"),
         (["explain", "--checkpoint", kit.fused, image, "--max-detections", "-1"], "--max-detections must be >= 0"),
         (["explain", "--checkpoint", tmp_path / "none", image], "does not exist"),
     ]

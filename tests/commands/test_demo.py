@@ -28,7 +28,20 @@ def test_every_step_leaves_its_files(demo):
         "summary.json", "report/report.md", "report/report.html",
     ]:  # fmt: skip
         assert (demo / path).is_file(), path
-    assert list((demo / "report" / "explain").glob("*/similarity_maps.png"))
+    assert list((demo / "report" / "explain").glob("*/explanation.png"))
+    assert (demo / "report" / "explain" / "report.html").is_file()
+
+
+def test_the_report_scores_every_map_kind_on_the_test_boxes(demo):
+    quality = json.loads((demo / "summary.json").read_text())["map_quality"]
+    assert set(quality) == {"similarity", "gradcam", "pixel", "text_gradcam", "sampling"}
+    for kind in quality.values():
+        overall = kind["overall"]
+        assert overall["pairs"] > 0 and 0.0 <= overall["pointing_game"] <= 1.0 and 0.0 < overall["chance"] < 1.0
+    saved = json.loads((demo / "report" / "explain" / "map_quality.json").read_text())
+    assert saved["default_kind"] == "gradcam" and saved["source"].endswith("test/annotations.json")
+    report = (demo / "report" / "report.md").read_text()
+    assert "whether the maps point at the defects" in report and "pointing game" in report
     assert list((demo / "report" / "plots").glob("forest_*.png"))
 
 

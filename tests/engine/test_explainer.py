@@ -95,7 +95,8 @@ def test_without_query_selection_fusion_the_decoder_head_is_used_and_said(kit):
 
 def test_files_hold_the_numbers_and_real_pngs(kit, tmp_path):
     path, _ = _image_with_two_classes(kit)
-    [(expl, files)] = explain(kit.fused, path, tmp_path / "ex", threshold=0.0, max_detections=3)
+    [item] = explain(kit.fused, path, tmp_path / "ex", threshold=0.0, max_detections=3).images
+    expl, files = item.explanation, item.files
     data = json.loads(files.json.read_text())
     assert data["image_size"] == {"height": 96, "width": 96} and data["classes"] == expl.class_names
     assert data["maps"]["head"] == "model.model.enc_score_head.fusion"

@@ -6,14 +6,22 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..report.explain_summary import quality_rows
 from ..report.markdown import Section
 from ..report.study import write_study_report
 
+FIGURES = 3  # per-image explanation figures in the report
+
 
 def demo_sections(
-    out: Path, study: dict[str, Any], class_names: Sequence[str], verdict: Sequence[str], explain_files: Sequence[Path]
+    out: Path, study: dict[str, Any], class_names: Sequence[str], verdict: Sequence[str], explained: Any
 ) -> tuple[Path, Path]:
-    """``out/report/report.md`` and ``.html``: the verdict first, then the study, then the maps."""
+    """``out/report/report.md`` and ``.html``: the verdict first, then the study, then the maps and their quality.
+
+    ``explained``: the :class:`~defectfusion.commands.explain.ExplainResult` of the test images.
+    """
+    kinds = explained.images[0].explanation.map_kinds if explained.images else {}
+    figures = [i.files.explanation_png for i in explained.images if i.files.explanation_png][:FIGURES]
     intro = [
         Section(
             "What the demo did",
@@ -27,13 +35,22 @@ def demo_sections(
     intro.append(Section("Demo verdict", "\n".join(f"- {line}" for line in verdict)))
     explain = [
         Section(
-            "Text-visual explanations",
-            "For validation images holding both classes of the confusable pair: the encoder's features "
-            "projected into the text space and compared with each class's description (one panel per "
-            "class), and for each detection its similarity to every class description (the best text "
-            "run on test).",
-            images=[(p, p.parent.name) for p in explain_files],
-        )
+            "Explanations: why each box got its class, and whether the maps point at the defects",
+            f"The best text run explained on {len(explained.images)} test images. Every map kind is scored "
+            "against the boxes: the pointing game (the class map's maximum inside a box of that class) and the "
+            "AUROC of map values on the objects against the background, beside chance, with 95% intervals "
+            "over images.",
+            table=quality_rows(explained.quality, explained.default_kind, kinds),
+            images=[(p, "") for p in (explained.summary.pngs if explained.summary else [])],
+        ),
+        Section(
+            "Per detection",
+            "For the first test images: per box, where the evidence for its class was, what decided it against "
+            "the look-alike class, and how its score was made (the detector's own term, the descriptions' term, "
+            "the box-quality term).",
+            images=[(f, f.parent.name) for f in figures],
+            level=3,
+        ),
     ]
     return write_study_report(
         out / "report",

@@ -15,6 +15,13 @@ For one image and a fused detector:
   evaluation decoder layer's class head scored) is projected by that head, and its cosine
   similarity with every class's text embedding is reported: what the box matched in text.
 
+- **Attribution** (:mod:`.attribution`, the model's own computation, no approximation): per class
+  and per detection, ``gradcam`` (gradient x feature of the logit on the decoder's memory),
+  ``text_gradcam`` (the same for the text term alone), ``sampling`` (where the queries' deformable
+  attention read the features) and, for the confusable pair, ``pair`` (the signed map of
+  logit(class) - logit(other class)). Each detection's logit is split into the detector's own
+  term, the text term and the LQE term.
+
 The figures and files are drawn and written by :mod:`defectfusion.report.explain`.
 """
 
@@ -31,7 +38,20 @@ from ..data.images import load_image
 from ..errors import ConfigError
 from ..models.postprocess import query_boxes_in_pixels, top_k_queries
 from ..structures import DetectionMatch, Explanation
+from .attribution import LogitParts, TracedForward, blank_like, gradient_maps, logit_parts, sampling_map, traced_forward
 from .predictor import prepare_images
+
+# What each map kind shows, in the words the figures and tables use.
+MAP_KINDS: dict[str, str] = {
+    "gradcam": "what raised the class score: gradient x (feature - blank-image feature) of its detections' logits",
+    "pixel": "which pixels raised the class score: gradient x (pixel - blank pixel), slightly blurred",
+    "text_gradcam": "what raised the text term (gate x text logit) of those logits: the descriptions' part",
+    "sampling": "where its detections looked: the decoder's sampling points weighted by their attention",
+    "similarity": "cosine similarity of each place's projected feature with the class text",
+}
+DEFAULT_MAP_KIND = "gradcam"
+CLASS_QUERIES = 5  # detections of a class that make its class map
+DETAILED_DETECTIONS = 3  # detections that get their own maps (the figure shows this many)
 
 
 def require_fused(model: Any) -> None:
@@ -93,7 +113,52 @@ def _to_uint8_chw(image: Any) -> tuple[torch.Tensor, str | None]:
     return tensor, None
 
 
-@torch.inference_mode()
+def _class_queries(scores: torch.Tensor, label: int, threshold: float) -> tuple[list[int], list[float]]:
+    """The queries whose score for ``label`` passes ``threshold`` (best first, at most
+    :data:`CLASS_QUERIES`), else the single best one: what a class map is made of."""
+    column = scores[:, label]
+    order = torch.argsort(column, descending=True)
+    chosen = [int(q) for q in order[:CLASS_QUERIES] if column[q] >= threshold] or [int(order[0])]
+    return chosen, [float(column[q]) for q in chosen]
+
+
+def _class_maps(
+    trace: TracedForward, parts: LogitParts, scores: torch.Tensor, threshold: float, size: tuple[int, int]
+) -> dict[str, torch.Tensor]:
+    maps: dict[str, list[torch.Tensor]] = {"gradcam": [], "pixel": [], "text_gradcam": [], "sampling": []}
+    for label in range(scores.shape[1]):
+        queries, weights = _class_queries(scores, label, threshold)
+        logit = gradient_maps(trace, parts.logit[queries, label].sum(), size)
+        maps["gradcam"].append(logit["gradcam"])
+        maps["pixel"].append(logit["pixel"])
+        maps["text_gradcam"].append(gradient_maps(trace, parts.text[queries, label].sum(), size)["gradcam"])
+        maps["sampling"].append(sampling_map(trace, queries, size, weights))
+    return {kind: torch.stack(values) for kind, values in maps.items()}
+
+
+def _detection_maps(
+    trace: TracedForward, parts: LogitParts, query: int, label: int, other: int | None, size: tuple[int, int]
+) -> dict[str, torch.Tensor]:
+    logit = gradient_maps(trace, parts.logit[query, label], size)
+    maps = {
+        "gradcam": logit["gradcam"],
+        "pixel": logit["pixel"],
+        "text_gradcam": gradient_maps(trace, parts.text[query, label], size)["gradcam"],
+        "sampling": sampling_map(trace, [query], size),
+    }
+    if other is not None:
+        difference = parts.logit[query, label] - parts.logit[query, other]
+        maps["pair"] = gradient_maps(trace, difference, size, signed=True)["gradcam"]
+    return maps
+
+
+def _pair_margin(parts: LogitParts, query: int, label: int, other: int, other_name: str) -> dict[str, float | str]:
+    def diff(t: torch.Tensor) -> float:
+        return round(float((t[query, label] - t[query, other]).detach()), 5)
+
+    return {"against": other_name, "margin": diff(parts.logit), "text": diff(parts.text), "base": diff(parts.base)}
+
+
 def explain_image(
     model: Any,
     image: Any,
@@ -102,10 +167,16 @@ def explain_image(
     max_detections: int = 8,
     top_k: int = 300,
     device: str | torch.device = "cpu",
+    pair: tuple[str, str] | None = None,
+    attribution: bool = True,
+    detailed: int = DETAILED_DETECTIONS,
 ) -> Explanation:
-    """Similarity maps and detection matches of one image.
+    """Similarity maps, attribution maps and detection matches of one image.
 
-    ``image``: a path, a uint8 ``[3, H, W]`` tensor or a uint8 ``[H, W, 3]`` array.
+    ``image``: a path, a uint8 ``[3, H, W]`` tensor or a uint8 ``[H, W, 3]`` array. ``pair``: the
+    confusable pair whose margin is explained for detections of either class. ``attribution``:
+    False computes only the similarity maps and the matches (one forward pass, no gradients).
+    ``detailed``: the best this many detections get their own maps (each costs backward passes).
     """
     require_fused(model)
     device = torch.device(device)
@@ -113,56 +184,72 @@ def explain_image(
     pixels_u8, source = _to_uint8_chw(image)
     H, W = int(pixels_u8.shape[-2]), int(pixels_u8.shape[-1])
     pixel_values, _ = prepare_images([pixels_u8], model.meta.image_size, model.meta.image_mean, model.meta.image_std)
+    names = list(model.class_names)
+    pair_labels = (names.index(pair[0]), names.index(pair[1])) if pair else None
 
-    map_head, map_path, map_note, query_head, query_path, layer = _heads(model)
-    captured: list[torch.Tensor] = []
-    hook = model.model.decoder.class_embed[layer].register_forward_hook(
-        lambda _m, inputs, _o: captured.append(inputs[0].detach())
-    )
-    try:
-        outputs = model(pixel_values=pixel_values.to(device))
-    finally:
-        hook.remove()
-    if not captured:
-        raise RuntimeError(f"the class head of decoder layer {layer} was not called; cannot read query features")
-    query_features = captured[-1][0]  # [Q, d]
+    map_head, map_path, map_note, query_head, query_path, _ = _heads(model)
+    pixel_values = pixel_values.to(device)
+    trace = traced_forward(model, pixel_values, blank_like(pixel_values) if attribution else None)
+    outputs = trace.outputs
 
-    # similarity maps: encoder maps -> the decoder's input projection (+ enc_output) -> fusion projection
+    # similarity maps: the decoder's memory (+ enc_output), exactly what the query-selection head scores
     level_maps, upsampled = [], []
-    for level, fmap in enumerate(outputs.encoder_last_hidden_state):
-        source_map = model.model.decoder_input_proj[level](fmap)  # [1, d, h, w]
-        h, w = source_map.shape[-2:]
-        feats = model.model.enc_output(source_map.flatten(2).transpose(1, 2))  # [1, h*w, d]
-        sim = _cosine(map_head, feats.float())[0].t().reshape(-1, h, w)  # [C, h, w]
-        level_maps.append(sim.cpu())
-        upsampled.append(F.interpolate(sim[None], size=(H, W), mode="bilinear", align_corners=False)[0])
+    with torch.no_grad():
+        for source_map in trace.sources:
+            h, w = source_map.shape[-2:]
+            feats = model.model.enc_output(source_map.detach().flatten(2).transpose(1, 2))  # [1, h*w, d]
+            sim = _cosine(map_head, feats.float())[0].t().reshape(-1, h, w)  # [C, h, w]
+            level_maps.append(sim.cpu())
+            upsampled.append(F.interpolate(sim[None], size=(H, W), mode="bilinear", align_corners=False)[0])
     maps = torch.stack(upsampled).mean(0).cpu()
 
     # detections, with the query each came from (the post-processor's top-k over queries x classes)
-    logits, boxes = outputs.logits.float(), outputs.pred_boxes.float()
+    logits, boxes = outputs.logits.detach().float(), outputs.pred_boxes.detach().float()
     top, labels, queries = top_k_queries(logits, min(top_k, logits.shape[1] * logits.shape[2]))
     xyxy = query_boxes_in_pixels(boxes, queries, torch.tensor([[H, W]], device=boxes.device))[0]
     top, labels, queries = top[0], labels[0], queries[0]
     keep = top >= threshold
     top, labels, queries, xyxy = (t[keep][:max_detections] for t in (top, labels, queries, xyxy))
-    similarity = _cosine(query_head, query_features[queries].float())  # [n, C]
-    names = model.class_names
-    detections = [
-        DetectionMatch(
-            [float(v) for v in xyxy[i].tolist()],
-            int(labels[i]),
-            names[int(labels[i])],
-            float(top[i]),
-            int(queries[i]),
-            [float(v) for v in similarity[i].tolist()],
+    with torch.no_grad():
+        similarity = _cosine(query_head, trace.query_features[queries].float())  # [n, C]
+
+    parts = logit_parts(model, trace)
+    scores = torch.sigmoid(logits[0])
+    class_maps = {"similarity": maps}
+    if attribution:
+        class_maps.update(_class_maps(trace, parts, scores, threshold, (H, W)))
+    detections = []
+    for i in range(len(top)):
+        query, label = int(queries[i]), int(labels[i])
+        other = None
+        if pair_labels and label in pair_labels:
+            other = pair_labels[1] if label == pair_labels[0] else pair_labels[0]
+        detections.append(
+            DetectionMatch(
+                [float(v) for v in xyxy[i].tolist()],
+                label,
+                names[label],
+                float(top[i]),
+                query,
+                [float(v) for v in similarity[i].tolist()],
+                logit_parts={
+                    "base": float(parts.base[query, label].detach()),
+                    "text": float(parts.text[query, label].detach()),
+                    "quality": float(parts.quality[query, label].detach()),
+                    "logit": float(parts.logit[query, label].detach()),
+                    "gate": parts.gate,
+                },
+                maps=_detection_maps(trace, parts, query, label, other, (H, W)) if attribution and i < detailed else {},
+                pair_margin=_pair_margin(parts, query, label, other, names[other]) if other is not None else None,
+            )
         )
-        for i in range(len(top))
-    ]
     fusion = model.meta.fusion
     text = {"descriptions": fusion.descriptions, "encoder": fusion.encoder, "kind": fusion.text}
+    kinds = {kind: MAP_KINDS[kind] for kind in class_maps}
+    kinds["similarity"] = f"{MAP_KINDS['similarity']}, by {map_note}"
     return Explanation(
         pixels_u8.permute(1, 2, 0).cpu().numpy(),
-        list(names),
+        names,
         maps,
         level_maps,
         map_path,
@@ -172,4 +259,8 @@ def explain_image(
         float(threshold),
         source,
         text,
+        class_maps=class_maps,
+        map_kinds=kinds,
+        pair=(pair[0], pair[1]) if pair else None,
+        default_kind=DEFAULT_MAP_KIND,
     )

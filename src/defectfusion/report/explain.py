@@ -1,8 +1,10 @@
-"""Figures and files of an explanation: similarity maps, what each detection matched in text.
+"""Figures and files of an explanation: why each box got its class, similarity maps, text matches.
 
-:func:`write_explanation` writes ``similarity_maps.png``, ``detection_matches.png``,
-``explanation.json`` (all numbers: per-level maps, per-class summaries, every detection's
-similarities) and ``similarity_maps.npz`` (the full-resolution maps) for an
+:func:`write_explanation` writes ``explanation.png`` (one figure per image: per detection its
+evidence map, the look-alike map and its score's parts; :mod:`.explain_figure`),
+``similarity_maps.png``, ``detection_matches.png``, ``explanation.json`` (all numbers: per-level
+maps, per-class summaries, every detection's similarities and logit terms) and
+``similarity_maps.npz`` (every map at the image's size) for an
 :class:`~defectfusion.structures.Explanation` (computed by :mod:`defectfusion.engine.explainer`).
 """
 
@@ -20,6 +22,7 @@ from matplotlib.ticker import MaxNLocator
 from ..io import atomic_path, atomic_write_json
 from ..structures import Explanation
 from . import plots
+from .explain_figure import plot_explanation
 
 __all__ = ["ExplainFiles", "plot_detection_matches", "plot_similarity_maps", "write_explanation"]
 
@@ -207,30 +210,47 @@ def plot_detection_matches(expl: Explanation, path: str | os.PathLike, top: int 
 
 @dataclass
 class ExplainFiles:
-    maps_png: Path
-    matches_png: Path
+    """What :func:`write_explanation` wrote (None: not asked for)."""
+
     json: Path
-    npz: Path
+    explanation_png: Path | None = None
+    maps_png: Path | None = None
+    matches_png: Path | None = None
+    npz: Path | None = None
 
     def all(self) -> list[Path]:
-        return [self.maps_png, self.matches_png, self.json, self.npz]
+        return [p for p in (self.explanation_png, self.maps_png, self.matches_png, self.json, self.npz) if p]
 
 
-def write_explanation(expl: Explanation, out_dir: str | os.PathLike) -> ExplainFiles:
-    """Write the two figures, the JSON of the numbers and the full-resolution maps (``.npz``)."""
+def write_explanation(
+    expl: Explanation, out_dir: str | os.PathLike, *, all_figures: bool = True, save_maps: bool = True
+) -> ExplainFiles:
+    """Write ``explanation.png`` and ``explanation.json``; with ``all_figures`` also the similarity-map and
+    text-match figures, with ``save_maps`` every map at the image's size (``similarity_maps.npz``, float16
+    for the attribution kinds)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    files = ExplainFiles(
-        out / "similarity_maps.png",
-        out / "detection_matches.png",
-        out / "explanation.json",
-        out / "similarity_maps.npz",
-    )
-    plot_similarity_maps(expl, files.maps_png)
-    plot_detection_matches(expl, files.matches_png)
+    files = ExplainFiles(out / "explanation.json")
+    if "gradcam" in expl.class_maps:
+        files.explanation_png = plot_explanation(expl, out / "explanation.png", expl.default_kind)
+    if all_figures or not expl.class_maps:
+        files.maps_png = plot_similarity_maps(expl, out / "similarity_maps.png")
+        files.matches_png = plot_detection_matches(expl, out / "detection_matches.png")
     data = expl.to_json()
-    data["maps"]["file"] = files.npz.name
+    if save_maps:
+        files.npz = out / "similarity_maps.npz"
+        data["maps"]["file"] = files.npz.name
     atomic_write_json(files.json, data)
+    if files.npz is None:
+        return files
+    # every map kind per class, and each detection's maps, at the image's size
+    arrays = {"maps": expl.maps.numpy().astype(np.float32), "classes": np.array(expl.class_names)}
+    for kind, maps in expl.class_maps.items():
+        if kind != "similarity":
+            arrays[f"class_{kind}"] = maps.numpy().astype(np.float16)
+    for i, d in enumerate(expl.detections):
+        for kind, m in d.maps.items():
+            arrays[f"detection{i + 1}_{kind}"] = m.numpy().astype(np.float16)
     with atomic_path(files.npz, suffix=".npz") as tmp, open(tmp, "wb") as fh:
-        np.savez_compressed(fh, maps=expl.maps.numpy().astype(np.float32), classes=np.array(expl.class_names))
+        np.savez_compressed(fh, **arrays)
     return files
