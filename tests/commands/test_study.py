@@ -73,10 +73,24 @@ def test_a_study_trains_every_arm_and_seed_scores_on_test_and_decides(study_conf
     import shutil
 
     shutil.rmtree(lost)
-    again = run_study(cfg, out, arms=["text", "continued"], seeds=2, parallel=2, draws=40, resume=True, progress=False)
+    again = run_study(
+        cfg,
+        out,
+        arms=["text", "continued"],
+        seeds=2,
+        parallel=2,
+        draws=40,
+        resume=True,
+        explain_images=2,
+        progress=False,
+    )
     changed = {p.name for p in (out / "logs").iterdir() if p.stat().st_mtime_ns != logs.get(p.name)}
     assert changed == {"continued_100pct_seed1.log"}
     assert again.summary["fractions"]["100pct"]["arms"].keys() == entry["arms"].keys()
+    # the maps of the fused arm scored on the test boxes (continued has no fusion head to explain)
+    assert list(again.summary["map_quality"]) == ["text"]
+    assert again.summary["map_quality"]["text"]["gradcam"]["pairs"] > 0
+    assert "do they point at the defects" in again.report_md.read_text()
     with pytest.raises(Exception, match="already holds a study"):
         run_study(cfg, out, arms=["text"], seeds=1, progress=False)
 

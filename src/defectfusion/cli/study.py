@@ -46,6 +46,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--slurm-partition", default=None, help="Slurm partition (launcher slurm)")
     p.add_argument("--slurm-time", type=int, default=24 * 60, metavar="MIN", help="Slurm time limit per run, minutes")
     p.add_argument("--draws", type=int, default=200, help="bootstrap draws (default: 200)")
+    p.add_argument(
+        "--explain",
+        type=int,
+        default=0,
+        metavar="N",
+        help="explain N scoring images per fused arm and report how "
+        "well the maps point at the boxes (default: 0, not done)",
+    )
     p.add_argument("--resume", action="store_true", help="continue the study in --out: only what is missing runs")
     p.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE", help="config override")
     p.add_argument("--quiet", action="store_true", help="less output")
@@ -61,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("give a training config, or --resume --out STUDY_DIR")
     if args.seeds < 1 or args.parallel < 1 or args.draws < 10:
         raise ConfigError("--seeds and --parallel must be >= 1 and --draws >= 10")
+    if args.explain < 0:
+        raise ConfigError(f"--explain must be >= 0 images, got {args.explain}")
     if any(not 0 < f <= 1 for f in args.train_fractions):
         raise ConfigError(f"--train-fractions must be in (0, 1], got {args.train_fractions}")
     if (args.out / "study.json").is_file() and not args.resume:
@@ -78,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
         launcher=args.launcher,
         resume=args.resume,
         draws=args.draws,
+        explain_images=args.explain,
         slurm=SlurmOptions(partition=args.slurm_partition, timeout_min=args.slurm_time),
         progress=not args.quiet,
     )

@@ -39,6 +39,7 @@ from ..errors import ConfigError
 from ..io import atomic_write_json, read_json
 from ..report.study import write_study_report
 from ..structures import Detections
+from .explain import explain
 from .study_launch import SlurmOptions, run_local, run_slurm
 from .study_plan import BASE_ARMS, StudyPlan, StudyRun, fraction_label, plan_study, read_plan, same_plan, write_plan
 
@@ -119,6 +120,28 @@ def _statistics(plan: StudyPlan, index: CocoIndex, on_test: bool, draws: int, pa
     return per_fraction
 
 
+def _map_quality(per_fraction: dict, index, folder: Path, images: int, progress: bool) -> dict[str, Any]:
+    """Per fused arm (the full training set's first seed): each map kind's overall quality on ``index``."""
+    entry = per_fraction[max(per_fraction, key=lambda k: per_fraction[k]["fraction"])]
+    quality: dict[str, Any] = {}
+    for arm, folders in entry["runs"].items():
+        model = Path(folders[0]) / "final"
+        if arm == "baseline" or not (model / "config.json").is_file() or not _is_fused(model):
+            continue
+        if progress:
+            print(f"study: explaining {images} images with {arm} ({model})")
+        result = explain(
+            model, None, folder / arm, annotations=index.annotations_file, images_dir=index.images_dir, limit=images
+        )
+        quality[arm] = {kind: q.overall for kind, q in result.quality.items()}
+    return quality
+
+
+def _is_fused(model: Path) -> bool:
+    config = read_json(model / "config.json", "model config")
+    return bool((config.get("defectfusion") or {}).get("fusion"))
+
+
 def run_study(
     config: str | os.PathLike | None,
     out: str | os.PathLike,
@@ -133,9 +156,14 @@ def run_study(
     resume: bool = False,
     draws: int = 200,
     slurm: SlurmOptions | None = None,
+    explain_images: int = 0,
     progress: bool = True,
 ) -> StudyResult:
-    """Plan (or resume) a study in ``out``, train what is missing, score on test, write the report."""
+    """Plan (or resume) a study in ``out``, train what is missing, score on test, write the report.
+
+    ``explain_images``: explain that many scoring images with the first seed's final model of
+    every fused arm and report how well each map kind points at the boxes (0: not done).
+    """
     out = Path(out).resolve()  # the plan and the runs' configs name absolute paths
     saved = out / "study.json"
     if config is None:
@@ -189,6 +217,8 @@ def run_study(
         "draws": draws,
         "fractions": per_fraction,
     }
+    if explain_images > 0:
+        summary["map_quality"] = _map_quality(per_fraction, index, out / "explain", explain_images, progress)
     atomic_write_json(out / "summary.json", summary)
     md, html = write_study_report(out / "report", summary, list(index.class_names))
     if progress:

@@ -55,6 +55,30 @@ def _per_class_table(comparisons: Sequence[Mapping[str, Any]], class_names: Sequ
     return rows
 
 
+def _map_quality_rows(quality: Mapping[str, Mapping[str, Any]]) -> list[dict[str, str]]:
+    def cell(o: Mapping[str, Any], key: str) -> str:
+        value, iv = o.get(key), o.get(f"{key}_interval")
+        if value is None:
+            return MISSING
+        return f"{value:.2f}" + (f" [{iv[0]:.2f}, {iv[1]:.2f}]" if iv else "")
+
+    rows = []
+    for arm, kinds in quality.items():
+        for kind, o in kinds.items():
+            chance = MISSING if o.get("chance") is None else f"{o['chance']:.2f}"
+            rows.append(
+                {
+                    "arm": arm,
+                    "map kind": kind,
+                    "pointing game": cell(o, "pointing_game"),
+                    "chance": chance,
+                    "AUROC": cell(o, "auroc"),
+                    "pairs": str(o.get("pairs", 0)),
+                }
+            )
+    return rows
+
+
 def write_study_report(
     out: str | Path,
     summary: Mapping[str, Any],
@@ -123,5 +147,15 @@ def write_study_report(
     if len(summary["fractions"]) > 1:
         curve = plot_learning_curve(curves, out / "plots" / "learning_curve.png")
         sections.append(Section("Learning curve", images=[(curve, "test mAP@0.5 vs training fraction")]))
+    if summary.get("map_quality"):
+        sections.append(
+            Section(
+                "Explanation maps: do they point at the defects?",
+                "Each fused arm's first seed, on the scoring images: pointing game (the class map's maximum "
+                "inside one of that class's boxes) beside chance, and the AUROC of map values on the objects "
+                "against the background (0.5: no information), with 95% intervals over images.",
+                table=_map_quality_rows(summary["map_quality"]),
+            )
+        )
     sections.extend(extra)
     return write_report(out, title or f"Study {summary['name']}: did the descriptions help?", sections)
