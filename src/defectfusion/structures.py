@@ -108,7 +108,7 @@ class Explanation:
     class_maps: dict[str, torch.Tensor] = field(default_factory=dict)
     map_kinds: dict[str, str] = field(default_factory=dict)
     pair: tuple[str, str] | None = None
-    default_kind: str = "gradcam"
+    default_kind: str = "sampling"
 
     @property
     def size(self) -> tuple[int, int]:

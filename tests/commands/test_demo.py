@@ -39,7 +39,7 @@ def test_the_report_scores_every_map_kind_on_the_test_boxes(demo):
         overall = kind["overall"]
         assert overall["pairs"] > 0 and 0.0 <= overall["pointing_game"] <= 1.0 and 0.0 < overall["chance"] < 1.0
     saved = json.loads((demo / "report" / "explain" / "map_quality.json").read_text())
-    assert saved["default_kind"] == "gradcam" and saved["source"].endswith("test/annotations.json")
+    assert saved["default_kind"] == "sampling" and saved["source"].endswith("test/annotations.json")
     report = (demo / "report" / "report.md").read_text()
     assert "whether the maps point at the defects" in report and "pointing game" in report
     assert list((demo / "report" / "plots").glob("forest_*.png"))

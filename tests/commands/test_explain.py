@@ -27,7 +27,7 @@ def test_a_coco_file_is_explained_scored_and_summarised(kit, tmp_path):
         assert not (folder / "similarity_maps.npz").exists() and not (folder / "similarity_maps.png").exists()
         assert item.explanation.class_maps == {}  # not kept in memory
     saved = json.loads((tmp_path / "ex" / "map_quality.json").read_text())
-    assert set(saved["quality"]) == KINDS and saved["default_kind"] == "gradcam"
+    assert set(saved["quality"]) == KINDS and saved["default_kind"] == "sampling"
     assert all(q["reads_as"] for q in saved["quality"].values())
     html = (tmp_path / "ex" / "report.html").read_text()
     assert "pointing game" in html and "Best and worst examples" in html

@@ -49,7 +49,10 @@ MAP_KINDS: dict[str, str] = {
     "sampling": "where its detections looked: the decoder's sampling points weighted by their attention",
     "similarity": "cosine similarity of each place's projected feature with the class text",
 }
-DEFAULT_MAP_KIND = "gradcam"
+# Measured on the demo's text model, 160 test images (benchmarks/README.md): sampling points at the
+# boxes (pointing game 0.93, AUROC 0.94); gradcam 0.91 / 0.74, pixel 0.90 / 0.62, similarity through
+# the decoder head 0.11 / 0.39 (lower on the objects than on the background).
+DEFAULT_MAP_KIND = "sampling"
 CLASS_QUERIES = 5  # detections of a class that make its class map
 DETAILED_DETECTIONS = 3  # detections that get their own maps (the figure shows this many)
 

@@ -1,7 +1,7 @@
 """One figure per image that says, in plain words, why each box got its class.
 
-``explanation.png``: a row per detection (the best few): where the evidence for its class was (the
-explanation's default map kind, over the image, its box drawn), what pushed it towards its class
+``explanation.png``: a row per detection (the best few): where the detector read the image to
+classify it (the explanation's default map kind, over the image, its box drawn), what pushed it towards its class
 rather than the look-alike (for a detection of the confusable pair), and a bar chart of its score's
 parts (the detector's own evidence, the descriptions' part, the box-quality term) with its best
 text matches written under it.
@@ -31,31 +31,37 @@ def _box(ax, d: DetectionMatch, color: str) -> None:
     ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, lw=1.8, edgecolor=color))
 
 
-def _evidence_panel(ax, expl: Explanation, d: DetectionMatch, kind: str) -> None:
+TITLES = {  # what a panel of each map kind shows, for a detection of class {name}
+    "sampling": "where the detector looked\nto call it {name}",
+    "gradcam": "where the evidence for\n{name} was",
+    "pixel": "which pixels raised\nits {name} score",
+    "text_gradcam": "where the text term for\n{name} came from",
+}
+
+
+def _map_panel(ax, expl: Explanation, d: DetectionMatch, kind: str) -> None:
     ax.imshow(_gray(expl.image), cmap="gray", vmin=0, vmax=1)
     m = d.maps.get(kind)
     if m is not None and float(m.max()) > 0:
         values = m.numpy()
         ax.imshow(values / float(values.max()), cmap="magma", alpha=0.6, vmin=0, vmax=1)
     _box(ax, d, "cyan")
-    ax.set_title(f"where the evidence for\n{d.class_name} was", fontsize=8.5)
+    ax.set_title(TITLES.get(kind, kind + " for {name}").format(name=d.class_name), fontsize=8.5)
     ax.set_axis_off()
 
 
-def _pair_panel(ax, expl: Explanation, d: DetectionMatch) -> None:
-    ax.imshow(_gray(expl.image), cmap="gray", vmin=0, vmax=1)
+def _pair_panel(ax, expl: Explanation, d: DetectionMatch, kind: str) -> None:
     m = d.maps.get("pair")
     if m is None or d.pair_margin is None:
-        sampling = d.maps.get("sampling")
-        if sampling is not None and float(sampling.max()) > 0:
-            ax.imshow(sampling.numpy() / float(sampling.max()), cmap="viridis", alpha=0.6, vmin=0, vmax=1)
-        ax.set_title("where the detector\nlooked", fontsize=8.5)
-    else:
-        values = m.numpy()
-        span = float(np.abs(values).max()) or 1.0
-        ax.imshow(values, cmap="coolwarm", norm=TwoSlopeNorm(0.0, -span, span), alpha=0.65)
-        other = d.pair_margin["against"]
-        ax.set_title(f"red: towards {d.class_name}\nblue: towards {other}", fontsize=8.5)
+        # not of the confusable pair: the evidence map, unless that is already the left panel
+        _map_panel(ax, expl, d, "gradcam" if kind != "gradcam" else "sampling")
+        return
+    ax.imshow(_gray(expl.image), cmap="gray", vmin=0, vmax=1)
+    values = m.numpy()
+    span = float(np.abs(values).max()) or 1.0
+    ax.imshow(values, cmap="coolwarm", norm=TwoSlopeNorm(0.0, -span, span), alpha=0.65)
+    other = d.pair_margin["against"]
+    ax.set_title(f"red: towards {d.class_name}\nblue: towards {other}", fontsize=8.5)
     _box(ax, d, "black")
     ax.set_axis_off()
 
@@ -86,7 +92,7 @@ def _terms_panel(ax, expl: Explanation, d: DetectionMatch) -> None:
     ax.set_xlabel("\n".join(lines), fontsize=7.5, loc="left")
 
 
-def plot_explanation(expl: Explanation, path: str | os.PathLike, kind: str = "gradcam", rows: int = ROWS) -> Path:
+def plot_explanation(expl: Explanation, path: str | os.PathLike, kind: str = "sampling", rows: int = ROWS) -> Path:
     """The image's detections, then per detection: its evidence map, the look-alike map, its score's parts."""
     dets = expl.detections[:rows]
     H, W = expl.size
@@ -113,8 +119,8 @@ def plot_explanation(expl: Explanation, path: str | os.PathLike, kind: str = "gr
             0.0,
             0.5,
             "Each row below is one box.\n"
-            "Left: the image regions whose features raised\nits class score (bright = more).\n"
-            "Middle: what decided it against the look-alike\nclass, or where it looked.\n"
+            "Left: where the detector read the image\nto classify the box (bright = more).\n"
+            "Middle: what decided it against the look-alike\nclass, or what raised its score.\n"
             "Right: how its score was made.",
             fontsize=8.5,
             va="center",
@@ -122,8 +128,8 @@ def plot_explanation(expl: Explanation, path: str | os.PathLike, kind: str = "gr
         if not dets:
             note.text(0.0, 0.1, "No box passed the threshold.", fontsize=9, color=plots.NEUTRAL)
         for r, d in enumerate(dets, start=1):
-            _evidence_panel(fig.add_subplot(grid[r, 0]), expl, d, kind)
-            _pair_panel(fig.add_subplot(grid[r, 1]), expl, d)
+            _map_panel(fig.add_subplot(grid[r, 0]), expl, d, kind)
+            _pair_panel(fig.add_subplot(grid[r, 1]), expl, d, kind)
             _terms_panel(fig.add_subplot(grid[r, 2]), expl, d)
             fig.axes[-3].text(
                 0,
