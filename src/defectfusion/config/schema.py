@@ -151,7 +151,11 @@ class TrainConfig(_Section):
     """Settings shared by every phase."""
 
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
-    amp: bool = Field(True, description="mixed precision on CUDA (ignored on CPU)")
+    amp: Literal["off", "bf16", "fp16", "auto"] = Field(
+        "auto",
+        description="mixed precision: auto (bf16 where the GPU supports it, fp16 with a grad scaler on older "
+        "GPUs, off on CPU) | bf16 (also on CPU) | fp16 (CUDA, with a grad scaler) | off",
+    )
     threads: int | None = Field(None, ge=1, description="torch CPU threads; default: torch's choice")
     dist_timeout_minutes: float = Field(
         120.0,
@@ -173,6 +177,15 @@ class TrainConfig(_Section):
     top_k: int = Field(300, ge=1, description="detections per image kept for evaluation")
     log_every: int = Field(10, ge=1, description="TensorBoard loss logging interval, in steps")
     tensorboard: bool = True
+
+    @field_validator("amp", mode="before")
+    @classmethod
+    def _amp_from_bool(cls, value: Any) -> Any:
+        # configs written before the modes said true / false
+        if isinstance(value, bool):
+            return "auto" if value else "off"
+        return value
+
     mlflow: str | None = Field(
         None, description="MLflow tracking URI (e.g. sqlite:///runs/mlflow.db): also log params, metrics, artifacts"
     )

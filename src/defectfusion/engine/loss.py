@@ -143,7 +143,38 @@ def deim_loss(
     """Drop-in for transformers' ``Deimv2ForObjectDetectionLoss`` (same signature and returns).
 
     Returns ``(loss, loss_dict, auxiliary_outputs)``.
+
+    The loss runs in float32 whatever the model's dtype (bf16/fp16 under autocast, float64 in a
+    test): the matcher's costs and transformers' box-distance targets are written for float32.
     """
+    if torch.is_autocast_enabled(device.type if isinstance(device, torch.device) else str(device)):
+        with torch.autocast(torch.device(device).type, enabled=False):
+            return deim_loss(
+                logits,
+                labels,
+                device,
+                pred_boxes,
+                config,
+                outputs_class,
+                outputs_coord,
+                enc_topk_logits,
+                enc_topk_bboxes,
+                denoising_meta_values,
+                predicted_corners,
+                initial_reference_points,
+                **kwargs,
+            )
+
+    def f32(t):
+        return t.float() if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+
+    outputs_class, outputs_coord, predicted_corners = f32(outputs_class), f32(outputs_coord), f32(predicted_corners)
+    initial_reference_points, enc_topk_logits, enc_topk_bboxes = (
+        f32(initial_reference_points),
+        f32(enc_topk_logits),
+        f32(enc_topk_bboxes),
+    )
+    labels = [{k: f32(v) for k, v in target.items()} for target in labels]
     criterion = DeimCriterion(config).to(device)
     coords = outputs_coord.clamp(min=0, max=1)
     if denoising_meta_values is not None:

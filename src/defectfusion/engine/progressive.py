@@ -33,6 +33,7 @@ from .distributed import DistInfo, barrier, broadcast_object, init_distributed
 from .evaluator import write_metrics
 from .gates import apply_gate
 from .phase_records import PhaseData, PhaseOutcome, build_phase_data
+from .precision import resolve_precision
 from .predictor import Predictor, detections_to_coco
 from .seeding import seed_phase
 from .tracking import Tracker
@@ -284,6 +285,7 @@ class TrainingRun:
             top_k=self.cfg.train.top_k,
             progress=self.progress,
             desc="start validate",
+            autocast=resolve_precision(self.cfg.train.amp, self.info.device).autocast(),
         )
         write_metrics(metrics, self.out / "start" / "metrics.json")
         self.summary["start"] = _metric_summary(metrics, source)

@@ -43,6 +43,7 @@ from .evaluator import write_metrics
 from .loss import install_deim_loss
 from .phase_log import PhaseLog
 from .phase_records import PhaseData, PhaseOutcome
+from .precision import resolve_precision
 from .schedule import build_scheduler, optimizer_groups
 from .seeding import rng_state, set_rng_state
 from .validation import run_validation
@@ -70,8 +71,7 @@ class PhaseTrainer:
         self.folder, self.info, self.progress = Path(folder), info, progress and info.is_main
         train = cfg.train
         self.device = info.device
-        self.use_amp = train.amp and self.device.type == "cuda"
-        self.amp_dtype = torch.bfloat16 if self.use_amp and torch.cuda.is_bf16_supported() else torch.float16
+        self.precision = resolve_precision(train.amp, self.device)
 
         counts = set_trainable(model, phase.trainable)
         if not any(counts.values()):
@@ -97,7 +97,7 @@ class PhaseTrainer:
         self.scheduler = build_scheduler(
             self.optimizer, self.steps_per_epoch * phase.epochs, warmup, train.flat_fraction, train.min_lr_factor
         )
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.use_amp and self.amp_dtype == torch.float16)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.needs_scaler)
         self.net = model
         if info.distributed:
             # Frozen groups and unused heads leave some parameters without gradients.
@@ -210,7 +210,7 @@ class PhaseTrainer:
         for batch in loader:
             pixels = batch["pixel_values"].to(self.device, non_blocking=True)
             labels = [{k: v.to(self.device) for k, v in t.items()} for t in batch["labels"]]
-            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
+            with self.precision.autocast():
                 loss = self.net(pixel_values=pixels, labels=labels).loss
             self.optimizer.zero_grad(set_to_none=True)
             if not self._all_finite(loss):
@@ -270,6 +270,7 @@ class PhaseTrainer:
                 self.device,
                 top_k=self.cfg.train.top_k,
                 progress=self.progress,
+                autocast=self.precision.autocast(),
                 desc=f"{self.name} validate",
             )
             decision = self._decide(metrics)

@@ -6,6 +6,7 @@ any :class:`~.predictor.Predictor` (PyTorch or ONNX) on a COCO index, image file
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,13 +29,18 @@ def run_validation(
     top_k: int = 300,
     progress: bool = False,
     desc: str = "validate",
+    autocast: Any = None,
 ) -> dict[str, Any]:
-    """COCO metrics of ``model`` on ``loader`` (batches from :class:`DetectionCollator`)."""
+    """COCO metrics of ``model`` on ``loader`` (batches from :class:`DetectionCollator`).
+
+    ``autocast``: a context manager the forward passes run in (the training run's precision).
+    """
     was_training = model.training
     model.eval()
     evaluator.reset()
     for batch in tqdm(loader, desc=desc, leave=False, disable=not progress, dynamic_ncols=True):
-        outputs = model(pixel_values=batch["pixel_values"].to(device, non_blocking=True))
+        with autocast if autocast is not None else contextlib.nullcontext():
+            outputs = model(pixel_values=batch["pixel_values"].to(device, non_blocking=True))
         detections = postprocess(
             outputs.logits.float(), outputs.pred_boxes.float(), batch["orig_sizes"].to(device), top_k=top_k
         )
