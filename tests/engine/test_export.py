@@ -409,3 +409,22 @@ def test_other_model_variants_export_with_parity(tmp_path, variant):
         spread_weights(model)
     result = export_model(model.eval(), tmp_path / "variant.onnx", threads=1)
     assert all(r.ok for r in result.parity), [r.summary() for r in result.parity]
+
+
+def test_half_export_keeps_the_labels_and_the_map_and_halves_the_file(kit, tmp_path):
+    from defectfusion.commands.export import export_onnx
+
+    full = export_onnx(kit.fused, tmp_path / "full.onnx")
+    half = export_onnx(kit.fused, tmp_path / "half.onnx", half=True, check_data=kit.val_ann)
+    report = half.half
+    assert report.ok and report.compared > 0
+    assert report.label_agreement >= 0.98 and report.max_score_diff < 0.01
+    assert report.map50_fp32 is not None and abs(report.map_drop) <= 0.01
+    assert (
+        half.size_bytes < 0.75 * full.size_bytes
+    )  # the tiny graph has more structure per weight than M (0.57 on the demo model)
+    assert "label agreement" in report.summary() and "float16" in OnnxDetector(half.path).metadata["weights"]
+    # a drop beyond the bound fails the export in one line and writes nothing
+    with pytest.raises(export_engine.ExportError, match="float16 export refused"):
+        export_onnx(kit.fused, tmp_path / "strict.onnx", half=True, check_data=kit.val_ann, max_map_drop=-1.0)
+    assert not (tmp_path / "strict.onnx").exists()

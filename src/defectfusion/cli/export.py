@@ -43,6 +43,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         help=f"detections per image in the outputs (default: {DEFAULT_TOP_K})",
     )
     p.add_argument("--threads", type=int, default=None, help="onnxruntime threads for the parity check")
+    p.add_argument(
+        "--half", action="store_true", help="float16 weights (half the file; float32 inputs, outputs and arithmetic)"
+    )
+    p.add_argument(
+        "--check-data",
+        type=Path,
+        default=None,
+        metavar="COCO_JSON",
+        help="with --half: mAP@0.5 of the float16 graph vs the float32 model on these images",
+    )
+    p.add_argument(
+        "--max-map-drop", type=float, default=0.01, help="with --half: the largest mAP@0.5 drop accepted (0.01)"
+    )
     p.set_defaults(handler=run)
 
 
@@ -52,6 +65,12 @@ def run(args: argparse.Namespace) -> int:
 
     if args.top_k < 1:
         raise ConfigError(f"--top-k must be at least 1, got {args.top_k}")
+    if args.check_data is not None and not args.half:
+        raise ConfigError("--check-data scores the float16 export: give --half too")
+    if args.check_data is not None and not args.check_data.is_file():
+        raise ConfigError(f"--check-data {args.check_data} does not exist (a COCO json)")
+    if not 0 <= args.max_map_drop <= 1:
+        raise ConfigError(f"--max-map-drop must be in [0, 1], got {args.max_map_drop}")
     result = export_onnx(
         args.checkpoint,
         args.out,
@@ -60,6 +79,9 @@ def run(args: argparse.Namespace) -> int:
         opset=args.opset,
         top_k=args.top_k,
         threads=args.threads,
+        half=args.half,
+        check_data=args.check_data,
+        max_map_drop=args.max_map_drop,
     )
     console = console_out()
     height, width = result.image_size
@@ -75,5 +97,7 @@ def run(args: argparse.Namespace) -> int:
     console.print(f"classes ({len(result.class_names)}): {', '.join(result.class_names)}; {kind}")
     for report in result.parity:
         console.print(f"onnxruntime = PyTorch: {report.summary()}")
+    if result.half is not None:
+        console.print(result.half.summary())
     console.print(f"wrote {result.path} ({result.size_bytes / 1e6:.1f} MB) in {result.seconds:.1f} s")
     return 0

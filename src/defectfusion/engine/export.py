@@ -27,6 +27,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -34,6 +35,7 @@ from ..errors import ConfigError, DefectFusionError
 from ..io import atomic_path
 from ..structures import Detections
 from ..version import __version__
+from .export_half import HalfReport, half_report, halve_initializers
 from .onnx_backend import FORMAT_KEY, INPUT_NAMES, ONNX_FORMAT, OUTPUT_NAMES, OnnxDetector
 from .postprocess import postprocess
 
@@ -215,6 +217,7 @@ class ExportResult:
     fused: bool
     metadata: dict[str, str]
     parity: list[ParityReport] = field(default_factory=list)
+    half: HalfReport | None = None
     size_bytes: int = 0
     seconds: float = 0.0
 
@@ -348,8 +351,16 @@ def export_model(
     top_k: int = DEFAULT_TOP_K,
     check: bool = True,
     threads: int | None = None,
+    half: bool = False,
+    check_index: Any = None,
+    max_map_drop: float = 0.01,
 ) -> ExportResult:
-    """Export an in-memory detector (see :func:`export_onnx`); the model is moved to CPU float32, in eval mode."""
+    """Export an in-memory detector (see :func:`export_onnx`); the model is moved to CPU float32, in eval mode.
+
+    ``half``: store the weights in float16 (:mod:`.export_half`) and check the graph by label
+    agreement on the sample batches and, on ``check_index`` (a COCO index), by mAP@0.5 against the
+    float32 model; a drop beyond ``max_map_drop`` fails the export.
+    """
     from ..models.deploy import DeployDetector
     from ..models.detector import check_image_size
 
@@ -374,8 +385,22 @@ def export_model(
             raise
         except Exception as exc:
             raise ExportError(f"the ONNX exporter failed: {type(exc).__name__}: {exc}") from exc
+        if half:
+            halve_initializers(tmp)
+            metadata["weights"] = "float16 (cast to float32 in the graph)"
         _write_metadata(tmp, metadata)
-        if check:
+        if half:
+            samples = [
+                parity_batch(n, image_size, seed=i) for i, n in enumerate([1, 2] if batch == "dynamic" else [batch])
+            ]
+            result.half = half_report(
+                model, tmp, samples, reference_detections, deploy.top_k, check_index, max_map_drop
+            )
+            if not result.half.ok:
+                raise ExportError(
+                    f"float16 export refused, nothing written to {out}: " + "; ".join(result.half.problems)
+                )
+        elif check:
             batches = [1, 2] if batch == "dynamic" else [int(batch)]
             result.parity = check_onnx(model, tmp, batches, top_k=deploy.top_k, threads=threads)
             failed = [r for r in result.parity if not r.ok]
