@@ -26,7 +26,7 @@ from defectfusion.models.fusion import random_text_embeddings
 CLASSES = ["NORMAL", "DEFORMACIONES", "ROTURA_FRACTURA", "RAYONES_ARANAZOS", "PERFORACIONES", "CONTAMINACION"]
 
 
-def _batch(batch: int, size: int, boxes: int = 6, seed: int = 0):
+def random_batch(batch: int, size: int, boxes: int = 6, seed: int = 0):
     generator = torch.Generator().manual_seed(seed)
     pixels = torch.randn(batch, 3, size, size, generator=generator)
     labels = []
@@ -55,7 +55,7 @@ def measure(preset: str, size: int, batch: int, iters: int, warmup: int = 2) -> 
             head.gate.fill_(0.1)  # an open gate: the fusion really computes and backpropagates
     install_deim_loss(model)
     model.train()
-    pixels, labels = _batch(batch, size)
+    pixels, labels = random_batch(batch, size)
 
     set_trainable(model, ["fusion"])
     phase1_opt = _optimizer(model)
