@@ -93,3 +93,14 @@ def test_a_bad_worker_count_is_refused_before_anything_is_written(tmp_path, caps
     assert main(["demo", "--quick", "--out", str(tmp_path / "run"), "--workers", "0", "--quiet"]) != 0
     assert "workers must be at least 1, got 0" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_the_demo_model_exports_with_float16_weights_at_no_cost(demo, tmp_path):
+    from defectfusion.commands.export import export_onnx
+
+    model = json.loads((demo / "summary.json").read_text())["explained_with"]
+    result = export_onnx(
+        model, tmp_path / "half.onnx", half=True, check_data=demo / "data" / "test" / "annotations.json"
+    )
+    print(result.half.summary())  # label agreement and the mAP difference, as export prints them
+    assert result.half.label_agreement >= 0.98 and abs(result.half.map_drop) <= 0.01
