@@ -335,3 +335,13 @@ def test_a_run_logs_to_mlflow_when_train_mlflow_names_a_store(tmp_path, synth_da
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"summary.json", "config.yaml", "phase1"} <= artifacts
     assert not (tmp_path / "mlruns").exists()  # artifacts beside the database, not in the working directory
+
+
+def test_records_carry_each_phase_configured_lr_not_its_decayed_value(run):
+    out, _ = run
+    from defectfusion.io import read_jsonl
+
+    for phase, configured in (("phase1", 1e-2), ("phase2", 1e-3)):
+        records = [r for r in read_jsonl(out / phase / "metrics.jsonl") if r["epoch"]]
+        assert records and all(r["base_lr"] == pytest.approx(configured) for r in records)
+        assert records[-1]["lr"] < configured  # what the legend used to print

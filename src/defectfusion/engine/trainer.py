@@ -318,6 +318,8 @@ class PhaseTrainer:
             "map": metrics["map"],
             "train_loss": self.epoch_loss if self.epoch else None,
             "lr": self.optimizer.param_groups[0]["lr"] if self.epoch else None,
+            # the configured lr before warm-up and decay (what legends name a phase by)
+            "base_lr": self.optimizer.param_groups[0].get("initial_lr", self.optimizer.param_groups[0]["lr"]),
             "best": improved,
             "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "per_class_ap50": {name: v["ap50"] for name, v in metrics["per_class"].items()},

@@ -112,7 +112,10 @@ def plot_training_curves(
         def column(key: str, recs: list[dict[str, Any]] = recs) -> np.ndarray:
             return np.asarray([np.nan if as_number(r.get(key)) is None else as_number(r.get(key)) for r in recs])
 
-        lr = next((as_number(r.get("lr")) for r in recs if as_number(r.get("lr")) is not None), None)
+        # the phase's configured lr (records before base_lr existed: the first logged, already decayed)
+        lr = next((as_number(r.get("base_lr")) for r in recs if as_number(r.get("base_lr")) is not None), None)
+        if lr is None:
+            lr = next((as_number(r.get("lr")) for r in recs if as_number(r.get("lr")) is not None), None)
         boundary = (end + xs.min()) / 2 if series else None
         series.append((phase, xs, column("map50"), column("map"), column("train_loss"), lr, boundary))
         end = float(xs.max())
