@@ -79,3 +79,14 @@ def test_a_moved_run_folder_still_reports(kit, tmp_path):
     (moved / "report" / "baseline_metrics.json").unlink()
     rep = report_run(moved, grid=0)
     assert rep.result.baseline is None and "cannot be found here" in (moved / "report" / "report.md").read_text()
+
+
+def test_the_gate_table_shows_the_interval_its_reason_names_even_below_zero(kit, tmp_path):
+    run = make_run_folder(tmp_path, kit)
+    summary = json.loads((run / "summary.json").read_text())
+    summary["gates"][0].update(
+        min=-0.9516, max=None, value=0.05, proceed=True, reason="map50 0.0500 in [-0.9516, inf): continue"
+    )
+    (run / "summary.json").write_text(json.dumps(summary))
+    rep = report_run(run, grid=0)
+    assert rep.gate_rows[0]["range to continue"] == "[-0.9516, ∞)"  # it printed [-∞, ∞)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -93,11 +94,20 @@ def _phase_rows(summary: dict[str, Any], baseline_map50: float | None) -> list[d
     return rows
 
 
+def _bound(value: Any) -> float | None:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if math.isfinite(out) else None
+
+
 def _gate_rows(summary: dict[str, Any]) -> list[dict[str, str]]:
     rows = []
     for g in summary.get("gates") or []:
-        low, high = as_number(g.get("min")), as_number(g.get("max"))
-        bounds = f"[{'-∞' if low is None else f'{low:.3f}'}, {'∞' if high is None else f'{high:.3f}'})"
+        # bounds may be negative (a relative gate below a weak baseline): not metric values
+        low, high = _bound(g.get("min")), _bound(g.get("max"))
+        bounds = f"[{'-∞' if low is None else f'{low:.4f}'}, {'∞' if high is None else f'{high:.4f}'})"
         rows.append(
             {
                 "after": str(g.get("after")),
