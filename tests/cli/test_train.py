@@ -98,3 +98,12 @@ def test_missing_data_section_says_how_to_fix(tmp_path, capsys):
     code = main(["train", "baseline", "--out", str(tmp_path / "run"), "--quiet"])
     line = _one_error_line(capsys.readouterr().err)
     assert code == 2 and "data.train" in line and "-o data.train.annotations=" in line
+
+
+def test_the_end_of_train_prints_the_final_model_per_class(tmp_path, dataset, capsys):
+    cfg = write_train_config(tmp_path / "cfg.yml", dataset, order=["baseline"])
+    assert main(["train", str(cfg), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "the final model per class" in out
+    names = [c["name"] for c in json.loads((dataset / "val" / "annotations.json").read_text())["categories"]]
+    assert all(name in out for name in names) and "val AP@0.5" in out

@@ -53,4 +53,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"run folder: {result.out}")
     if final:
         print(f"final model: {final['checkpoint']} ({final['phase']}, val mAP@0.5 {final['map50']})")
+        from ..commands.train import final_class_rows
+        from ._tables import rows_table, wide_console
+
+        rows = final_class_rows(result.summary, result.out)
+        if rows:
+            wide_console().print(rows_table(rows, title="the final model per class"))
     return 0

@@ -45,3 +45,40 @@ def train(
     finally:
         shutdown()
     return TrainResult(folder, summary)
+
+
+def final_class_rows(summary: dict[str, Any], out: str | os.PathLike) -> list[dict[str, str]]:
+    """Per class, the final model's validation AP (and test AP when the run has a test split), for display."""
+    from ..io import read_json
+
+    final = summary.get("final") or {}
+    source = final.get("source")
+    if not source or not (Path(source) / "metrics.json").is_file():
+        return []
+    val = read_json(Path(source) / "metrics.json", "the final model's validation metrics")
+    test_file = Path(out) / "test" / "final_metrics.json"
+    test = read_json(test_file, "the final model's test metrics") if test_file.is_file() else None
+    rows = []
+    for name, c in val["per_class"].items():
+        row = {
+            "class": name,
+            "val boxes": str(c.get("num_gt", "")),
+            "val AP@0.5": f"{c['ap50']:.3f}",
+            "val AP@0.5:0.95": f"{c['ap']:.3f}",
+            "precision": f"{c['precision']:.3f}",
+            "recall": f"{c['recall']:.3f}",
+        }
+        if test is not None:
+            row["test AP@0.5"] = f"{test['per_class'][name]['ap50']:.3f}"
+        rows.append(row)
+    overall = {
+        "class": "**all**",
+        "val boxes": str(val.get("num_ground_truth", "")),
+        "val AP@0.5": f"{val['map50']:.3f}",
+        "val AP@0.5:0.95": f"{val['map']:.3f}",
+        "precision": "",
+        "recall": "",
+    }
+    if test is not None:
+        overall["test AP@0.5"] = f"{test['map50']:.3f}"
+    return [*rows, overall]
