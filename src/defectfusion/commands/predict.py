@@ -8,9 +8,10 @@ progress bar on many images), and writes
     <out>/images/<name>      each image with its boxes, class names and scores drawn (images whose
                              longer side is under 640 px are drawn enlarged to 640 px)
 
-COCO ``category_id``: the model only knows contiguous labels ``0 .. C-1``. With an annotations file
-(its ``categories`` matched by name) or an explicit mapping, the dataset's ids are written;
-otherwise the id is the label.
+COCO ``category_id``: the model predicts contiguous labels ``0 .. C-1`` and remembers the COCO ids
+of its training data (models trained or converted with annotations). Those ids are written, unless
+an annotations file (its ``categories`` matched by name) or an explicit mapping says otherwise; a
+model that remembers none (older folders) writes the label.
 """
 
 from __future__ import annotations
@@ -36,11 +37,13 @@ def resolve_category_ids(
     class_names: Sequence[str],
     annotations: str | os.PathLike | None = None,
     category_ids: Sequence[int] | Mapping[str, int] | None = None,
+    remembered: Sequence[int] | None = None,
 ) -> list[int]:
     """The COCO category id of each contiguous label.
 
     ``annotations``: its categories are matched to the model's classes by name; ``category_ids``:
-    one id per label in label order, or ``{class name: id}``; neither: ``id = label``.
+    one id per label in label order, or ``{class name: id}``; neither: the ids the model remembers
+    from its training data (``remembered``), else ``id = label``.
     """
     names = list(class_names)
     if annotations is not None and category_ids is not None:
@@ -56,7 +59,7 @@ def resolve_category_ids(
             )
         return [int(by_name[n]) for n in names]
     if category_ids is None:
-        return list(range(len(names)))
+        return [int(i) for i in remembered] if remembered is not None else list(range(len(names)))
     if isinstance(category_ids, Mapping):
         missing = [n for n in names if n not in category_ids]
         if missing:
@@ -178,7 +181,9 @@ def predict(
         predictor = Predictor.from_checkpoint(
             checkpoint, device=device, top_k=top_k, threshold=threshold, batch_size=batch_size, num_workers=num_workers
         )
-    cat_ids = resolve_category_ids(predictor.class_names, annotations, category_ids)
+    cat_ids = resolve_category_ids(
+        predictor.class_names, annotations, category_ids, getattr(predictor, "category_ids", None)
+    )
     image_ids, sizes = _image_ids_from_annotations(paths, annotations) if annotations is not None else (None, None)
     run = PredictionRun([], predictor.class_names, cat_ids, predictor.threshold)
     if out is not None:

@@ -262,6 +262,7 @@ def onnx_metadata(
     return {
         FORMAT_KEY: ONNX_FORMAT,
         "class_names": json.dumps(list(model.class_names), ensure_ascii=False),
+        "category_ids": json.dumps(meta.category_ids),
         "image_size": json.dumps([int(image_size[0]), int(image_size[1])]),
         "image_mean": json.dumps([float(v) for v in meta.image_mean]),
         "image_std": json.dumps([float(v) for v in meta.image_std]),

@@ -115,6 +115,8 @@ class OnnxDetector:
             raise CheckpointError(f"{self.path} has ONNX format {fmt!r}; this defectfusion reads {ONNX_FORMAT!r}")
         self.metadata = meta
         self.class_names = [str(n) for n in _json_field(meta, "class_names", self.path)]
+        ids = json.loads(meta["category_ids"]) if meta.get("category_ids") else None  # files before it: none
+        self.category_ids = [int(i) for i in ids] if ids else None
         height, width = _json_field(meta, "image_size", self.path)
         self.image_size = (int(height), int(width))
         self.image_mean = tuple(float(v) for v in _json_field(meta, "image_mean", self.path))

@@ -195,6 +195,7 @@ class TrainingRun:
         datasets = load_datasets(cfg, verify=self.info.is_main, progress=self.progress)
         class_names = list(datasets.train.class_names)
         model, source = self._start_model(class_names)
+        model.set_category_ids(datasets.train.label_to_category_id)
         text = self._text(class_names)
         data = build_phase_data(
             cfg, datasets.train, datasets.val, model.meta.image_size, model.meta.image_mean, model.meta.image_std

@@ -58,6 +58,8 @@ class DetectorMeta:
     image_std: tuple[float, float, float] = IMAGENET_STD
     fusion: FusionMeta | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # the dataset's COCO category id of each label (from training or conversion): results files carry them
+    category_ids: list[int] | None = None
 
     @classmethod
     def from_config(cls, config: Deimv2Config) -> DetectorMeta:
@@ -83,6 +85,7 @@ class DetectorMeta:
             image_std=tuple(raw.get("image_std", IMAGENET_STD)),
             fusion=FusionMeta(**fusion) if fusion else None,
             extra=raw.get("extra", {}),
+            category_ids=[int(i) for i in raw["category_ids"]] if raw.get("category_ids") else None,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -192,6 +195,14 @@ class DefectDetector(Deimv2ForObjectDetection):
         return self
 
     # ---------------------------------------------------------------- io
+
+    def set_category_ids(self, category_ids: Sequence[int]) -> None:
+        """Remember the dataset's COCO category id of each label (saved with the model)."""
+        ids = [int(i) for i in category_ids]
+        if len(ids) != self.config.num_labels or len(set(ids)) != len(ids):
+            raise ConfigError(f"need {self.config.num_labels} distinct category ids (one per class), got {ids}")
+        self.meta.category_ids = ids
+        self.config.defectfusion = self.meta.to_dict()
 
     def set_image_size(self, size: Sequence[int]) -> None:
         """Change the input size the model is trained/evaluated/exported at (the weights do not care)."""

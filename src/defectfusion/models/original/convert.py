@@ -252,6 +252,8 @@ def build_from_original(
             "remap_mscoco_category": remap,
         },
     )
+    if annotations is not None:  # channel k is the category with id k (checked above)
+        meta.category_ids = list(range(len(names)))
     hf_config = arch.deimv2_config(s, names)
     setattr(hf_config, META_KEY, meta.to_dict())
     model = DefectDetector(hf_config)
