@@ -143,3 +143,14 @@ def test_a_damaged_onnx_file_is_a_clear_error(kit, tmp_path):
     fake.write_bytes(b"not really")
     with pytest.raises(CheckpointError, match="model.onnx"):
         predict(fake, [kit.val_images], tmp_path / "out")
+
+
+def test_boxes_are_clipped_to_the_image(kit, tmp_path):
+    def backend(pixel_values, orig_sizes):  # the original post-processor's boxes run past the edges
+        boxes = torch.tensor([[-10.0, -15.9, 30.0, 200.0]])
+        return [Detections(boxes, torch.tensor([0.9]), torch.tensor([1])) for _ in range(len(pixel_values))]
+
+    predictor = Predictor(backend, ["a", "b", "c", "d"], (64, 64))
+    run = predict(predictor, [kit.val_images / "000000.png"], tmp_path / "out", threshold=0.5, progress=False)
+    [record] = json.loads(run.results_json.read_text())
+    assert record["bbox"] == [0.0, 0.0, 30.0, 96.0]  # the 96 x 96 image's edges

@@ -47,6 +47,11 @@ def train(
     return TrainResult(folder, summary)
 
 
+def _cell(value: Any) -> str:
+    """A metric for the table; undefined ones (no boxes of a class, no detection) as a dash."""
+    return "–" if value is None else f"{float(value):.3f}"
+
+
 def final_class_rows(summary: dict[str, Any], out: str | os.PathLike) -> list[dict[str, str]]:
     """Per class, the final model's validation AP (and test AP when the run has a test split), for display."""
     from ..io import read_json
@@ -63,22 +68,22 @@ def final_class_rows(summary: dict[str, Any], out: str | os.PathLike) -> list[di
         row = {
             "class": name,
             "val boxes": str(c.get("num_gt", "")),
-            "val AP@0.5": f"{c['ap50']:.3f}",
-            "val AP@0.5:0.95": f"{c['ap']:.3f}",
-            "precision": f"{c['precision']:.3f}",
-            "recall": f"{c['recall']:.3f}",
+            "val AP@0.5": _cell(c.get("ap50")),
+            "val AP@0.5:0.95": _cell(c.get("ap")),
+            "precision": _cell(c.get("precision")),
+            "recall": _cell(c.get("recall")),
         }
         if test is not None:
-            row["test AP@0.5"] = f"{test['per_class'][name]['ap50']:.3f}"
+            row["test AP@0.5"] = _cell(test["per_class"].get(name, {}).get("ap50"))
         rows.append(row)
     overall = {
         "class": "**all**",
         "val boxes": str(val.get("num_ground_truth", "")),
-        "val AP@0.5": f"{val['map50']:.3f}",
-        "val AP@0.5:0.95": f"{val['map']:.3f}",
+        "val AP@0.5": _cell(val.get("map50")),
+        "val AP@0.5:0.95": _cell(val.get("map")),
         "precision": "",
         "recall": "",
     }
     if test is not None:
-        overall["test AP@0.5"] = f"{test['map50']:.3f}"
+        overall["test AP@0.5"] = _cell(test.get("map50"))
     return [*rows, overall]

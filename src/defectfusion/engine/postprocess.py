@@ -31,3 +31,15 @@ def postprocess(
         keep = top_scores[b] >= threshold
         results.append(Detections(boxes[b][keep].float(), top_scores[b][keep].float(), labels[b][keep].long()))
     return results
+
+
+def clip_to_image(boxes: torch.Tensor, size: torch.Tensor | tuple[int, int]) -> torch.Tensor:
+    """``[N, 4]`` xyxy boxes clipped to an image of ``size`` ``(H, W)`` pixels.
+
+    The original DEIMv2 post-processor returns boxes as regressed, partly outside the image
+    (``y = -15.9`` seen); predictions and evaluation clip them, as COCO's annotations are. The ONNX
+    graph keeps the original's unclipped outputs; the predictor clips for every backend.
+    """
+    height, width = (float(v) for v in (size.tolist() if isinstance(size, torch.Tensor) else size))
+    limit = boxes.new_tensor([width, height, width, height])
+    return torch.minimum(boxes.clamp(min=0), limit)

@@ -28,7 +28,7 @@ from ..errors import DataError
 from ..models.checkpoint import load_detector
 from ..structures import Detections
 from .onnx_backend import OnnxDetector, is_onnx_checkpoint
-from .postprocess import postprocess
+from .postprocess import clip_to_image, postprocess
 
 __all__ = [
     "Backend",
@@ -230,9 +230,10 @@ class Predictor:
         if len(detections) != len(pixel_values):
             raise RuntimeError(f"backend returned {len(detections)} results for {len(pixel_values)} images")
         out = []
-        for det in detections:
+        for det, size in zip(detections, orig_sizes, strict=True):
             keep = det.scores >= self.threshold
-            out.append(Detections(det.boxes[keep].float(), det.scores[keep].float(), det.labels[keep].long()))
+            boxes = clip_to_image(det.boxes[keep].float(), size)
+            out.append(Detections(boxes, det.scores[keep].float(), det.labels[keep].long()))
         return out
 
     def __call__(self, images: Sequence[torch.Tensor]) -> list[Detections]:

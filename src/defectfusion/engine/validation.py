@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from ..data.coco import CocoIndex
 from ..structures import Detections
 from .evaluator import DetectionEvaluator
-from .postprocess import postprocess
+from .postprocess import clip_to_image, postprocess
 from .predictor import Predictor
 
 
@@ -44,7 +44,12 @@ def run_validation(
         detections = postprocess(
             outputs.logits.float(), outputs.pred_boxes.float(), batch["orig_sizes"].to(device), top_k=top_k
         )
-        evaluator.process(batch["image_ids"].tolist(), [d.to("cpu") for d in detections])
+        sizes = batch["orig_sizes"]
+        clipped = [
+            Detections(clip_to_image(d.boxes.cpu(), s), d.scores.cpu(), d.labels.cpu())
+            for d, s in zip(detections, sizes, strict=True)
+        ]
+        evaluator.process(batch["image_ids"].tolist(), clipped)
     model.train(was_training)
     return evaluator.evaluate()
 
