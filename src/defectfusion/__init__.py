@@ -6,6 +6,8 @@ Public API::
     model = defectfusion.load_detector("runs/demo/phase2/best")   # a folder: config.json + model.safetensors
     out = model(pixel_values=x)        # out.logits [B, Q, C], out.pred_boxes [B, Q, 4] (cxcywh, 0..1)
     defectfusion.save_detector(model, "my_model")                # loads back exactly
+    predictor = defectfusion.Predictor.from_checkpoint("runs/demo/final", threshold=0.3)
+    detections = predictor([image])    # uint8 [3, H, W] tensors -> Detections in original pixels
 """
 
 from __future__ import annotations
@@ -24,12 +26,14 @@ _LAZY = {
     "Config": "defectfusion.config",
     "load_config": "defectfusion.config",
     "Detections": "defectfusion.structures",
+    "Predictor": "defectfusion.engine.predictor",
 }
 
 __all__ = [
     "Config",
     "DefectDetector",
     "Detections",
+    "Predictor",
     "__version__",
     "build_detector",
     "load_config",
@@ -40,6 +44,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from .config import Config, load_config
+    from .engine.predictor import Predictor
     from .models.checkpoint import load_detector, save_detector
     from .models.detector import DefectDetector, build_detector, set_trainable
     from .structures import Detections

@@ -154,3 +154,28 @@ def test_boxes_are_clipped_to_the_image(kit, tmp_path):
     run = predict(predictor, [kit.val_images / "000000.png"], tmp_path / "out", threshold=0.5, progress=False)
     [record] = json.loads(run.results_json.read_text())
     assert record["bbox"] == [0.0, 0.0, 30.0, 96.0]  # the 96 x 96 image's edges
+
+
+def test_nms_merges_duplicates_of_a_class_only_when_asked(kit, tmp_path):
+    def backend(pixel_values, orig_sizes):
+        boxes = torch.tensor([[10.0, 10.0, 50.0, 50.0], [11.0, 11.0, 51.0, 51.0], [10.0, 10.0, 50.0, 50.0]])
+        scores, labels = torch.tensor([0.9, 0.8, 0.7]), torch.tensor([1, 1, 2])  # a duplicate, and another class
+        return [Detections(boxes, scores, labels) for _ in range(len(pixel_values))]
+
+    image = [kit.val_images / "000000.png"]
+    kept = predict(Predictor(backend, ["a", "b", "c"], (64, 64)), image, None, threshold=0.5, progress=False)
+    assert len(kept.predictions[0].detections) == 3  # off by default: mAP files keep every box
+    merged = predict(Predictor(backend, ["a", "b", "c"], (64, 64)), image, None, threshold=0.5, nms=0.5, progress=False)
+    det = merged.predictions[0].detections
+    assert det.labels.tolist() == [1, 2] and det.scores.tolist() == pytest.approx([0.9, 0.7])
+
+
+def test_the_python_api_predicts_typed_detections_in_original_pixels(kit):
+    import defectfusion
+    from defectfusion.data.images import load_image
+
+    predictor = defectfusion.Predictor.from_checkpoint(kit.fused, threshold=0.0)
+    [det] = predictor([load_image(kit.val_images / "000000.png")])
+    assert isinstance(det, defectfusion.Detections) and len(det) > 0
+    assert det.boxes.min() >= 0 and det.boxes[:, [0, 2]].max() <= 96 and det.boxes[:, [1, 3]].max() <= 96
+    assert (det.scores[:-1] >= det.scores[1:]).all()

@@ -39,6 +39,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=0, help="image-loading worker processes")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     p.add_argument("--no-draw", action="store_true", help="do not write the images with boxes")
+    p.add_argument(
+        "--nms",
+        type=float,
+        default=None,
+        metavar="IOU",
+        help="merge overlapping duplicates of a class (class-wise NMS at this IoU); off by default: mAP files "
+        "should keep them",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=run)
 
@@ -62,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--threshold must be in [0, 1], got {args.threshold}")
     if args.top_k < 1 or args.batch_size < 1 or args.workers < 0:
         raise ConfigError("--top-k and --batch-size must be >= 1, --workers >= 0")
+    if args.nms is not None and not 0 < args.nms <= 1:
+        raise ConfigError(f"--nms takes an IoU in (0, 1], got {args.nms}")
     out = args.out or default_out("predictions", args.checkpoint)
     result = predict(
         args.checkpoint,
@@ -76,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
         annotations=args.annotations,
         category_ids=_category_ids(args.category_ids),
         draw=not args.no_draw,
+        nms=args.nms,
         progress=False if args.quiet else None,
     )
     print_result(result)

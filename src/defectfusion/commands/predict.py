@@ -160,6 +160,7 @@ def predict(
     annotations: str | os.PathLike | None = None,
     category_ids: Sequence[int] | Mapping[str, int] | None = None,
     draw: bool = True,
+    nms: float | None = None,
     progress: bool | None = None,
 ) -> PredictionRun:
     """Detect objects in images and write the results (see the module docstring for the files).
@@ -177,9 +178,16 @@ def predict(
     if isinstance(checkpoint, Predictor):
         predictor = checkpoint
         predictor.threshold = float(threshold)
+        predictor.nms_iou = nms if nms is not None else predictor.nms_iou
     else:
         predictor = Predictor.from_checkpoint(
-            checkpoint, device=device, top_k=top_k, threshold=threshold, batch_size=batch_size, num_workers=num_workers
+            checkpoint,
+            device=device,
+            top_k=top_k,
+            threshold=threshold,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            nms_iou=nms,
         )
     cat_ids = resolve_category_ids(
         predictor.class_names, annotations, category_ids, getattr(predictor, "category_ids", None)

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
+from torchvision.ops import batched_nms
 from tqdm.auto import tqdm
 
 from ..data.coco import CocoIndex
@@ -154,6 +155,7 @@ class Predictor:
         batch_size: images per backend call.
         num_workers: image-loading worker processes (0: in this process).
         category_ids: the dataset's COCO category id of each label, when the model remembers them.
+        nms_iou: class-wise non-maximum suppression at this IoU (None: off, as mAP files should be).
     """
 
     def __init__(
@@ -168,6 +170,7 @@ class Predictor:
         batch_size: int = 8,
         num_workers: int = 0,
         category_ids: Sequence[int] | None = None,
+        nms_iou: float | None = None,
     ) -> None:
         if not 0.0 <= threshold <= 1.0:
             raise DataError(f"score threshold must be in [0, 1], got {threshold}")
@@ -182,6 +185,9 @@ class Predictor:
         self.batch_size = int(batch_size)
         self.num_workers = int(num_workers)
         self.category_ids = list(category_ids) if category_ids is not None else None
+        if nms_iou is not None and not 0.0 < nms_iou <= 1.0:
+            raise DataError(f"NMS IoU threshold must be in (0, 1], got {nms_iou}")
+        self.nms_iou = nms_iou
 
     @classmethod
     def from_model(
@@ -233,7 +239,12 @@ class Predictor:
         for det, size in zip(detections, orig_sizes, strict=True):
             keep = det.scores >= self.threshold
             boxes = clip_to_image(det.boxes[keep].float(), size)
-            out.append(Detections(boxes, det.scores[keep].float(), det.labels[keep].long()))
+            scores, labels = det.scores[keep].float(), det.labels[keep].long()
+            if self.nms_iou is not None and len(scores):
+                # class-wise: a crack and a scratch on the same place both stay; duplicates of one go
+                kept = batched_nms(boxes, scores, labels, self.nms_iou)
+                boxes, scores, labels = boxes[kept], scores[kept], labels[kept]
+            out.append(Detections(boxes, scores, labels))
         return out
 
     def __call__(self, images: Sequence[torch.Tensor]) -> list[Detections]:
