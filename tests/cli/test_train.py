@@ -107,3 +107,29 @@ def test_the_end_of_train_prints_the_final_model_per_class(tmp_path, dataset, ca
     assert "the final model per class" in out
     names = [c["name"] for c in json.loads((dataset / "val" / "annotations.json").read_text())["categories"]]
     assert all(name in out for name in names) and "val AP@0.5" in out
+
+
+def test_the_packaged_from_scratch_recipe_with_shorthand_flags(tmp_path, dataset, capsys):
+    import yaml
+
+    argv = [
+        "train", "scratch_cpu", "--out", str(tmp_path / "run"), "--quiet",
+        "-o", f"data.train.annotations={dataset / 'train' / 'annotations.json'}",
+        "-o", f"data.val.annotations={dataset / 'val' / 'annotations.json'}",
+        "--epochs", "1", "--image-size", "96", "--batch-size", "4", "--threads", "1", "--workers", "0",
+        "--device", "cpu",
+    ]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    resolved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert resolved["name"] == "scratch_cpu" and resolved["model"]["preset"] == "dinov3_demo"
+    assert resolved["phases"]["baseline"]["epochs"] == 1 and resolved["model"]["image_size"] == [96, 96]
+    assert resolved["data"]["batch_size"] == 4 and resolved["data"]["num_workers"] == 0
+    assert resolved["train"]["threads"] == 1 and resolved["train"]["device"] == "cpu"
+    assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
+    assert "the final model per class" in capsys.readouterr().out
+
+
+def test_shorthand_flags_are_checked(tmp_path, dataset, capsys):
+    cfg = write_train_config(tmp_path / "cfg.yml", dataset, order=["baseline"])
+    assert main(["train", str(cfg), "--out", str(tmp_path / "r"), "--epochs", "0"]) == 2
+    assert "--epochs must be at least 1" in capsys.readouterr().err

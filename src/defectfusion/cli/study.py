@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ._shorthand import add_shorthand_flags
+
 
 def _fractions(text: str) -> list[float]:
     try:
@@ -57,6 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue the study in --out: only what is missing runs")
     p.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE", help="config override")
     p.add_argument("--quiet", action="store_true", help="less output")
+    add_shorthand_flags(p)
     p.set_defaults(handler=run)
 
 
@@ -76,10 +79,18 @@ def run(args: argparse.Namespace) -> int:
     if (args.out / "study.json").is_file() and not args.resume:
         raise ConfigError(f"{args.out} already holds a study: pass --resume to continue it, or another --out")
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    from ..commands.shorthand import shorthand_from_args
+
+    overrides = args.override
+    shorthand = shorthand_from_args(args)
+    if shorthand != type(shorthand)():
+        if args.config is None:
+            raise ConfigError("shorthand flags change the config: a resumed study keeps its own")
+        overrides = shorthand.overrides(args.config, args.override)
     result = run_study(
         args.config,
         args.out,
-        overrides=args.override,
+        overrides=overrides,
         arms=arms,
         seeds=args.seeds,
         fractions=args.train_fractions,

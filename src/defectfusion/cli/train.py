@@ -6,12 +6,14 @@ import argparse
 import os
 from pathlib import Path
 
+from ._shorthand import add_shorthand_flags
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
         help="train the baseline, one phase or all phases with their gates",
-        description="Train from a YAML config (a path or a packaged name: baseline, phase1_warmup, phase2_head, "
+        description="Train from a YAML config (a path or a packaged name: baseline, scratch_cpu, scratch_gpu, phase1_warmup, phase2_head, "
         "phase3_full, progressive, option1_fusion_only, option2_from_scratch). Works unchanged under "
         "`torchrun --nproc_per_node N` or `accelerate launch` (data-parallel).",
     )
@@ -30,6 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="override a config value, e.g. -o data.batch_size=8 (repeatable)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_shorthand_flags(p)
     p.set_defaults(handler=run)
 
 
@@ -44,8 +47,16 @@ def run(args: argparse.Namespace) -> int:
             f"run folder {args.out} already holds a run: pass --resume to continue it, or another "
             f"--out to start a new one"
         )
+    from ..commands.shorthand import shorthand_from_args
+
+    overrides = args.override
+    shorthand = shorthand_from_args(args)
+    if shorthand != type(shorthand)():
+        if args.config is None:
+            raise ConfigError("shorthand flags change the config: a resumed run keeps its own (-o is refused too)")
+        overrides = shorthand.overrides(args.config, args.override)
     result = train(
-        args.config, args.out, phase=args.phase, resume=args.resume, overrides=args.override, progress=not args.quiet
+        args.config, args.out, phase=args.phase, resume=args.resume, overrides=overrides, progress=not args.quiet
     )
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, one process reports
         return 0
