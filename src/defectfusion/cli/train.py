@@ -13,8 +13,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
         help="train the baseline, one phase or all phases with their gates",
-        description="Train from a YAML config (a path or a packaged name: baseline, scratch_cpu, scratch_gpu, phase1_warmup, phase2_head, "
-        "phase3_full, progressive, option1_fusion_only, option2_from_scratch). Works unchanged under "
+        description="Train from a YAML config (a path or a packaged name: baseline, scratch_cpu, scratch_gpu, "
+        "phase1_warmup, phase2_head, phase3_full, progressive, option1_fusion_only, option2_from_scratch). "
+        "Works unchanged under "
         "`torchrun --nproc_per_node N` or `accelerate launch` (data-parallel).",
     )
     p.add_argument("config", nargs="?", help="config file or packaged name (optional with --resume: the run's own)")
