@@ -133,3 +133,33 @@ def test_shorthand_flags_are_checked(tmp_path, dataset, capsys):
     cfg = write_train_config(tmp_path / "cfg.yml", dataset, order=["baseline"])
     assert main(["train", str(cfg), "--out", str(tmp_path / "r"), "--epochs", "0"]) == 2
     assert "--epochs must be at least 1" in capsys.readouterr().err
+
+
+def test_a_run_stopped_by_a_gate_goes_on_with_the_printed_command(tmp_path, synth_data, capsys):
+    import shlex
+
+    from safetensors.torch import load_file
+
+    from defectfusion.io import read_jsonl
+
+    gate = {"metric": "map50", "value": "best", "min": 0.99}  # unreachable: the run stops after phase 1
+    cfg = write_train_config(tmp_path / "cfg.yml", synth_data, order=["baseline", "phase1", "phase2"],
+                             gates={"phase1": gate, "phase2": None})  # fmt: skip
+    run = tmp_path / "run"
+    assert main(["train", str(cfg), "--out", str(run), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "stopped at the gate after phase1" in printed and not (run / "phase2").exists()
+    command = next(line for line in printed.splitlines() if "to go on anyway" in line).split(": ", 1)[1]
+    argv = shlex.split(command)
+    assert argv[:2] == ["defectfusion", "train"]
+    assert main([*argv[1:], "--quiet"]) == 0  # the printed command, as a user would paste it
+
+    summary = json.loads((run / "summary.json").read_text())
+    [decision] = [g for g in summary["gates"] if g["after"] == "phase1"]
+    assert decision["proceed"] and decision["overridden"]["gate_said"].startswith("map50")
+    assert "phase2" in summary["phases"] and (run / "phase2" / "best" / "model.safetensors").is_file()
+    # phase 2 started from phase 1's best: its gate-free start evaluation scores what phase 1's best scored
+    first = read_jsonl(run / "phase2" / "metrics.jsonl")[0]
+    assert first["epoch"] == 0 and first["map50"] == summary["phases"]["phase1"]["best_map50"]
+    phase1_best = load_file(str(run / "phase1" / "best" / "model.safetensors"))
+    assert phase1_best  # the checkpoint phase 2 started from is still there

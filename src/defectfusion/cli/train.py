@@ -33,6 +33,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="override a config value, e.g. -o data.batch_size=8 (repeatable)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--go-past-gate",
+        action="append",
+        default=[],
+        metavar="PHASE",
+        help="with --resume: go on although the gate after PHASE stopped the run (recorded in summary.json)",
+    )
     add_shorthand_flags(p)
     p.set_defaults(handler=run)
 
@@ -56,13 +63,25 @@ def run(args: argparse.Namespace) -> int:
         if args.config is None:
             raise ConfigError("shorthand flags change the config: a resumed run keeps its own (-o is refused too)")
         overrides = shorthand.overrides(args.config, args.override)
+    if args.go_past_gate and not args.resume:
+        raise ConfigError("--go-past-gate continues a run that a gate stopped: give --resume --out RUN too")
     result = train(
-        args.config, args.out, phase=args.phase, resume=args.resume, overrides=overrides, progress=not args.quiet
+        args.config,
+        args.out,
+        phase=args.phase,
+        resume=args.resume,
+        overrides=overrides,
+        progress=not args.quiet,
+        go_past=args.go_past_gate,
     )
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, one process reports
         return 0
     final = result.summary.get("final") or {}
     print(f"run folder: {result.out}")
+    for gate in result.summary.get("gates") or []:
+        if not gate.get("proceed") and gate.get("go_on"):
+            print(f"stopped at the gate after {gate['after']}: {gate['reason']}")
+            print(f"to go on anyway (your decision, recorded in summary.json): {gate['go_on']}")
     if final:
         print(f"final model: {final['checkpoint']} ({final['phase']}, val mAP@0.5 {final['map50']})")
         from ..commands.train import final_class_rows

@@ -27,8 +27,8 @@ from ..config import load_config
 from ..data.coco import CocoIndex, load_coco
 from ..data.descriptions import descriptions_near, resolve_pair
 from ..engine.evaluator import write_metrics
+from ..engine.phase_records import find_run_folder
 from ..engine.predictor import Predictor
-from ..engine.progressive import find_run_folder
 from ..engine.results_file import evaluate_results_file
 from ..engine.validation import evaluate_on_index
 from ..errors import CheckpointError, DataError, DefectFusionError

@@ -28,10 +28,12 @@ def train(
     resume: bool = False,
     overrides: Sequence[str] = (),
     progress: bool = True,
+    go_past: Sequence[str] = (),
 ) -> TrainResult:
     """Train the phases of ``config`` (a file or packaged name) into ``out`` (default ``runs/<name>``).
 
-    ``config`` None resumes ``out`` with the config saved there.
+    ``config`` None resumes ``out`` with the config saved there. ``go_past``: phases whose gate
+    stopped the run and that the user decides to go past (recorded in ``summary.json``).
     """
     if config is None:
         if not (resume and out):
@@ -41,7 +43,7 @@ def train(
         cfg = load_config(config, overrides)
     folder = Path(out) if out is not None else Path("runs") / cfg.name
     try:
-        summary = run_training(cfg, folder, phase=phase, resume=resume, progress=progress)
+        summary = run_training(cfg, folder, phase=phase, resume=resume, progress=progress, go_past=go_past)
     finally:
         shutdown()
     return TrainResult(folder, summary)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import getpass
+import shlex
+from datetime import datetime, timezone
 from typing import Any
 
 from ..config import GateConfig
@@ -60,4 +63,35 @@ def apply_gate(
     else:
         bounds = f"[{'-inf' if low is None else f'{low:.4f}'}, {'inf' if high is None else f'{high:.4f}'})"
         decision.update(proceed=True, reason=f"{gate.metric} {value:.4f} in {bounds}: continue")
+    return decision
+
+
+def phase_gate(gate: GateConfig, after: str, outcome: Any, reference: dict[str, Any], go_past: bool, run: Any) -> dict:
+    """The gate after a finished phase: its decision, ``go_past`` recorded as the user's override.
+
+    ``outcome``: the phase's :class:`~.phase_records.PhaseOutcome`; ``reference``: the baseline's
+    metrics. A stopping decision carries ``go_on``, the command that continues this run past it.
+    """
+    if gate.value == "best":
+        value = outcome.best_map50 if gate.metric == "map50" else outcome.best_map
+        epoch = outcome.best_epoch
+    else:
+        value = outcome.last_map50 if gate.metric == "map50" else outcome.last_map
+        epoch = outcome.last_epoch
+    decision = apply_gate(gate, after, value, reference.get(gate.metric), epoch)
+    if decision["proceed"]:
+        return decision
+    if go_past:
+        try:
+            who = getpass.getuser()
+        except (OSError, KeyError):  # no login name in some containers
+            who = "the user"
+        decision["overridden"] = {
+            "by": who,
+            "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "gate_said": decision["reason"],
+        }
+        decision.update(proceed=True, reason=f"{decision['reason']} -- overridden by {who}: continue")
+        return decision
+    decision["go_on"] = f"defectfusion train --resume --out {shlex.quote(str(run))} --go-past-gate {after}"
     return decision

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,3 +61,14 @@ def build_phase_data(
     )
     evaluator = DetectionEvaluator(val_index.to_coco_dict(), iou_threshold=0.5)
     return PhaseData(train_index, val_index, val_loader, evaluator, collator)
+
+
+def find_run_folder(checkpoint: str | os.PathLike | None) -> Path | None:
+    """The training run folder a checkpoint lives in (``run/final``, ``run/phase1/best``), if any."""
+    if checkpoint is None:
+        return None
+    path = Path(checkpoint).expanduser().resolve()
+    for folder in (path.parent, path.parent.parent):
+        if (folder / "summary.json").is_file() and (folder / "config.yaml").is_file():
+            return folder
+    return None

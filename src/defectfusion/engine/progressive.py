@@ -11,7 +11,7 @@ Run folder::
 
 from __future__ import annotations
 
-import os
+from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,7 +31,7 @@ from ..models.text import TextEmbeddings, encode_descriptions
 from .datasets import RunData, load_datasets
 from .distributed import DistInfo, barrier, broadcast_object, init_distributed
 from .evaluator import write_metrics
-from .gates import apply_gate
+from .gates import phase_gate
 from .phase_records import PhaseData, PhaseOutcome, build_phase_data
 from .precision import resolve_precision
 from .predictor import Predictor, detections_to_coco
@@ -78,8 +78,11 @@ def _metric_summary(metrics: dict[str, Any], source: str) -> dict[str, Any]:
 class TrainingRun:
     """One ``defectfusion train`` invocation: phases in order, gates between them."""
 
-    def __init__(self, cfg: Config, out: Path, phase: str = "all", resume: bool = False, progress: bool = True):
+    def __init__(
+        self, cfg: Config, out: Path, phase: str = "all", resume: bool = False, progress: bool = True, go_past=()
+    ):
         self.cfg, self.out, self.resume, self.progress = cfg, Path(out), resume, progress
+        self.go_past = set(go_past)  # gates the user decided to go past (the decision is recorded)
         self.names = select_phases(cfg, phase)
         for name in self.names:
             if cfg.phases[name].fusion and not cfg.fusion.enabled:
@@ -253,20 +256,15 @@ class TrainingRun:
             if name in cfg.gates and index < len(self.names) - 1:
                 decision = None
                 if self.info.is_main:  # the others have no baseline metrics: they follow the main process
-                    gate = cfg.gates[name]
                     reference = self.summary.get("baseline") or self.summary.get("start") or {}
-                    if gate.value == "best":
-                        value = outcome.best_map50 if gate.metric == "map50" else outcome.best_map
-                        epoch = outcome.best_epoch
-                    else:
-                        value = outcome.last_map50 if gate.metric == "map50" else outcome.last_map
-                        epoch = outcome.last_epoch
-                    decision = apply_gate(gate, name, value, reference.get(gate.metric), epoch)
+                    decision = phase_gate(cfg.gates[name], name, outcome, reference, name in self.go_past, self.out)
                 decision = broadcast_object(self.info, decision)
                 self.summary["gates"] = [g for g in self.summary["gates"] if g["after"] != name] + [decision]
                 self._write_summary()
                 if self.progress and self.info.is_main:
                     print(f"gate after {name}: {decision['compared']}: {decision['reason']}")
+                    if decision.get("go_on"):
+                        print(f"to go on anyway (a decision recorded in summary.json): {decision['go_on']}")
                 if not decision["proceed"]:
                     break
 
@@ -400,19 +398,16 @@ def _test_entry(metrics: dict[str, Any], checkpoint: str, results: Path) -> dict
     return {**_metric_summary(metrics, checkpoint), "results": str(results)}
 
 
-def find_run_folder(checkpoint: str | os.PathLike | None) -> Path | None:
-    """The training run folder a checkpoint lives in (``run/final``, ``run/phase1/best``), if any."""
-    if checkpoint is None:
-        return None
-    path = Path(checkpoint).expanduser().resolve()
-    for folder in (path.parent, path.parent.parent):
-        if (folder / "summary.json").is_file() and (folder / "config.yaml").is_file():
-            return folder
-    return None
-
-
 def run_training(
-    cfg: Config, out: str | Path, phase: str = "all", resume: bool = False, progress: bool = True
+    cfg: Config,
+    out: str | Path,
+    phase: str = "all",
+    resume: bool = False,
+    progress: bool = True,
+    go_past: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Train the phases of ``cfg`` into the run folder ``out``; returns ``summary.json``'s content."""
-    return TrainingRun(cfg, Path(out), phase, resume, progress).run()
+    """Train the phases of ``cfg`` into the run folder ``out``; returns ``summary.json``'s content.
+
+    ``go_past``: phases whose gate the user overrides (a stopped run, resumed, then goes on).
+    """
+    return TrainingRun(cfg, Path(out), phase, resume, progress, go_past).run()
