@@ -36,7 +36,7 @@ from ..io import atomic_write_json
 from ..report.compare import ComparisonTable, ConfusionPair, compare_metrics, confusion_pair, pair_counts
 from ..report.summary import Section, build_report
 from ..report.values import as_number
-from .grid import GRID_IMAGES, grid_ids, grid_items, results_detections
+from .grid import GRID_IMAGES, choose_grid, grid_items, results_detections
 from .what_if import WhatIf, evaluate_with_descriptions
 
 
@@ -186,8 +186,11 @@ def evaluate_checkpoint(
         )
         _check_classes(base_predictor.class_names, index, f"baseline {baseline}")
 
-    chosen = grid_ids(index, pair_names, grid if report and out is not None else 0)
-    metrics, kept = evaluate_on_index(predictor, index, keep=chosen, progress=progress, **eval_kw)
+    drawing = grid if report and out is not None else 0
+    keep = [r.id for r in index.images] if drawing else []  # the grid is chosen from every image's outcome
+    metrics, kept = evaluate_on_index(predictor, index, keep=keep, progress=progress, **eval_kw)
+    reasons = dict(choose_grid(index, kept, drawing, conf=conf_threshold, iou=iou_threshold))
+    chosen = list(reasons)
     label = "fused" if model is not None and model.is_fused else "model"
     labels = ("baseline", label)
     if selected_on(checkpoint, annotations):
@@ -215,7 +218,7 @@ def evaluate_checkpoint(
     if report:
         if training is None:
             training = find_run_folder(checkpoint)
-        items = grid_items(index, kept, chosen) if chosen else None
+        items = grid_items(index, kept, chosen, reasons) if chosen else None
         write_report(
             result, training or None, items, title or f"Evaluation of {_short(checkpoint)} on {_short(annotations)}"
         )
@@ -315,7 +318,8 @@ def evaluate_predictions(
         except DataError:
             index = None  # the images are not here: the report goes without the picture grid
         if index is not None and grid > 0:
-            ids = grid_ids(index, pair_names, grid)
-            items = grid_items(index, results_detections(results_json, index, set(ids)), ids)
+            found = results_detections(results_json, index, {r.id for r in index.images})
+            reasons = dict(choose_grid(index, found, grid, conf=conf_threshold, iou=iou_threshold))
+            items = grid_items(index, found, list(reasons), reasons)
         write_report(result, None, items, title or f"Evaluation of {_short(results_json)} on {_short(annotations)}")
     return result
