@@ -240,6 +240,7 @@ class TrainingRun:
                     self.info,
                     self.progress,
                     on_evaluation=self.tracker.evaluation,
+                    later_epochs=sum(cfg.phases[n].epochs for n in self.names[index + 1 :]),
                 )
                 outcome = trainer.run(resume=self.resume)
             self.summary["phases"][name] = asdict(outcome)

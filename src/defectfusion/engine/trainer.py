@@ -39,6 +39,7 @@ from ..models.checkpoint import detector_state, load_state_into, save_detector
 from ..models.detector import DefectDetector, set_trainable
 from .distributed import DistInfo, barrier, broadcast_object
 from .ema import ModelEMA
+from .eta import StepClock, format_duration
 from .evaluator import write_metrics
 from .loss import install_deim_loss
 from .phase_log import PhaseLog
@@ -66,6 +67,7 @@ class PhaseTrainer:
         info: DistInfo,
         progress: bool = True,
         on_evaluation: Callable[[dict[str, Any]], None] | None = None,
+        later_epochs: int = 0,
     ):
         self.model, self.name, self.phase, self.cfg, self.data = model, name, phase, cfg, data
         self.folder, self.info, self.progress = Path(folder), info, progress and info.is_main
@@ -107,6 +109,8 @@ class PhaseTrainer:
                 find_unused_parameters=True,
             )
 
+        self.later_epochs = later_epochs  # epochs of the run's later phases, for the whole-run estimate
+        self.clock = StepClock()
         self.epoch = 0  # epochs completed
         self.step = 0
         self.best: dict[str, Any] = {"map50": None, "map": None, "epoch": 0}
@@ -207,6 +211,7 @@ class PhaseTrainer:
             leave=True,
         )
         nonfinite, loss_sum, seen, tick = 0, 0.0, 0, time.monotonic()
+        last = tick
         for batch in loader:
             pixels = batch["pixel_values"].to(self.device, non_blocking=True)
             labels = [{k: v.to(self.device) for k, v in t.items()} for t in batch["labels"]]
@@ -239,8 +244,17 @@ class PhaseTrainer:
             loss_sum += loss.item()
             seen += 1
             lr = self.optimizer.param_groups[0]["lr"]
-            rate = seen / max(1e-9, time.monotonic() - tick)
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", lr=f"{lr:.2e}", it_s=f"{rate:.2f}")
+            now = time.monotonic()
+            rate = seen / max(1e-9, now - tick)
+            self.clock.lap(now - last)
+            last = now
+            left = (self.phase.epochs + self.later_epochs) * self.steps_per_epoch - self.step
+            bar.set_postfix(
+                loss=f"{loss_sum / seen:.3f}",
+                lr=f"{lr:.2e}",
+                it_s=f"{rate:.2f}",
+                run_left=format_duration(self.clock.eta(left)),
+            )
             bar.update()
             if self.log is not None and self.step % self.cfg.train.log_every == 0:
                 self.log.scalar("train_loss", loss.item(), self.step)
