@@ -6,12 +6,10 @@ from __future__ import annotations
 import json
 import shutil
 
+from defectfusion.cli import main
 from defectfusion.commands.evaluate import evaluate_checkpoint, evaluate_predictions
 from defectfusion.commands.predict import predict
-from defectfusion.config import load_config
-from defectfusion.engine.progressive import run_training
 from defectfusion.models.checkpoint import load_detector
-from tests.helpers import write_train_config
 
 IDS = [3, 5, 7, 11, 13, 17]  # neither 0-based nor contiguous
 
@@ -32,8 +30,14 @@ def _renumbered(src, dst):
 
 def test_predictions_carry_the_training_datasets_ids(tmp_path, synth_data):
     data = _renumbered(synth_data, tmp_path / "data")
-    cfg = load_config(write_train_config(tmp_path / "cfg.yml", data, order=["baseline"]))
-    run_training(cfg, tmp_path / "run", progress=False)
+    # the documented from-scratch recipe with its shorthand flags, as the README gives it
+    argv = [
+        "train", "scratch_cpu", "--out", str(tmp_path / "run"), "--quiet",
+        "-o", f"data.train.annotations={data / 'train' / 'annotations.json'}",
+        "-o", f"data.val.annotations={data / 'val' / 'annotations.json'}",
+        "--epochs", "2", "--image-size", "96", "--batch-size", "4", "--threads", "1",
+    ]  # fmt: skip
+    assert main(argv) == 0
     model = tmp_path / "run" / "final"
     assert load_detector(model).meta.category_ids == IDS
 
