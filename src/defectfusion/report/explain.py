@@ -27,10 +27,6 @@ from .explain_figure import plot_explanation
 __all__ = ["ExplainFiles", "plot_detection_matches", "plot_similarity_maps", "write_explanation"]
 
 
-def _gray(image: np.ndarray) -> np.ndarray:
-    return (image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)) / 255.0
-
-
 def plot_similarity_maps(expl: Explanation, path: str | os.PathLike, cols: int = 4, alpha: float = 0.55) -> Path:
     """The image with its detections, one panel per class (its similarity map over the image), and the
     best-matching class per pixel.
@@ -52,7 +48,7 @@ def plot_similarity_maps(expl: Explanation, path: str | os.PathLike, cols: int =
     fig_h = rows * img_h + (rows - 1) * title_h + title_h + head_h
     maps = expl.maps.numpy()
     norm = Normalize(float(maps.min()), float(maps.max()) if maps.max() > maps.min() else float(maps.min()) + 1e-6)
-    gray = _gray(expl.image)
+    gray = plots.grayscale(expl.image)
     shares = expl.best_class_share()
     det_labels = {d.label for d in expl.detections}
     with plots.figure(fig_w, fig_h) as fig:

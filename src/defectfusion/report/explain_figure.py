@@ -22,10 +22,6 @@ from . import plots
 ROWS = 3  # detections shown
 
 
-def _gray(image: np.ndarray) -> np.ndarray:
-    return (image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)) / 255.0
-
-
 def _box(ax, d: DetectionMatch, color: str) -> None:
     x1, y1, x2, y2 = d.box
     ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, lw=1.8, edgecolor=color))
@@ -40,7 +36,7 @@ TITLES = {  # what a panel of each map kind shows, for a detection of class {nam
 
 
 def _map_panel(ax, expl: Explanation, d: DetectionMatch, kind: str) -> None:
-    ax.imshow(_gray(expl.image), cmap="gray", vmin=0, vmax=1)
+    ax.imshow(plots.grayscale(expl.image), cmap="gray", vmin=0, vmax=1)
     m = d.maps.get(kind)
     if m is not None and float(m.max()) > 0:
         values = m.numpy()
@@ -56,7 +52,7 @@ def _pair_panel(ax, expl: Explanation, d: DetectionMatch, kind: str) -> None:
         # not of the confusable pair: the evidence map, unless that is already the left panel
         _map_panel(ax, expl, d, "gradcam" if kind != "gradcam" else "sampling")
         return
-    ax.imshow(_gray(expl.image), cmap="gray", vmin=0, vmax=1)
+    ax.imshow(plots.grayscale(expl.image), cmap="gray", vmin=0, vmax=1)
     values = m.numpy()
     span = float(np.abs(values).max()) or 1.0
     ax.imshow(values, cmap="coolwarm", norm=TwoSlopeNorm(0.0, -span, span), alpha=0.65)

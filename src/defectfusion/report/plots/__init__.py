@@ -6,7 +6,7 @@ Every ``plot_*`` function draws on its own figure, writes the PNG atomically and
 
 from .detections import GridItem, draw_detections, plot_image_grid
 from .metrics import plot_ap_bars, plot_ap_bars_many, plot_confusion_matrix, plot_pr_curves
-from .style import CLASS_COLORS, GAIN, LOSS, NEUTRAL, class_color, class_hex, figure, note, save_figure
+from .style import CLASS_COLORS, GAIN, LOSS, NEUTRAL, class_color, class_hex, figure, grayscale, note, save_figure
 from .training import load_training_records, plot_training_curves
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "class_hex",
     "draw_detections",
     "figure",
+    "grayscale",
     "load_training_records",
     "note",
     "plot_ap_bars",

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.text import Annotation
 
@@ -90,3 +91,8 @@ def note(ax: Any, text: str) -> None:
         style="italic",
     )
     ax.figure.add_artist(note)
+
+
+def grayscale(image: np.ndarray) -> np.ndarray:
+    """``[H, W]`` float luminance in ``[0, 1]`` of a uint8 ``[H, W, 3]`` image: the backdrop of map overlays."""
+    return (image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)) / 255.0
