@@ -79,14 +79,9 @@ def run(args: argparse.Namespace) -> int:
     if (args.out / "study.json").is_file() and not args.resume:
         raise ConfigError(f"{args.out} already holds a study: pass --resume to continue it, or another --out")
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
-    from ..commands.shorthand import shorthand_from_args
+    from ..commands.shorthand import overrides_from_args
 
-    overrides = args.override
-    shorthand = shorthand_from_args(args)
-    if shorthand != type(shorthand)():
-        if args.config is None:
-            raise ConfigError("shorthand flags change the config: a resumed study keeps its own")
-        overrides = shorthand.overrides(args.config, args.override)
+    overrides = overrides_from_args(args, "shorthand flags change the config: a resumed study keeps its own")
     result = run_study(
         args.config,
         args.out,

@@ -55,14 +55,11 @@ def run(args: argparse.Namespace) -> int:
             f"run folder {args.out} already holds a run: pass --resume to continue it, or another "
             f"--out to start a new one"
         )
-    from ..commands.shorthand import shorthand_from_args
+    from ..commands.shorthand import overrides_from_args
 
-    overrides = args.override
-    shorthand = shorthand_from_args(args)
-    if shorthand != type(shorthand)():
-        if args.config is None:
-            raise ConfigError("shorthand flags change the config: a resumed run keeps its own (-o is refused too)")
-        overrides = shorthand.overrides(args.config, args.override)
+    overrides = overrides_from_args(
+        args, "shorthand flags change the config: a resumed run keeps its own (-o is refused too)"
+    )
     if args.go_past_gate and not args.resume:
         raise ConfigError("--go-past-gate continues a run that a gate stopped: give --resume --out RUN too")
     result = train(

@@ -51,3 +51,14 @@ class Shorthand:
 
 def shorthand_from_args(args) -> Shorthand:
     return Shorthand(args.epochs, args.image_size, args.batch_size, args.device, args.threads, args.workers)
+
+
+def overrides_from_args(args, resumed_refusal: str) -> list[str]:
+    """``args.override`` plus what the shorthand flags stand for; ``resumed_refusal`` is the error
+    when flags are given without a config (a resumed run or study keeps its own)."""
+    shorthand = shorthand_from_args(args)
+    if shorthand == Shorthand():
+        return list(args.override)
+    if args.config is None:
+        raise ConfigError(resumed_refusal)
+    return shorthand.overrides(args.config, args.override)
