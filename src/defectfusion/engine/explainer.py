@@ -38,7 +38,16 @@ from ..data.images import load_image
 from ..errors import ConfigError
 from ..models.postprocess import query_boxes_in_pixels, top_k_queries
 from ..structures import DetectionMatch, Explanation
-from .attribution import LogitParts, TracedForward, blank_like, gradient_maps, logit_parts, sampling_map, traced_forward
+from .attribution import (
+    LogitParts,
+    TracedForward,
+    blank_like,
+    evaluation_layer,
+    gradient_maps,
+    logit_parts,
+    sampling_map,
+    traced_forward,
+)
 from .predictor import prepare_images
 
 # What each map kind shows, in the words the figures and tables use.
@@ -65,11 +74,10 @@ def require_fused(model: Any) -> None:
         )
 
 
-def _heads(model: Any) -> tuple[Any, str, str, Any, str, int]:
-    """(map head, its path, note, query head, its path, eval layer)."""
-    decoder = model.model.decoder
-    layer = int(getattr(decoder, "eval_idx", len(decoder.class_embed) - 1))
-    query_head = decoder.class_embed[layer].fusion
+def _heads(model: Any) -> tuple[Any, str, str, Any, str]:
+    """(map head, its path, note, query head, its path)."""
+    layer = evaluation_layer(model)
+    query_head = model.model.decoder.class_embed[layer].fusion
     query_path = f"model.model.decoder.class_embed[{layer}].fusion"
     enc = getattr(model.model.enc_score_head, "fusion", None)
     if enc is not None:
@@ -79,7 +87,6 @@ def _heads(model: Any) -> tuple[Any, str, str, Any, str, int]:
             "the query-selection head's fusion, trained on these encoder features",
             query_head,
             query_path,
-            layer,
         )
     return (
         query_head,
@@ -88,7 +95,6 @@ def _heads(model: Any) -> tuple[Any, str, str, Any, str, int]:
         "decoder query features, so on encoder features the maps are an approximation",
         query_head,
         query_path,
-        layer,
     )
 
 
@@ -190,7 +196,7 @@ def explain_image(
     names = list(model.class_names)
     pair_labels = (names.index(pair[0]), names.index(pair[1])) if pair else None
 
-    map_head, map_path, map_note, query_head, query_path, _ = _heads(model)
+    map_head, map_path, map_note, query_head, query_path = _heads(model)
     pixel_values = pixel_values.to(device)
     trace = traced_forward(model, pixel_values, blank_like(pixel_values) if attribution else None)
     outputs = trace.outputs
