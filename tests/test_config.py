@@ -89,3 +89,14 @@ def test_relative_paths_in_overrides_mean_the_working_directory(tmp_path, monkey
     (tmp_path / "deep" / "er").mkdir(parents=True)
     (tmp_path / "deep" / "er" / "c.yaml").write_text(dump_config(cfg))
     assert load_config(tmp_path / "deep" / "er" / "c.yaml").data.train.annotations == cfg.data.train.annotations
+
+
+def test_the_packaged_progressive_configs_offer_absolute_and_relative_gates():
+    absolute, relative = load_config("progressive"), load_config("progressive_relative")
+    assert absolute.phases == relative.phases and absolute.order == relative.order
+    assert absolute.gates["phase1"].min == 0.80 and not absolute.gates["phase1"].relative_to_baseline
+    for name in ("phase1", "phase2"):
+        gate = relative.gates[name]
+        assert gate.relative_to_baseline and gate.value == "last" and gate.min == -0.02
+    # the plan's "stop at 0.82" for a 0.785 baseline, as a gain
+    assert relative.gates["phase2"].max == 0.035

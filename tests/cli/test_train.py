@@ -135,6 +135,18 @@ def test_shorthand_flags_are_checked(tmp_path, dataset, capsys):
     assert "--epochs must be at least 1" in capsys.readouterr().err
 
 
+def test_phase_n_on_a_run_folder_needs_the_previous_phase_finished(tmp_path, dataset, capsys):
+    cfg = write_train_config(tmp_path / "cfg.yml", dataset, order=["baseline"])
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text((tmp_path / "cfg.yml").read_text())
+    assert main(["train", "--out", str(run), "--phase", "phase2", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "'phase2' continues from 'phase1', which has not finished" in err and "--phase phase1" in err
+    assert main(["train", str(cfg), "--out", str(run), "--quiet"]) == 2
+    assert "--phase N" in capsys.readouterr().err
+
+
 def test_a_run_stopped_by_a_gate_goes_on_with_the_printed_command(tmp_path, synth_data, capsys):
     import shlex
 
@@ -151,7 +163,7 @@ def test_a_run_stopped_by_a_gate_goes_on_with_the_printed_command(tmp_path, synt
     assert "stopped at the gate after phase1" in printed and not (run / "phase2").exists()
     command = next(line for line in printed.splitlines() if "to go on anyway" in line).split(": ", 1)[1]
     argv = shlex.split(command)
-    assert argv[:2] == ["defectfusion", "train"]
+    assert argv == ["defectfusion", "train", "--out", str(run), "--phase", "phase2"]
     assert main([*argv[1:], "--quiet"]) == 0  # the printed command, as a user would paste it
 
     summary = json.loads((run / "summary.json").read_text())
@@ -163,3 +175,4 @@ def test_a_run_stopped_by_a_gate_goes_on_with_the_printed_command(tmp_path, synt
     assert first["epoch"] == 0 and first["map50"] == summary["phases"]["phase1"]["best_map50"]
     phase1_best = load_file(str(run / "phase1" / "best" / "model.safetensors"))
     assert phase1_best  # the checkpoint phase 2 started from is still there
+    assert summary["start_model"] == "random initialisation" and summary["final"] is not None

@@ -14,13 +14,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         "train",
         help="train the baseline, one phase or all phases with their gates",
         description="Train from a YAML config (a path or a packaged name: baseline, scratch_cpu, scratch_gpu, "
-        "phase1_warmup, phase2_head, phase3_full, progressive, option1_fusion_only, option2_from_scratch). "
-        "Works unchanged under "
+        "phase1_warmup, phase2_head, phase3_full, progressive, progressive_relative, option1_fusion_only, "
+        "option2_from_scratch). Works unchanged under "
         "`torchrun --nproc_per_node N` or `accelerate launch` (data-parallel).",
     )
     p.add_argument("config", nargs="?", help="config file or packaged name (optional with --resume: the run's own)")
     p.add_argument(
-        "--phase", default="all", help="baseline | 1 | 2 | 3 | a phase name | all (default: the config's order)"
+        "--phase",
+        default="all",
+        help="baseline | 1 | 2 | 3 | a phase name | all (default: the config's order); on a run folder that holds "
+        "a run: train that phase from the previous phase's best, past its gate (recorded in summary.json)",
     )
     p.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<config name>)")
     p.add_argument("--resume", action="store_true", help="continue a stopped run from its last checkpoint")
@@ -48,12 +51,13 @@ def run(args: argparse.Namespace) -> int:
     from ..commands.train import train
     from ..errors import ConfigError
 
-    if args.config is None and not (args.resume and args.out):
+    if args.config is None and not (args.out and (args.resume or (args.out / "config.yaml").is_file())):
         raise ConfigError("give a config (e.g. `defectfusion train progressive ...`), or --resume --out RUN_DIR")
-    if args.out is not None and (args.out / "config.yaml").is_file() and not args.resume:
+    continuing = args.out is not None and (args.out / "config.yaml").is_file()
+    if continuing and not args.resume and args.phase == "all":
         raise ConfigError(
-            f"run folder {args.out} already holds a run: pass --resume to continue it, or another "
-            f"--out to start a new one"
+            f"run folder {args.out} already holds a run: pass --resume to continue it, --phase N to train "
+            f"its phase N from phase N-1's best, or another --out to start a new one"
         )
     from ..commands.shorthand import overrides_from_args
 

@@ -10,7 +10,8 @@ from typing import Any
 
 from ..config import load_config
 from ..engine.distributed import shutdown
-from ..engine.progressive import run_training
+from ..engine.progressive import run_training, select_phases
+from ..engine.start_model import previous_phase
 from ..errors import ConfigError
 
 
@@ -34,14 +35,28 @@ def train(
 
     ``config`` None resumes ``out`` with the config saved there. ``go_past``: phases whose gate
     stopped the run and that the user decides to go past (recorded in ``summary.json``).
+
+    ``phase`` naming one phase of a run already in ``out`` continues that run: the phase starts
+    from the previous phase's best there, past its gate (an override recorded in ``summary.json``
+    when the gate had stopped the run).
     """
+    continuing = out is not None and (Path(out) / "config.yaml").is_file() and phase != "all"
     if config is None:
-        if not (resume and out):
+        if not ((resume or continuing) and out):
             raise ConfigError("give a config (e.g. the packaged `progressive`), or resume a run folder")
         cfg = load_config(Path(out) / "config.yaml", overrides)
     else:
         cfg = load_config(config, overrides)
     folder = Path(out) if out is not None else Path("runs") / cfg.name
+    if continuing and not resume:
+        names = select_phases(cfg, phase)
+        previous = previous_phase(cfg, names[0])
+        if previous is not None and not (folder / previous / "result.json").is_file():
+            raise ConfigError(
+                f"phase {names[0]!r} continues from {previous!r}, which has not finished in {folder}: "
+                f"run `defectfusion train --out {folder} --phase {previous}` first (or --resume the run)"
+            )
+        resume = True  # the run's own config, summary and finished phases are kept
     try:
         summary = run_training(cfg, folder, phase=phase, resume=resume, progress=progress, go_past=go_past)
     finally:

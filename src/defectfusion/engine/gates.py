@@ -66,11 +66,30 @@ def apply_gate(
     return decision
 
 
-def phase_gate(gate: GateConfig, after: str, outcome: Any, reference: dict[str, Any], go_past: bool, run: Any) -> dict:
+def override_gate(decision: dict[str, Any]) -> dict[str, Any]:
+    """A stopping decision turned into the user's explicit decision to go on: who, when, what the gate said."""
+    try:
+        who = getpass.getuser()
+    except (OSError, KeyError):  # no login name in some containers
+        who = "the user"
+    decision.pop("go_on", None)
+    decision["overridden"] = {
+        "by": who,
+        "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "gate_said": decision["reason"],
+    }
+    decision.update(proceed=True, reason=f"{decision['reason']} -- overridden by {who}: continue")
+    return decision
+
+
+def phase_gate(
+    gate: GateConfig, after: str, outcome: Any, reference: dict[str, Any], go_past: bool, run: Any, following: str
+) -> dict:
     """The gate after a finished phase: its decision, ``go_past`` recorded as the user's override.
 
     ``outcome``: the phase's :class:`~.phase_records.PhaseOutcome`; ``reference``: the baseline's
-    metrics. A stopping decision carries ``go_on``, the command that continues this run past it.
+    metrics; ``following``: the phase the gate lets through. A stopping decision carries ``go_on``,
+    the command that trains ``following`` in this run folder from ``after``'s best.
     """
     if gate.value == "best":
         value = outcome.best_map50 if gate.metric == "map50" else outcome.best_map
@@ -82,16 +101,6 @@ def phase_gate(gate: GateConfig, after: str, outcome: Any, reference: dict[str, 
     if decision["proceed"]:
         return decision
     if go_past:
-        try:
-            who = getpass.getuser()
-        except (OSError, KeyError):  # no login name in some containers
-            who = "the user"
-        decision["overridden"] = {
-            "by": who,
-            "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "gate_said": decision["reason"],
-        }
-        decision.update(proceed=True, reason=f"{decision['reason']} -- overridden by {who}: continue")
-        return decision
-    decision["go_on"] = f"defectfusion train --resume --out {shlex.quote(str(run))} --go-past-gate {after}"
+        return override_gate(decision)
+    decision["go_on"] = f"defectfusion train --out {shlex.quote(str(run))} --phase {shlex.quote(following)}"
     return decision

@@ -22,28 +22,23 @@ import yaml
 
 from ..config import Config, dump_config, validate_config
 from ..data.descriptions import load_descriptions
-from ..errors import CheckpointError, ConfigError
+from ..errors import ConfigError
 from ..io import atomic_write_json, atomic_write_text, read_json
-from ..models.backbone_weights import load_backbone_weights
 from ..models.checkpoint import load_detector, save_detector
-from ..models.detector import DefectDetector, add_fusion, build_detector
+from ..models.detector import DefectDetector, add_fusion
 from ..models.text import TextEmbeddings, encode_descriptions
 from .datasets import RunData, load_datasets
 from .distributed import DistInfo, barrier, broadcast_object, init_distributed
 from .evaluator import write_metrics
-from .gates import phase_gate
+from .gates import override_gate, phase_gate
 from .phase_records import PhaseData, PhaseOutcome, build_phase_data
 from .precision import resolve_precision
 from .predictor import Predictor, detections_to_coco
 from .seeding import seed_phase
+from .start_model import RANDOM_START, previous_phase, start_model
 from .tracking import Tracker
 from .trainer import PhaseTrainer
 from .validation import evaluate_on_index, run_validation
-
-
-def _trains_the_detector(phase) -> bool:
-    """A phase that trains the detector's own heads and trunk can start from random weights."""
-    return {"encoder", "decoder", "class_head"} <= set(phase.trainable)
 
 
 def select_phases(cfg: Config, phase: str) -> list[str]:
@@ -130,39 +125,6 @@ class TrainingRun:
             self.summary["updated"] = _now()
             atomic_write_json(self.out / "summary.json", self.summary)
 
-    def _start_model(self, class_names: list[str]) -> tuple[DefectDetector, str]:
-        """The model the first phase starts from and where it came from ("random initialisation...")."""
-        cfg, first = self.cfg, self.cfg.phases[self.names[0]]
-        if cfg.model.checkpoint:
-            model, source = load_detector(cfg.model.checkpoint), cfg.model.checkpoint
-        else:
-            defined = list(cfg.phases)
-            previous = defined[defined.index(self.names[0]) - 1] if defined.index(self.names[0]) > 0 else None
-            best = self.out / previous / "best" if previous else None
-            if best is not None and (best / "config.json").is_file() and first.fusion:
-                model, source = load_detector(best), str(best)
-            elif not first.fusion or _trains_the_detector(first):
-                # The baseline, or a phase that trains the detector with its fusion (option 2).
-                torch.manual_seed(cfg.seed)
-                model, source = build_detector(cfg.model, class_names), "random initialisation"
-                if cfg.model.backbone_weights:
-                    load_backbone_weights(model, cfg.model.backbone_weights)
-                    source = f"random initialisation, backbone from {cfg.model.backbone_weights}"
-                return model, source
-            else:
-                raise ConfigError(
-                    f"phase {self.names[0]!r} starts from a trained model: set model.checkpoint (e.g. the folder "
-                    f"`defectfusion convert` wrote) or run the previous phase ({previous}) into {self.out} first"
-                )
-        if model.class_names != class_names:
-            raise CheckpointError(
-                f"{source} was trained for classes {model.class_names}, the dataset has {class_names}; "
-                f"use a checkpoint of this dataset (same classes, same order)"
-            )
-        if cfg.model.image_size:
-            model.set_image_size(cfg.model.image_size)
-        return model, source
-
     def _text(self, class_names: list[str]) -> tuple[TextEmbeddings, str] | None:
         if not any(self.cfg.phases[n].fusion for n in self.names):
             return None
@@ -197,7 +159,7 @@ class TrainingRun:
         cfg = self.cfg
         datasets = load_datasets(cfg, verify=self.info.is_main, progress=self.progress)
         class_names = list(datasets.train.class_names)
-        model, source = self._start_model(class_names)
+        model, source = start_model(cfg, self.out, self.names[0], class_names)
         model.set_category_ids(datasets.train.label_to_category_id)
         text = self._text(class_names)
         data = build_phase_data(
@@ -206,8 +168,12 @@ class TrainingRun:
 
         # A run that starts from a trained model scores it first: it is the baseline. A run from
         # random initialisation gets its baseline from its first phase without fusion.
-        trained_start = not source.startswith("random initialisation")
-        self.summary["start_model"] = source
+        continued = Path(source).resolve().parent.parent == self.out.resolve()  # from its own previous phase
+        trained_start = not source.startswith(RANDOM_START) and not continued
+        if continued:
+            self._pass_gate_before(self.names[0])
+        else:
+            self.summary["start_model"] = source
         if trained_start and self.summary.get("start") is None and self.info.is_main:
             self._evaluate_start(model, data, source)
 
@@ -258,7 +224,9 @@ class TrainingRun:
                 decision = None
                 if self.info.is_main:  # the others have no baseline metrics: they follow the main process
                     reference = self.summary.get("baseline") or self.summary.get("start") or {}
-                    decision = phase_gate(cfg.gates[name], name, outcome, reference, name in self.go_past, self.out)
+                    decision = phase_gate(
+                        cfg.gates[name], name, outcome, reference, name in self.go_past, self.out, self.names[index + 1]
+                    )
                 decision = broadcast_object(self.info, decision)
                 self.summary["gates"] = [g for g in self.summary["gates"] if g["after"] != name] + [decision]
                 self._write_summary()
@@ -275,6 +243,27 @@ class TrainingRun:
         self.tracker.finish(self.summary)
         barrier(self.info)
         return self.summary
+
+    def _pass_gate_before(self, first: str) -> None:
+        """A run continued at ``first`` goes past the gate after the phase before it: the user's decision.
+
+        A gate that let it through stays as it was; one that stopped it (or was never applied, the run
+        having stopped earlier) is recorded as overridden, with who and what it said.
+        """
+        previous = previous_phase(self.cfg, first)
+        if previous not in self.cfg.gates or not self.info.is_main:
+            return
+        decision = next((g for g in self.summary["gates"] if g["after"] == previous), None)
+        if decision is None:
+            outcome = PhaseOutcome.read(self.out / previous / "result.json")
+            reference = self.summary.get("baseline") or self.summary.get("start") or {}
+            decision = phase_gate(self.cfg.gates[previous], previous, outcome, reference, True, self.out, first)
+            self.summary["gates"].append(decision)
+        elif not decision["proceed"]:
+            override_gate(decision)
+        if self.progress:
+            print(f"gate after {previous}: {decision['reason']}")
+        self._write_summary()
 
     def _evaluate_start(self, model: DefectDetector, data: PhaseData, source: str) -> None:
         metrics = run_validation(
