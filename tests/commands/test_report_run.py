@@ -90,3 +90,23 @@ def test_the_gate_table_shows_the_interval_its_reason_names_even_below_zero(kit,
     (run / "summary.json").write_text(json.dumps(summary))
     rep = report_run(run, grid=0)
     assert rep.gate_rows[0]["range to continue"] == "[-0.9516, ∞)"  # it printed [-∞, ∞)
+
+
+def test_the_confusable_pair_comes_from_the_run_config_before_the_descriptions(kit, tmp_path):
+    import yaml
+
+    from defectfusion.errors import ConfigError
+
+    run = make_run_folder(tmp_path, kit)
+    assert report_run(run, grid=0).result.pair == ("ROTURA_FRACTURA", "RAYONES_ARANAZOS")  # the descriptions'
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["data"]["confusable_pair"] = ["DEFORMACIONES", "NORMAL"]
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    rep = report_run(run, grid=0)
+    assert rep.result.pair == ("DEFORMACIONES", "NORMAL")
+    assert "DEFORMACIONES" in (run / "report" / "report.md").read_text().split("onfus", 1)[1]
+    assert report_run(run, grid=0, pair=["ROTURA_FRACTURA", "NORMAL"]).result.pair == ("ROTURA_FRACTURA", "NORMAL")
+    config["data"]["confusable_pair"] = ["DEFORMACIONES", "DENT"]
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(ConfigError, match=r"data.confusable_pair of the run's config: unknown class 'DENT'"):
+        report_run(run, grid=0)

@@ -124,6 +124,16 @@ def selected_on(checkpoint: str | os.PathLike, annotations: str | os.PathLike) -
     return val is not None and Path(val.annotations).resolve() == Path(annotations).expanduser().resolve()
 
 
+def configured_pair(run: Path | None) -> tuple[str, str] | None:
+    """The ``data.confusable_pair`` of a run folder's config (the run a checkpoint came from), if any."""
+    if run is None:
+        return None
+    try:
+        return load_config(run / "config.yaml").data.confusable_pair
+    except DefectFusionError:
+        return None
+
+
 def _pair_sources(model: Any, descriptions: Sequence[str], annotations: str | os.PathLike) -> list[Any]:
     """Where the confusable pair is looked up: the model's descriptions, the what-if files, the dataset's."""
     fusion = getattr(getattr(model, "meta", None), "fusion", None)
@@ -176,7 +186,9 @@ def evaluate_checkpoint(
     model = predictor.model
     _check_classes(predictor.class_names, index, str(checkpoint))
     names = list(index.class_names)
-    pair_names = resolve_pair(pair, names, _pair_sources(model, descriptions, annotations))
+    pair_names = resolve_pair(
+        pair, names, _pair_sources(model, descriptions, annotations), configured_pair(find_run_folder(checkpoint))
+    )
     eval_kw = {"iou_threshold": iou_threshold, "conf_threshold": conf_threshold}
 
     base_predictor = None

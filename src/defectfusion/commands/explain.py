@@ -26,12 +26,14 @@ from ..data.images import collect_images, load_image
 from ..engine.explainer import DEFAULT_MAP_KIND, explain_image, require_fused
 from ..engine.map_quality import DEFAULT_TOLERANCE, PairQuality, QualitySummary, explanation_pairs, summarize_quality
 from ..engine.onnx_backend import is_onnx_checkpoint
+from ..engine.phase_records import find_run_folder
 from ..errors import CheckpointError, ConfigError
 from ..io import unique_names
 from ..models.checkpoint import load_detector
 from ..report.explain import ExplainFiles, write_explanation
 from ..report.explain_summary import Example, SummaryFiles, write_summary
 from ..structures import Explanation
+from .evaluate import configured_pair
 
 THUMBNAIL = 160  # pixels on the long side of the example thumbnails the summary keeps per class
 
@@ -134,7 +136,9 @@ def explain(
             f"{annotations}: its classes {list(index.class_names)} are not the model's {names} (same names, same order)"
         )
     fusion = model.meta.fusion
-    chosen_pair = resolve_pair(pair, names, [getattr(fusion, "descriptions", None)])
+    chosen_pair = resolve_pair(
+        pair, names, [getattr(fusion, "descriptions", None)], configured_pair(find_run_folder(path))
+    )
     out = Path(out)
     single = len(paths) == 1 and index is None
     folders = [out] if single else [out / n for n in unique_names([p.stem for p in paths])]

@@ -19,7 +19,7 @@ from ..io import read_json
 from ..report.compare import compare_metrics, confusion_pair
 from ..report.summary import Section
 from ..report.values import MISSING, as_number, fmt_delta, fmt_value, load_metrics
-from .evaluate import EvaluationResult, write_outputs, write_report
+from .evaluate import EvaluationResult, configured_pair, write_outputs, write_report
 from .grid import GRID_IMAGES, grid_ids, grid_items, predict_ids
 
 
@@ -235,7 +235,7 @@ def report_run(
             base_metrics = load_metrics(test_base) if test_base is not None and test_base.is_file() else None
             where = f"[test: {test.get('num_images')} images that selected nothing]"
     names = list(final_metrics["per_class"])
-    pair_names = resolve_pair(pair, names, _run_descriptions(run))
+    pair_names = resolve_pair(pair, names, _run_descriptions(run), configured_pair(run))
     result = EvaluationResult(
         final_metrics, names, labels=(f"baseline {where}", f"final {where}"), baseline=base_metrics, pair=pair_names
     )

@@ -199,7 +199,12 @@ def run_study(
     base_cfg = load_config(plan.runs[0].config)
     on_test = plan.test is not None
     index = load_coco(plan.test) if on_test else load_coco(base_cfg.data.val.annotations, base_cfg.data.val.images)
-    pair = resolve_pair(None, list(index.class_names), [base_cfg.fusion.descriptions, *plan.descriptions.values()])
+    pair = resolve_pair(
+        None,
+        list(index.class_names),
+        [base_cfg.fusion.descriptions, *plan.descriptions.values()],
+        base_cfg.data.confusable_pair,
+    )
     per_fraction = _statistics(plan, index, on_test, draws, pair, progress)
     summary = {
         "name": plan.name,

@@ -133,6 +133,9 @@ class DataConfig(_Section):
     eval_batch_size: int | None = Field(None, ge=1, description="default: batch_size")
     num_workers: int = Field(2, ge=0, description="DataLoader worker processes")
     verify_images: bool = Field(True, description="open every image once before training (names corrupt files)")
+    confusable_pair: tuple[str, str] | None = Field(
+        None, description="the look-alike classes reports call out; default: the descriptions' confusable_pair"
+    )
     augment: TrainAugmentConfig = Field(default_factory=TrainAugmentConfig)
 
 

@@ -183,23 +183,34 @@ def descriptions_near(annotations: str | Path) -> list[Path]:
     return [p for p in (folder / "descriptions.yml", folder.parent / "descriptions.yml") if p.is_file()]
 
 
+def _checked_pair(pair: Sequence[str], names: list[str], what: str) -> tuple[str, str]:
+    if len(pair) != 2 or pair[0] == pair[1]:
+        raise ConfigError(f"{what} needs two different class names, got {list(pair)}")
+    for name in pair:
+        if name not in names:
+            close = [n for n in names if name.lower() in n.lower()] or difflib.get_close_matches(name, names, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"{what}: unknown class {name!r}; the classes are {', '.join(names)}.{hint}")
+    return (pair[0], pair[1])
+
+
 def resolve_pair(
-    pair: Sequence[str] | None, class_names: Sequence[str], descriptions: Sequence[str | Path | None] = ()
+    pair: Sequence[str] | None,
+    class_names: Sequence[str],
+    descriptions: Sequence[str | Path | None] = (),
+    configured: Sequence[str] | None = None,
 ) -> tuple[str, str] | None:
-    """The confusable pair to call out: ``pair`` checked against the classes, else the first
-    ``confusable_pair`` of ``descriptions`` (files or packaged names; unreadable ones are skipped)
-    whose classes exist, else None.
+    """The confusable pair to call out, checked against the classes.
+
+    In this order: ``pair`` (``--pair``), ``configured`` (a run config's ``data.confusable_pair``),
+    the first ``confusable_pair`` of ``descriptions`` (files or packaged names; unreadable ones are
+    skipped) whose classes all exist, else None.
     """
     names = list(class_names)
     if pair is not None:
-        if len(pair) != 2 or pair[0] == pair[1]:
-            raise ConfigError(f"the confusable pair needs two different class names, got {list(pair)}")
-        for name in pair:
-            if name not in names:
-                close = [n for n in names if name.lower() in n.lower()] or difflib.get_close_matches(name, names, n=1)
-                hint = f" Did you mean {close[0]!r}?" if close else ""
-                raise ConfigError(f"confusable pair: unknown class {name!r}; the classes are {', '.join(names)}.{hint}")
-        return (pair[0], pair[1])
+        return _checked_pair(pair, names, "the confusable pair (--pair)")
+    if configured is not None:
+        return _checked_pair(configured, names, "data.confusable_pair of the run's config")
     for source in descriptions:
         if source is None:
             continue
