@@ -39,9 +39,9 @@ from pathlib import Path
 import torch
 
 from defectfusion.config import FusionConfig, ModelConfig
-from defectfusion.engine.postprocess import postprocess
 from defectfusion.models.detector import add_fusion, build_detector
 from defectfusion.models.fusion import random_text_embeddings
+from defectfusion.models.postprocess import postprocess
 
 CLASSES = ["NORMAL", "DEFORMACIONES", "ROTURA_FRACTURA", "RAYONES_ARANAZOS", "PERFORACIONES", "CONTAMINACION"]
 TEXT_DIM = 512  # CLIP ViT-B/32, the seed's default text encoder

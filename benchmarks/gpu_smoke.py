@@ -35,9 +35,9 @@ import torch
 
 from defectfusion.config import FusionConfig, ModelConfig
 from defectfusion.engine.loss import install_deim_loss
-from defectfusion.engine.postprocess import postprocess
 from defectfusion.models.detector import GROUPS, add_fusion, build_detector, set_trainable
 from defectfusion.models.fusion import random_text_embeddings
+from defectfusion.models.postprocess import postprocess
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from phase_step_cost import CLASSES, random_batch  # noqa: E402

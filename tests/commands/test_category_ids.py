@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import shutil
 
+import pytest
+
 from defectfusion.cli import main
 from defectfusion.commands.evaluate import evaluate_checkpoint, evaluate_predictions
 from defectfusion.commands.predict import predict
@@ -51,3 +53,13 @@ def test_predictions_carry_the_training_datasets_ids(tmp_path, synth_data):
     assert direct.metrics["map50"] > 0
     assert abs(scored.metrics["map50"] - direct.metrics["map50"]) < 1e-6
     assert abs(scored.metrics["map"] - direct.metrics["map"]) < 1e-6
+
+    # the Python API gives the same detections for the first image, in its pixels, with the same ids
+    detector = load_detector(model)
+    first = sorted(images.iterdir())[0]
+    [det] = detector.predict(first, threshold=0.0)
+    mine = [r for r in records if r["image_id"] == 1]
+    assert len(mine) == len(det)
+    x, y, w, h = mine[0]["bbox"]
+    assert det.boxes[0].tolist() == pytest.approx([x, y, x + w, y + h], abs=1e-3)
+    assert [detector.meta.category_ids[int(label)] for label in det.labels] == [r["category_id"] for r in mine]

@@ -6,6 +6,7 @@ import glob
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -89,6 +90,37 @@ def load_image(
     except (OSError, SyntaxError, ValueError) as e:  # what Pillow raises for corrupt/truncated data
         raise DataError(f"{who} is corrupt or truncated and cannot be decoded ({e}); re-export or remove it") from None
     return tv_tensors.Image(torch.from_numpy(array).permute(2, 0, 1).contiguous())
+
+
+def as_image(image: Any) -> torch.Tensor:
+    """One input image as RGB uint8 ``[3, H, W]``: a file path (read with :func:`load_image`), a
+    Pillow image, a uint8 array ``[H, W]`` / ``[H, W, 3]`` (RGB), or a uint8 tensor ``[3, H, W]``.
+
+    Raises:
+        DataError: anything else, naming what was given and what is taken.
+    """
+    if isinstance(image, (str, os.PathLike)):
+        return load_image(image).as_subclass(torch.Tensor)
+    if isinstance(image, Image.Image):
+        return torch.from_numpy(_to_rgb_uint8(image)).permute(2, 0, 1).contiguous()
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] != 3):
+            raise DataError(
+                f"an image array must be uint8 [H, W] or [H, W, 3] (RGB), got {image.dtype} {list(image.shape)}"
+            )
+        rgb = np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image
+        return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).contiguous()
+    if isinstance(image, torch.Tensor):
+        if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] != 3:
+            raise DataError(
+                f"an image tensor must be uint8 [3, H, W] (RGB), got {image.dtype} {list(image.shape)}; "
+                f"for a float tensor in [0, 1]: (x * 255).round().to(torch.uint8)"
+            )
+        return image.as_subclass(torch.Tensor)
+    raise DataError(
+        f"cannot read an image from {type(image).__name__}: give a file path, a PIL image, a uint8 numpy array "
+        f"[H, W, 3] or a uint8 tensor [3, H, W]"
+    )
 
 
 def _to_rgb_uint8(img: Image.Image) -> np.ndarray:

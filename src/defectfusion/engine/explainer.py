@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 from ..data.images import load_image
 from ..errors import ConfigError
+from ..models.inference import prepare_images
 from ..models.postprocess import query_boxes_in_pixels, top_k_queries
 from ..structures import DetectionMatch, Explanation
 from .attribution import (
@@ -48,7 +49,6 @@ from .attribution import (
     sampling_map,
     traced_forward,
 )
-from .predictor import prepare_images
 
 # What each map kind shows, in the words the figures and tables use.
 MAP_KINDS: dict[str, str] = {

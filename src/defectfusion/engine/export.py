@@ -13,7 +13,7 @@ no tokenizer: the fusion heads' text embeddings are constants of the graph. The 
 ``metadata_props`` say what a user of the file needs (see :func:`onnx_metadata`).
 
 :func:`export_onnx` writes the file only after onnxruntime's detections on a test batch equal
-PyTorch's (``DefectDetector`` + :func:`~.postprocess.postprocess`): same labels, boxes within
+PyTorch's (``DefectDetector`` + :func:`~defectfusion.models.postprocess.postprocess`): same labels, boxes within
 ``1e-3`` px, scores within ``1e-4``. Otherwise it raises :class:`ExportError` and writes nothing.
 """
 
@@ -33,11 +33,11 @@ import torch
 
 from ..errors import ConfigError, DefectFusionError
 from ..io import atomic_path
+from ..models.postprocess import postprocess
 from ..structures import Detections
 from ..version import __version__
 from .export_half import HalfReport, half_report, halve_initializers
 from .onnx_backend import FORMAT_KEY, INPUT_NAMES, ONNX_FORMAT, OUTPUT_NAMES, OnnxDetector
-from .postprocess import postprocess
 
 #: Opsets the export supports: GridSample (deformable attention) needs 16; the TorchScript
 #: exporter stops at 20.

@@ -19,17 +19,17 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-from torchvision.ops import batched_nms
 from tqdm.auto import tqdm
 
 from ..data.coco import CocoIndex
-from ..data.images import load_image
+from ..data.images import as_image, load_image
 from ..data.transforms import build_eval_transform
 from ..errors import DataError
 from ..models.checkpoint import load_detector
+from ..models.inference import check_thresholds, keep_detections, normalize, prepare_images
+from ..models.postprocess import postprocess
 from ..structures import Detections
 from .onnx_backend import OnnxDetector, is_onnx_checkpoint
-from .postprocess import clip_to_image, postprocess
 
 __all__ = [
     "Backend",
@@ -37,39 +37,12 @@ __all__ = [
     "ImagePrediction",
     "Predictor",
     "to_coco_results",
-    "normalize",
-    "prepare_images",
 ]
 
 #: Above this many images a progress bar is shown (unless ``progress`` says otherwise).
 PROGRESS_FROM = 16
 
 Backend = Callable[[torch.Tensor, torch.Tensor], list[Detections]]
-
-
-def normalize(
-    uint8_batch: torch.Tensor, mean: Sequence[float] | torch.Tensor, std: Sequence[float] | torch.Tensor
-) -> torch.Tensor:
-    """uint8 ``[B, 3, H, W]`` -> float ``(x / 255 - mean) / std`` per channel."""
-    mean = torch.as_tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.as_tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-    return (uint8_batch.float().div_(255.0) - mean) / std
-
-
-def prepare_images(
-    images: Sequence[torch.Tensor],
-    image_size: Sequence[int],
-    mean: Sequence[float] | torch.Tensor,
-    std: Sequence[float] | torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """What the detector takes: uint8 ``[3, H, W]`` images -> (``pixel_values [B, 3, h, w]``, ``sizes [B, 2]`` (H, W)).
-
-    Each image is resized to ``image_size`` with the evaluation transform and normalised.
-    """
-    transform = build_eval_transform((int(image_size[0]), int(image_size[1])))
-    sizes = torch.tensor([[int(im.shape[-2]), int(im.shape[-1])] for im in images], dtype=torch.int64)
-    resized = torch.stack([transform(im).as_subclass(torch.Tensor) for im in images])
-    return normalize(resized, mean, std), sizes
 
 
 class TorchBackend:
@@ -172,8 +145,7 @@ class Predictor:
         category_ids: Sequence[int] | None = None,
         nms_iou: float | None = None,
     ) -> None:
-        if not 0.0 <= threshold <= 1.0:
-            raise DataError(f"score threshold must be in [0, 1], got {threshold}")
+        check_thresholds(threshold, nms_iou)
         if batch_size < 1:
             raise DataError(f"batch size must be at least 1, got {batch_size}")
         self.backend = backend
@@ -185,8 +157,6 @@ class Predictor:
         self.batch_size = int(batch_size)
         self.num_workers = int(num_workers)
         self.category_ids = list(category_ids) if category_ids is not None else None
-        if nms_iou is not None and not 0.0 < nms_iou <= 1.0:
-            raise DataError(f"NMS IoU threshold must be in (0, 1], got {nms_iou}")
         self.nms_iou = nms_iou
 
     @classmethod
@@ -235,21 +205,14 @@ class Predictor:
         detections = self.backend(pixel_values, orig_sizes)
         if len(detections) != len(pixel_values):
             raise RuntimeError(f"backend returned {len(detections)} results for {len(pixel_values)} images")
-        out = []
-        for det, size in zip(detections, orig_sizes, strict=True):
-            keep = det.scores >= self.threshold
-            boxes = clip_to_image(det.boxes[keep].float(), size)
-            scores, labels = det.scores[keep].float(), det.labels[keep].long()
-            if self.nms_iou is not None and len(scores):
-                # class-wise: a crack and a scratch on the same place both stay; duplicates of one go
-                kept = batched_nms(boxes, scores, labels, self.nms_iou)
-                boxes, scores, labels = boxes[kept], scores[kept], labels[kept]
-            out.append(Detections(boxes, scores, labels))
-        return out
+        return [
+            keep_detections(det, size, self.threshold, self.nms_iou)
+            for det, size in zip(detections, orig_sizes, strict=True)
+        ]
 
-    def __call__(self, images: Sequence[torch.Tensor]) -> list[Detections]:
-        """Detections of uint8 ``[3, H, W]`` images already in memory."""
-        return self.infer(*self.preprocess(images))
+    def __call__(self, images: Sequence[Any]) -> list[Detections]:
+        """Detections of images already in memory (uint8 ``[3, H, W]`` tensors, arrays, PIL images) or paths."""
+        return self.infer(*self.preprocess([as_image(im) for im in images]))
 
     def predict_files(
         self,

@@ -14,9 +14,9 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.coco import CocoIndex
+from ..models.postprocess import clip_to_image, postprocess
 from ..structures import Detections
 from .evaluator import DetectionEvaluator
-from .postprocess import clip_to_image, postprocess
 from .predictor import Predictor
 
 

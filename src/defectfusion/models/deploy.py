@@ -5,7 +5,7 @@ own inference-only forward, fixed to one input size, with the post-processing in
 
     images [B, 3, H, W] (normalised)  ->  labels [B, K], boxes [B, K, 4] (xyxy pixels), scores [B, K]
 
-It computes what ``DefectDetector.forward`` followed by :func:`~defectfusion.engine.postprocess.postprocess`
+It computes what ``DefectDetector.forward`` followed by :func:`~.postprocess.postprocess`
 computes (proved by the parity tests), in the form the ONNX exporters and runtimes handle, like the
 original DEIMv2 code's deploy mode:
 

@@ -27,6 +27,7 @@ from transformers.models.deimv2.modeling_deimv2 import Deimv2FrozenBatchNorm2d
 from ..config import ALL_GROUPS, FusionConfig, ModelConfig
 from ..errors import ConfigError
 from .fusion import FusedClassifier, TextFusionHead, random_text_embeddings
+from .inference import PredictsImages
 from .presets import IMAGENET_MEAN, IMAGENET_STD, NO_MEAN, NO_STD, get_preset
 from .semantics import apply_original_semantics
 
@@ -96,8 +97,8 @@ class DetectorMeta:
         return data
 
 
-class DefectDetector(Deimv2ForObjectDetection):
-    """``Deimv2ForObjectDetection`` + original semantics + text-fusion heads.
+class DefectDetector(PredictsImages, Deimv2ForObjectDetection):
+    """``Deimv2ForObjectDetection`` + original semantics + text-fusion heads (+ ``predict``).
 
     Built from a ``Deimv2Config`` whose ``defectfusion`` entry holds a :class:`DetectorMeta`.
     Fusion heads are created with zero text embeddings; ``build_detector`` or loading weights fills

@@ -1,0 +1,117 @@
+"""Images in, detections in original-image pixels out: the steps every prediction path shares.
+
+``prepare_images`` is the validation pipeline's preprocessing (``build_eval_transform`` and the
+collator's normalisation), ``keep_detections`` what is kept of the post-processed outputs
+(score threshold, boxes clipped to the image, optional class-wise NMS). :class:`PredictsImages`
+gives the detector its ``predict`` method; ``engine.predictor.Predictor`` runs the same steps over
+files in batches, for PyTorch and ONNX backends alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torchvision.ops import batched_nms
+
+from ..data.images import as_image
+from ..data.transforms import build_eval_transform
+from ..errors import DataError
+from ..structures import Detections
+from .postprocess import clip_to_image, postprocess
+
+
+def normalize(
+    uint8_batch: torch.Tensor, mean: Sequence[float] | torch.Tensor, std: Sequence[float] | torch.Tensor
+) -> torch.Tensor:
+    """uint8 ``[B, 3, H, W]`` -> float ``(x / 255 - mean) / std`` per channel."""
+    mean = torch.as_tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.as_tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    return (uint8_batch.float().div_(255.0) - mean) / std
+
+
+def prepare_images(
+    images: Sequence[torch.Tensor],
+    image_size: Sequence[int],
+    mean: Sequence[float] | torch.Tensor,
+    std: Sequence[float] | torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the detector takes: uint8 ``[3, H, W]`` images -> (``pixel_values [B, 3, h, w]``, ``sizes [B, 2]`` (H, W)).
+
+    Each image is resized to ``image_size`` with the evaluation transform and normalised.
+    """
+    transform = build_eval_transform((int(image_size[0]), int(image_size[1])))
+    sizes = torch.tensor([[int(im.shape[-2]), int(im.shape[-1])] for im in images], dtype=torch.int64)
+    resized = torch.stack([transform(im).as_subclass(torch.Tensor) for im in images])
+    return normalize(resized, mean, std), sizes
+
+
+def check_thresholds(threshold: float, nms_iou: float | None) -> None:
+    """A score threshold in ``[0, 1]`` and an NMS IoU in ``(0, 1]`` (or None), else :class:`DataError`."""
+    if not 0.0 <= threshold <= 1.0:
+        raise DataError(f"score threshold must be in [0, 1], got {threshold}")
+    if nms_iou is not None and not 0.0 < nms_iou <= 1.0:
+        raise DataError(f"NMS IoU threshold must be in (0, 1], got {nms_iou}")
+
+
+def keep_detections(
+    detections: Detections, size: torch.Tensor | Sequence[int], threshold: float, nms_iou: float | None = None
+) -> Detections:
+    """The detections of one image of ``size`` (H, W) with ``score >= threshold``, boxes clipped to
+    the image, and, with ``nms_iou``, class-wise non-maximum suppression at that IoU."""
+    keep = detections.scores >= threshold
+    boxes = clip_to_image(detections.boxes[keep].float(), size)
+    scores, labels = detections.scores[keep].float(), detections.labels[keep].long()
+    if nms_iou is not None and len(scores):
+        # class-wise: a crack and a scratch on the same place both stay; duplicates of one go
+        kept = batched_nms(boxes, scores, labels, nms_iou)
+        boxes, scores, labels = boxes[kept], scores[kept], labels[kept]
+    return Detections(boxes, scores, labels)
+
+
+class PredictsImages:
+    """``predict``: for a detector with ``meta`` (input size, normalisation) and ``class_names``."""
+
+    @torch.inference_mode()
+    def predict(
+        self,
+        images: Any,
+        threshold: float = 0.5,
+        *,
+        nms_iou: float | None = None,
+        top_k: int = 300,
+        batch_size: int = 8,
+    ) -> list[Detections]:
+        """Detect defects in images; one :class:`~defectfusion.structures.Detections` per image.
+
+        Args:
+            images: one image or a list: file paths, PIL images, uint8 arrays ``[H, W, 3]`` or uint8
+                tensors ``[3, H, W]`` (RGB), each at any size.
+            threshold: keep detections with ``score >= threshold``.
+            nms_iou: class-wise NMS at this IoU (None: off; keep it off for mAP evaluation).
+            top_k: (query, class) pairs considered per image before the threshold.
+            batch_size: images per forward pass.
+
+        Returns:
+            Per image, ``boxes [N, 4]`` xyxy in its own pixels (clipped to it), ``scores [N]`` best
+            first, ``labels [N]`` class indexes (``self.class_names[label]``; the dataset's COCO
+            category id is ``self.meta.category_ids[label]`` when the model remembers them).
+        """
+        check_thresholds(threshold, nms_iou)
+        single = not isinstance(images, (list, tuple))
+        pictures = [as_image(im) for im in ([images] if single else images)]
+        device = next(self.parameters()).device
+        was_training = self.training
+        self.eval()
+        meta, out = self.meta, []
+        try:
+            for start in range(0, len(pictures), batch_size):
+                chunk = pictures[start : start + batch_size]
+                pixels, sizes = prepare_images(chunk, meta.image_size, meta.image_mean, meta.image_std)
+                outputs = self(pixel_values=pixels.to(device))
+                found = postprocess(outputs.logits.float(), outputs.pred_boxes.float(), sizes.to(device), top_k=top_k)
+                out += [keep_detections(d.to("cpu"), s, threshold, nms_iou) for d, s in zip(found, sizes, strict=True)]
+        finally:
+            self.train(was_training)
+        return out
