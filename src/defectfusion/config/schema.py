@@ -26,6 +26,11 @@ class ModelConfig(_Section):
         "DINOv3 .pth, PPHGNetV2_*_stage1.pth, or a transformers backbone folder)",
     )
     image_size: tuple[int, int] | None = Field(None, description="input (H, W); default: the preset's")
+    resize: Literal["plain", "letterbox"] | None = Field(
+        None,
+        description="how images reach image_size: plain (stretch, as phase 1 was trained) or letterbox (aspect "
+        "kept, padded); default: what the starting model was trained with (plain for a new model)",
+    )
     semantics: Literal["original", "transformers"] = Field(
         "original", description="compute as the original DEIMv2 code (default) or as transformers does"
     )

@@ -94,12 +94,12 @@ class TrainTransform:
     steps off outside ``[start_epoch, stop_epoch)``.
     """
 
-    def __init__(self, cfg: TrainAugmentConfig, image_size: ImageSize) -> None:
+    def __init__(self, cfg: TrainAugmentConfig, image_size: ImageSize, resize_mode: str = "plain") -> None:
         self.cfg = cfg
         self.image_size = _hw(image_size)
         self.epoch = 0
         flip = [v2.RandomHorizontalFlip(cfg.flip_prob)] if cfg.flip_prob > 0 else []
-        resize = [v2.Resize(self.image_size)]
+        resize = [resize_transform(self.image_size, resize_mode)]
         sanitize = [v2.SanitizeBoundingBoxes(min_size=cfg.sanitize_min_size)] if cfg.sanitize else []
         photo = [v2.RandomPhotometricDistort(p=cfg.photometric_prob)] if cfg.photometric_prob > 0 else []
         zoom = (
@@ -125,17 +125,67 @@ class TrainTransform:
         return (self.after_mosaic if mosaic else self.heavy)(image, target)
 
 
-def build_train_transform(cfg: TrainAugmentConfig, image_size: ImageSize) -> TrainTransform:
-    """Per-sample training transform; ``image_size`` is an int or ``(H, W)``."""
-    return TrainTransform(cfg, image_size)
+def build_train_transform(cfg: TrainAugmentConfig, image_size: ImageSize, resize: str = "plain") -> TrainTransform:
+    """Per-sample training transform; ``image_size`` is an int or ``(H, W)``, ``resize`` plain or letterbox."""
+    return TrainTransform(cfg, image_size, resize)
 
 
-def build_eval_transform(image_size: ImageSize) -> v2.Transform:
-    """Resize to ``image_size`` (int or ``(H, W)``) and nothing else.
+RESIZE_MODES = ("plain", "letterbox")
+
+
+def content_size(orig_size: Sequence[int], image_size: ImageSize, resize: str = "plain") -> tuple[int, int]:
+    """``(h, w)`` of the image content inside the model input: all of it for the plain resize; for
+    ``letterbox`` the image scaled to fit with its aspect ratio kept (the rest is padding)."""
+    out_h, out_w = _hw(image_size)
+    if resize == "plain":
+        return out_h, out_w
+    if resize != "letterbox":
+        raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
+    height, width = int(orig_size[0]), int(orig_size[1])
+    scale = min(out_h / height, out_w / width)
+    return max(1, min(out_h, round(height * scale))), max(1, min(out_w, round(width * scale)))
+
+
+class Letterbox(v2.Transform):
+    """Resize to fit ``image_size`` with the aspect ratio kept, then pad bottom and right with ``fill``.
+
+    Padding at the bottom-right keeps the content's origin at (0, 0), so a box maps back to the
+    original by one scale per axis (:func:`content_size`), exactly.
+    """
+
+    def __init__(self, image_size: ImageSize, fill: int = 0) -> None:
+        super().__init__()
+        self.image_size = _hw(image_size)
+        self.fill = fill
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        image = next(x for x in flat_inputs if isinstance(x, (tv_tensors.Image, torch.Tensor)))
+        height, width = F.get_size(image)
+        new_h, new_w = content_size((height, width), self.image_size, "letterbox")
+        return {"size": [new_h, new_w], "padding": [0, 0, self.image_size[1] - new_w, self.image_size[0] - new_h]}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if not isinstance(inpt, (tv_tensors.Image, tv_tensors.BoundingBoxes, tv_tensors.Mask, torch.Tensor)):
+            return inpt
+        resized = self._call_kernel(F.resize, inpt, params["size"], antialias=True)
+        return self._call_kernel(F.pad, resized, params["padding"], fill=self.fill)
+
+
+def resize_transform(image_size: ImageSize, resize: str = "plain") -> v2.Transform:
+    """The step that brings an image to the model's input size: ``plain`` (stretch) or ``letterbox``."""
+    if resize == "letterbox":
+        return Letterbox(image_size)
+    if resize != "plain":
+        raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
+    return v2.Resize(_hw(image_size))
+
+
+def build_eval_transform(image_size: ImageSize, resize: str = "plain") -> v2.Transform:
+    """Resize to ``image_size`` (int or ``(H, W)``; ``resize``: plain or letterbox) and nothing else.
 
     The target keeps ``orig_size`` (H, W) so predictions can be mapped back to the original.
     """
-    return v2.Resize(_hw(image_size))
+    return resize_transform(image_size, resize)
 
 
 # --------------------------------------------------------------------------- mosaic
@@ -259,10 +309,10 @@ class MosaicDataset(torch.utils.data.Dataset):
 
 
 def build_train_dataset(
-    index: CocoIndex, cfg: TrainAugmentConfig, image_size: ImageSize, seed: int | None = 0
+    index: CocoIndex, cfg: TrainAugmentConfig, image_size: ImageSize, seed: int | None = 0, resize: str = "plain"
 ) -> MosaicDataset:
     """The training dataset: ``MosaicDataset(CocoDetection(index, build_train_transform(...)))``."""
-    return MosaicDataset(CocoDetection(index, build_train_transform(cfg, image_size)), cfg, seed=seed)
+    return MosaicDataset(CocoDetection(index, build_train_transform(cfg, image_size, resize)), cfg, seed=seed)
 
 
 # --------------------------------------------------------------------------- collate

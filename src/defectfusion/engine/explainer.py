@@ -35,9 +35,10 @@ import torch
 import torch.nn.functional as F
 
 from ..data.images import load_image
+from ..data.transforms import content_size
 from ..errors import ConfigError
 from ..models.inference import prepare_images
-from ..models.postprocess import query_boxes_in_pixels, top_k_queries
+from ..models.postprocess import clip_to_image, query_boxes_in_pixels, top_k_queries
 from ..structures import DetectionMatch, Explanation
 from .attribution import (
     LogitParts,
@@ -191,8 +192,15 @@ def explain_image(
     device = torch.device(device)
     model = model.to(device).eval()
     pixels_u8, source = _to_uint8_chw(image)
-    H, W = int(pixels_u8.shape[-2]), int(pixels_u8.shape[-1])
-    pixel_values, _ = prepare_images([pixels_u8], model.meta.image_size, model.meta.image_mean, model.meta.image_std)
+    meta = model.meta
+    height, width = int(pixels_u8.shape[-2]), int(pixels_u8.shape[-1])
+    pixel_values, _ = prepare_images([pixels_u8], meta.image_size, meta.image_mean, meta.image_std, meta.resize)
+    # Maps and boxes are computed on a canvas whose top-left (H, W) is the image: the whole model
+    # input for the plain resize; for letterbox the input scaled so its content is the image, the
+    # padding then cropped away (it never reaches a map or a score).
+    content_h, content_w = content_size((height, width), meta.image_size, meta.resize)
+    canvas = (meta.image_size[0] * height / content_h, meta.image_size[1] * width / content_w)
+    H, W = round(canvas[0]), round(canvas[1])
     names = list(model.class_names)
     pair_labels = (names.index(pair[0]), names.index(pair[1])) if pair else None
 
@@ -215,7 +223,8 @@ def explain_image(
     # detections, with the query each came from (the post-processor's top-k over queries x classes)
     logits, boxes = outputs.logits.detach().float(), outputs.pred_boxes.detach().float()
     top, labels, queries = top_k_queries(logits, min(top_k, logits.shape[1] * logits.shape[2]))
-    xyxy = query_boxes_in_pixels(boxes, queries, torch.tensor([[H, W]], device=boxes.device))[0]
+    xyxy = query_boxes_in_pixels(boxes, queries, torch.tensor([canvas], device=boxes.device))[0]
+    xyxy = clip_to_image(xyxy, (height, width))  # as every other prediction path does
     top, labels, queries = top[0], labels[0], queries[0]
     keep = top >= threshold
     top, labels, queries, xyxy = (t[keep][:max_detections] for t in (top, labels, queries, xyxy))
@@ -252,6 +261,11 @@ def explain_image(
                 pair_margin=_pair_margin(parts, query, label, other, names[other]) if other is not None else None,
             )
         )
+    if (H, W) != (height, width):  # letterbox: the padding cropped off every map
+        maps = maps[..., :height, :width].contiguous()
+        class_maps = {k: v[..., :height, :width].contiguous() for k, v in class_maps.items()}
+        for d in detections:
+            d.maps = {k: v[..., :height, :width].contiguous() for k, v in d.maps.items()}
     fusion = model.meta.fusion
     text = {"descriptions": fusion.descriptions, "encoder": fusion.encoder, "kind": fusion.text}
     kinds = {kind: MAP_KINDS[kind] for kind in class_maps}

@@ -117,6 +117,7 @@ class OnnxDetector:
         self.class_names = [str(n) for n in _json_field(meta, "class_names", self.path)]
         ids = json.loads(meta["category_ids"]) if meta.get("category_ids") else None  # files before it: none
         self.category_ids = [int(i) for i in ids] if ids else None
+        self.resize = meta.get("resize", "plain")  # files before letterbox: the plain resize
         height, width = _json_field(meta, "image_size", self.path)
         self.image_size = (int(height), int(width))
         self.image_mean = tuple(float(v) for v in _json_field(meta, "image_mean", self.path))

@@ -48,10 +48,16 @@ class PhaseOutcome:
 
 
 def build_phase_data(
-    cfg: Config, train_index: CocoIndex, val_index: CocoIndex, image_size: tuple[int, int], image_mean, image_std
+    cfg: Config,
+    train_index: CocoIndex,
+    val_index: CocoIndex,
+    image_size: tuple[int, int],
+    image_mean,
+    image_std,
+    resize: str = "plain",
 ) -> PhaseData:
     collator = DetectionCollator(image_mean, image_std)
-    val_dataset = CocoDetection(val_index, build_eval_transform(image_size))
+    val_dataset = CocoDetection(val_index, build_eval_transform(image_size, resize))
     val_loader = DataLoader(
         val_dataset,
         batch_size=cfg.data.eval_batch_size or cfg.data.batch_size,

@@ -26,7 +26,14 @@ from ..data.images import as_image, load_image
 from ..data.transforms import build_eval_transform
 from ..errors import DataError
 from ..models.checkpoint import load_detector
-from ..models.inference import check_thresholds, keep_detections, normalize, prepare_images
+from ..models.inference import (
+    check_thresholds,
+    keep_detections,
+    normalize,
+    postprocess_sizes,
+    prepare_images,
+    to_original,
+)
 from ..models.postprocess import postprocess
 from ..structures import Detections
 from .onnx_backend import OnnxDetector, is_onnx_checkpoint
@@ -94,10 +101,11 @@ class _ImageFiles(Dataset):
         paths: Sequence[Path],
         image_size: tuple[int, int],
         expected_sizes: Sequence[tuple[int, int] | None] | None = None,
+        resize: str = "plain",
     ) -> None:
         self.paths = list(paths)
         self.expected = list(expected_sizes) if expected_sizes is not None else [None] * len(self.paths)
-        self.transform = build_eval_transform(image_size)
+        self.transform = build_eval_transform(image_size, resize)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -129,6 +137,7 @@ class Predictor:
         num_workers: image-loading worker processes (0: in this process).
         category_ids: the dataset's COCO category id of each label, when the model remembers them.
         nms_iou: class-wise non-maximum suppression at this IoU (None: off, as mAP files should be).
+        resize: how images reach ``image_size``: ``plain`` (stretch) or ``letterbox`` (the model's).
     """
 
     def __init__(
@@ -144,6 +153,7 @@ class Predictor:
         num_workers: int = 0,
         category_ids: Sequence[int] | None = None,
         nms_iou: float | None = None,
+        resize: str = "plain",
     ) -> None:
         check_thresholds(threshold, nms_iou)
         if batch_size < 1:
@@ -158,6 +168,7 @@ class Predictor:
         self.num_workers = int(num_workers)
         self.category_ids = list(category_ids) if category_ids is not None else None
         self.nms_iou = nms_iou
+        self.resize = resize
 
     @classmethod
     def from_model(
@@ -171,7 +182,11 @@ class Predictor:
             meta.image_size,
             meta.image_mean,
             meta.image_std,
-            **{"category_ids": getattr(meta, "category_ids", None), **kwargs},
+            **{
+                "category_ids": getattr(meta, "category_ids", None),
+                "resize": getattr(meta, "resize", "plain"),
+                **kwargs,
+            },
         )
 
     @classmethod
@@ -183,6 +198,7 @@ class Predictor:
         if is_onnx_checkpoint(path):
             onnx = OnnxDetector(path)
             kwargs.setdefault("category_ids", onnx.category_ids)
+            kwargs.setdefault("resize", onnx.resize)
             return cls(onnx, onnx.class_names, onnx.image_size, onnx.image_mean, onnx.image_std, **kwargs)
         return cls.from_model(load_detector(path, device=device), device=device, top_k=top_k, **kwargs)
 
@@ -195,18 +211,18 @@ class Predictor:
 
     def preprocess(self, images: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 ``[3, H, W]`` images -> (``pixel_values [B, 3, h, w]`` normalised, ``orig_sizes [B, 2]`` (H, W))."""
-        return prepare_images(images, self.image_size, self.mean, self.std)
+        return prepare_images(images, self.image_size, self.mean, self.std, self.resize)
 
     def _normalize(self, uint8_batch: torch.Tensor) -> torch.Tensor:
         return normalize(uint8_batch, self.mean, self.std)
 
     def infer(self, pixel_values: torch.Tensor, orig_sizes: torch.Tensor) -> list[Detections]:
         """Run the backend and keep detections at or above the threshold."""
-        detections = self.backend(pixel_values, orig_sizes)
+        detections = self.backend(pixel_values, postprocess_sizes(orig_sizes, self.image_size, self.resize))
         if len(detections) != len(pixel_values):
             raise RuntimeError(f"backend returned {len(detections)} results for {len(pixel_values)} images")
         return [
-            keep_detections(det, size, self.threshold, self.nms_iou)
+            keep_detections(to_original(det, size, self.image_size, self.resize), size, self.threshold, self.nms_iou)
             for det, size in zip(detections, orig_sizes, strict=True)
         ]
 
@@ -233,7 +249,7 @@ class Predictor:
         if len(ids) != len(paths):
             raise ValueError(f"{len(paths)} paths but {len(ids)} image ids")
         loader = DataLoader(
-            _ImageFiles(paths, self.image_size, expected_sizes),
+            _ImageFiles(paths, self.image_size, expected_sizes, self.resize),
             batch_size=self.batch_size,
             shuffle=False,
             num_workers=self.num_workers,

@@ -163,7 +163,13 @@ class TrainingRun:
         model.set_category_ids(datasets.train.label_to_category_id)
         text = self._text(class_names)
         data = build_phase_data(
-            cfg, datasets.train, datasets.val, model.meta.image_size, model.meta.image_mean, model.meta.image_std
+            cfg,
+            datasets.train,
+            datasets.val,
+            model.meta.image_size,
+            model.meta.image_mean,
+            model.meta.image_std,
+            model.meta.resize,
         )
 
         # A run that starts from a trained model scores it first: it is the baseline. A run from

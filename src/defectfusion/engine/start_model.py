@@ -59,6 +59,6 @@ def start_model(cfg: Config, out: Path, first: str, class_names: list[str]) -> t
             f"{source} was trained for classes {model.class_names}, the dataset has {class_names}; "
             f"use a checkpoint of this dataset (same classes, same order)"
         )
-    if cfg.model.image_size:
-        model.set_image_size(cfg.model.image_size)
+    if cfg.model.image_size or cfg.model.resize:
+        model.set_image_size(cfg.model.image_size, cfg.model.resize)
     return model, source

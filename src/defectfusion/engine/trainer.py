@@ -91,7 +91,7 @@ class PhaseTrainer:
         if "mosaic_output_size" not in augment.model_fields_set:
             updates["mosaic_output_size"] = max(image_size)
         self.train_dataset = build_train_dataset(
-            data.train_index, augment.model_copy(update=updates), image_size, seed=cfg.seed
+            data.train_index, augment.model_copy(update=updates), image_size, seed=cfg.seed, resize=model.meta.resize
         )
         self.steps_per_epoch = len(self._train_loader(0))
         self.optimizer = torch.optim.AdamW(optimizer_groups(model, phase, train.weight_decay), betas=train.betas)

@@ -14,6 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.coco import CocoIndex
+from ..models.inference import postprocess_sizes, to_original
 from ..models.postprocess import clip_to_image, postprocess
 from ..structures import Detections
 from .evaluator import DetectionEvaluator
@@ -36,19 +37,19 @@ def run_validation(
     ``autocast``: a context manager the forward passes run in (the training run's precision).
     """
     was_training = model.training
+    meta = model.meta
     model.eval()
     evaluator.reset()
     for batch in tqdm(loader, desc=desc, leave=False, disable=not progress, dynamic_ncols=True):
         with autocast if autocast is not None else contextlib.nullcontext():
             outputs = model(pixel_values=batch["pixel_values"].to(device, non_blocking=True))
-        detections = postprocess(
-            outputs.logits.float(), outputs.pred_boxes.float(), batch["orig_sizes"].to(device), top_k=top_k
-        )
         sizes = batch["orig_sizes"]
-        clipped = [
-            Detections(clip_to_image(d.boxes.cpu(), s), d.scores.cpu(), d.labels.cpu())
-            for d, s in zip(detections, sizes, strict=True)
-        ]
+        scaled_to = postprocess_sizes(sizes, meta.image_size, meta.resize).to(device)
+        detections = postprocess(outputs.logits.float(), outputs.pred_boxes.float(), scaled_to, top_k=top_k)
+        clipped = []
+        for d, s in zip(detections, sizes, strict=True):
+            d = to_original(d.to("cpu"), s, meta.image_size, meta.resize)
+            clipped.append(Detections(clip_to_image(d.boxes, s), d.scores, d.labels))
         evaluator.process(batch["image_ids"].tolist(), clipped)
     model.train(was_training)
     return evaluator.evaluate()

@@ -61,6 +61,7 @@ class DetectorMeta:
     extra: dict[str, Any] = field(default_factory=dict)
     # the dataset's COCO category id of each label (from training or conversion): results files carry them
     category_ids: list[int] | None = None
+    resize: str = "plain"  # how images reach image_size: "plain" (stretch) or "letterbox" (aspect kept, padded)
 
     @classmethod
     def from_config(cls, config: Deimv2Config) -> DetectorMeta:
@@ -87,6 +88,7 @@ class DetectorMeta:
             fusion=FusionMeta(**fusion) if fusion else None,
             extra=raw.get("extra", {}),
             category_ids=[int(i) for i in raw["category_ids"]] if raw.get("category_ids") else None,
+            resize=raw.get("resize", "plain"),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -205,11 +207,17 @@ class DefectDetector(PredictsImages, Deimv2ForObjectDetection):
         self.meta.category_ids = ids
         self.config.defectfusion = self.meta.to_dict()
 
-    def set_image_size(self, size: Sequence[int]) -> None:
-        """Change the input size the model is trained/evaluated/exported at (the weights do not care)."""
-        size = (int(size[0]), int(size[1]))
-        check_image_size(self.config, size)
-        self.meta.image_size = size
+    def set_image_size(self, size: Sequence[int] | None, resize: str | None = None) -> None:
+        """Change the input size (and the resize: plain | letterbox) the model is trained, evaluated and
+        exported with; the weights do not care. ``None`` keeps what the model has."""
+        if size is not None:
+            size = (int(size[0]), int(size[1]))
+            check_image_size(self.config, size)
+            self.meta.image_size = size
+        if resize is not None:
+            if resize not in ("plain", "letterbox"):
+                raise ConfigError(f"resize must be plain or letterbox, got {resize!r}")
+            self.meta.resize = resize
         self.config.defectfusion = self.meta.to_dict()
 
     @property
@@ -303,6 +311,7 @@ def detector_config(model: ModelConfig, class_names: Sequence[str], fusion: Fusi
         image_mean=preset.image_mean,
         image_std=preset.image_std,
         fusion=fusion,
+        resize=model.resize or "plain",
     )
     try:
         config = Deimv2Config(

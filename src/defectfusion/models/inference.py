@@ -16,7 +16,7 @@ import torch
 from torchvision.ops import batched_nms
 
 from ..data.images import as_image
-from ..data.transforms import build_eval_transform
+from ..data.transforms import build_eval_transform, content_size
 from ..errors import DataError
 from ..structures import Detections
 from .postprocess import clip_to_image, postprocess
@@ -36,15 +36,41 @@ def prepare_images(
     image_size: Sequence[int],
     mean: Sequence[float] | torch.Tensor,
     std: Sequence[float] | torch.Tensor,
+    resize: str = "plain",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """What the detector takes: uint8 ``[3, H, W]`` images -> (``pixel_values [B, 3, h, w]``, ``sizes [B, 2]`` (H, W)).
 
-    Each image is resized to ``image_size`` with the evaluation transform and normalised.
+    Each image is brought to ``image_size`` with the evaluation transform (``resize``: plain or
+    letterbox) and normalised.
     """
-    transform = build_eval_transform((int(image_size[0]), int(image_size[1])))
+    transform = build_eval_transform((int(image_size[0]), int(image_size[1])), resize)
     sizes = torch.tensor([[int(im.shape[-2]), int(im.shape[-1])] for im in images], dtype=torch.int64)
     resized = torch.stack([transform(im).as_subclass(torch.Tensor) for im in images])
     return normalize(resized, mean, std), sizes
+
+
+def postprocess_sizes(orig_sizes: torch.Tensor, image_size: Sequence[int], resize: str) -> torch.Tensor:
+    """``[B, 2]`` sizes the post-processor scales normalised boxes to: the originals' for the plain
+    resize (boxes land in original pixels), the model input's for letterbox (then :func:`to_original`).
+
+    Integer sizes either way, so exported graphs (``orig_target_sizes`` int64) take them unchanged.
+    """
+    if resize == "plain":
+        return orig_sizes
+    model_size = torch.tensor([int(image_size[0]), int(image_size[1])], dtype=torch.int64)
+    return model_size.expand(len(orig_sizes), 2).clone()
+
+
+def to_original(
+    detections: Detections, orig_size: torch.Tensor | Sequence[int], image_size: Sequence[int], resize: str
+) -> Detections:
+    """Boxes from what :func:`postprocess_sizes` gave the post-processor to original-image pixels."""
+    if resize == "plain":
+        return detections
+    height, width = (int(v) for v in orig_size)
+    content_h, content_w = content_size((height, width), image_size, resize)
+    scale = detections.boxes.new_tensor([width / content_w, height / content_h] * 2)
+    return Detections(detections.boxes * scale, detections.scores, detections.labels)
 
 
 def check_thresholds(threshold: float, nms_iou: float | None) -> None:
@@ -108,10 +134,14 @@ class PredictsImages:
         try:
             for start in range(0, len(pictures), batch_size):
                 chunk = pictures[start : start + batch_size]
-                pixels, sizes = prepare_images(chunk, meta.image_size, meta.image_mean, meta.image_std)
+                pixels, sizes = prepare_images(chunk, meta.image_size, meta.image_mean, meta.image_std, meta.resize)
                 outputs = self(pixel_values=pixels.to(device))
-                found = postprocess(outputs.logits.float(), outputs.pred_boxes.float(), sizes.to(device), top_k=top_k)
-                out += [keep_detections(d.to("cpu"), s, threshold, nms_iou) for d, s in zip(found, sizes, strict=True)]
+                scaled_to = postprocess_sizes(sizes, meta.image_size, meta.resize).to(device)
+                found = postprocess(outputs.logits.float(), outputs.pred_boxes.float(), scaled_to, top_k=top_k)
+                out += [
+                    keep_detections(to_original(d.to("cpu"), s, meta.image_size, meta.resize), s, threshold, nms_iou)
+                    for d, s in zip(found, sizes, strict=True)
+                ]
         finally:
             self.train(was_training)
         return out
