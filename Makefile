@@ -8,7 +8,7 @@ STAMP := $(VENV)/.defectfusion-installed
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -e ".[dev,demo,export,tracking,cluster]"
+	$(PY) -m pip install -e ".[dev,demo,export,tracking,cluster,tiles]"
 	@touch $(STAMP)
 
 test: $(STAMP)

@@ -24,6 +24,7 @@ Handler = Callable[[argparse.Namespace], int | None]
 COMMANDS = [
     "demo",
     "synth",
+    "data",
     "train",
     "study",
     "encode_text",

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ._tables import check_device, default_out, print_written, rows_table, wide_console
+from ._tiles import add_tile_flags, tile_options
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -47,6 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="merge overlapping duplicates of a class (class-wise NMS at this IoU); off by default: mAP files "
         "should keep them",
     )
+    add_tile_flags(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=run)
 
@@ -88,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         draw=not args.no_draw,
         nms=args.nms,
         progress=False if args.quiet else None,
+        **tile_options(args),
     )
     print_result(result)
     return 0

@@ -20,6 +20,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--test", type=int, default=0, help="test images, a third split (default: none)")
     p.add_argument("--size", type=int, default=256, help="image side in pixels (default: 256)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument(
+        "--defect-scale",
+        choices=["normal", "small"],
+        default="normal",
+        help="normal: objects sized relative to the image; small: several 12-48 px defects per image whatever "
+        "its size (e.g. with --size 2048, for tiled training and sliced inference) (default: normal)",
+    )
     p.set_defaults(handler=run)
 
 
@@ -27,7 +34,14 @@ def run(args: argparse.Namespace) -> int:
     from ..commands.synth import synth
 
     summary = synth(
-        args.out, train=args.train, val=args.val, test=args.test, size=args.size, seed=args.seed, progress=True
+        args.out,
+        train=args.train,
+        val=args.val,
+        test=args.test,
+        size=args.size,
+        seed=args.seed,
+        defect_scale=args.defect_scale,
+        progress=True,
     )
     for name, split in summary.splits.items():
         counts = ", ".join(f"{k} {v}" for k, v in split.instances.items())

@@ -25,6 +25,7 @@ from typing import Any
 from ..data.coco import read_categories
 from ..data.images import collect_images, load_image
 from ..engine.predictor import ImagePrediction, Predictor, to_coco_results
+from ..engine.tiling import TiledPredictor
 from ..errors import DataError
 from ..io import atomic_path, atomic_write_json, unique_names
 from ..report.plots import draw_detections
@@ -162,6 +163,9 @@ def predict(
     draw: bool = True,
     nms: float | None = None,
     progress: bool | None = None,
+    tiles: int | None = None,
+    overlap: float = 0.2,
+    full_image: bool = False,
 ) -> PredictionRun:
     """Detect objects in images and write the results (see the module docstring for the files).
 
@@ -173,12 +177,17 @@ def predict(
         annotations: a COCO file of these images: category ids by class name, image ids by file name.
         category_ids: the dataset's category id per class (list in class order, or by name).
         draw: write the images with boxes drawn.
+        tiles: sliced inference (:class:`~defectfusion.engine.tiling.TiledPredictor`): run on
+            overlapping ``tiles`` px crops at native resolution (``overlap``: the fraction
+            neighbours share), merged by class-wise NMS (at ``nms``, else IoU 0.5);
+            ``full_image`` adds the usual whole-image pass. For small objects on large images.
     """
     paths = collect_images(inputs, recursive=recursive)
-    if isinstance(checkpoint, Predictor):
+    if isinstance(checkpoint, (Predictor, TiledPredictor)):
         predictor = checkpoint
-        predictor.threshold = float(threshold)
-        predictor.nms_iou = nms if nms is not None else predictor.nms_iou
+        inner = predictor.predictor if isinstance(predictor, TiledPredictor) else predictor
+        inner.threshold = float(threshold)
+        inner.nms_iou = nms if nms is not None else inner.nms_iou
     else:
         predictor = Predictor.from_checkpoint(
             checkpoint,
@@ -189,6 +198,9 @@ def predict(
             num_workers=num_workers,
             nms_iou=nms,
         )
+    if tiles is not None:
+        inner = predictor.predictor if isinstance(predictor, TiledPredictor) else predictor
+        predictor = TiledPredictor(inner, tiles, overlap, full_image=full_image, merge_iou=nms or 0.5)
     cat_ids = resolve_category_ids(
         predictor.class_names, annotations, category_ids, getattr(predictor, "category_ids", None)
     )

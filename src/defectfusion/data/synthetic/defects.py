@@ -29,6 +29,9 @@ EMPTY_FRACTION = 0.08  # share of images drawn without any object
 MAX_OBJECTS = 12
 MAX_IOU = 0.3  # placements overlapping an earlier object more than this are retried
 MAX_COVER = 0.5  # ... and so are those whose box lies mostly inside another one
+DEFECT_SCALES: tuple[str, ...] = ("normal", "small")
+SMALL_SIDES = (12.0, 48.0)  # "small" defects: longer box side in pixels, whatever the image size
+SMALL_SCALES = (0.3, 0.8)  # ... drawn at this range of the 256 px design scale
 
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels
 

@@ -19,6 +19,7 @@ from ...errors import DataError
 from ...io import atomic_write_bytes, atomic_write_dir, atomic_write_json
 from .defects import (
     CATEGORIES,
+    DEFECT_SCALES,
     DESCRIPTIONS_RESOURCE,
     EMPTY_FRACTION,
     MAX_COVER,
@@ -26,6 +27,8 @@ from .defects import (
     MAX_OBJECTS,
     MIN_SIZE,
     PLANNERS,
+    SMALL_SCALES,
+    SMALL_SIDES,
     SPLITS,
     Box,
     Canvas,
@@ -143,15 +146,86 @@ def _overlaps(a: Box, b: Box) -> bool:
     return inter / (area_a + area_b - inter) > MAX_IOU or inter / min(area_a, area_b) > MAX_COVER
 
 
-def render_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[SynthObject]]:
+def _place(c: Canvas, rng: np.random.Generator, ext: Box, placed: list[Box]) -> tuple[float, float] | None:
+    """An offset putting ``ext`` inside the image without covering earlier objects (a few tries)."""
+    size = c.size
+    for _attempt in range(8):
+        dx = rng.uniform(1 - ext[0], size - 1 - ext[2])
+        dy = rng.uniform(1 - ext[1], size - 1 - ext[3])
+        where = (ext[0] + dx, ext[1] + dy, ext[2] + dx, ext[3] + dy)
+        if not any(_overlaps(where, p) for p in placed):
+            return dx, dy
+    return None
+
+
+def _record(objects: list[SynthObject], placed: list[Box], cat: int, box: Box) -> None:
+    placed.append(box)
+    x0, y0, x1, y1 = (round(float(v), 2) for v in box)
+    objects.append(SynthObject(cat, (x0, y0, round(x1 - x0, 2), round(y1 - y0, 2))))
+
+
+def _small_objects(c: Canvas, rng: np.random.Generator) -> list[SynthObject]:
+    """Small defects (longer side :data:`SMALL_SIDES` px) spread over a large surface.
+
+    Each object is drawn at its own scale; one whose painted box falls outside the size range is
+    undone (its window restored), so every recorded box is 12-48 px on its longer side.
+    No image is drawn empty: tiles of a large image without a defect are the negatives.
+    """
+    size = c.size
+    count = int(rng.integers(*small_count_range(size)))  # no blank images: most of a large one is blank already
+    placed: list[Box] = []
+    objects: list[SynthObject] = []
+    lo, hi = SMALL_SIDES
+    for _ in range(count):
+        cat = int(rng.integers(len(CATEGORIES)))
+        for _plan in range(4):  # the extent includes padding: aim it a little above the range's bottom
+            ext, paint = PLANNERS[cat](rng, float(rng.uniform(*SMALL_SCALES)))
+            if lo + 2 <= max(ext[2] - ext[0], ext[3] - ext[1]) <= hi + 6:
+                break
+        else:
+            continue
+        offset = _place(c, rng, ext, placed)
+        if offset is None:
+            continue
+        dx, dy = offset
+        ys = slice(max(0, int(ext[1] + dy) - 4), min(size, int(ext[3] + dy) + 5))
+        xs = slice(max(0, int(ext[0] + dx) - 4), min(size, int(ext[2] + dx) + 5))
+        before = c.img[ys, xs].copy()
+        box = paint(c, dx, dy)
+        side = 0.0 if box is None else max(box[2] - box[0], box[3] - box[1])
+        if box is None or not lo <= side <= hi or min(box[2] - box[0], box[3] - box[1]) < 2:
+            c.img[ys, xs] = before  # undo: a defect of the wrong size would be an unlabelled one
+            continue
+        _record(objects, placed, cat, box)
+    return objects
+
+
+def small_count_range(size: int) -> tuple[int, int]:
+    """``[low, high)`` number of small defects drawn on a ``size`` px image: about 1-4 per 512 x 512 px."""
+    cells = max(1.0, (size / 512) ** 2)
+    return max(2, round(cells)), max(3, round(4 * cells) + 1)
+
+
+def render_image(
+    rng: np.random.Generator, size: int, defect_scale: str = "normal"
+) -> tuple[np.ndarray, list[SynthObject]]:
     """Draw one image and its objects.
+
+    ``defect_scale``: ``"normal"`` draws 0 or 4..12 objects sized relative to the image (designed
+    at 256 px); ``"small"`` draws several defects of 12-48 px (longer side) whatever the image
+    size, the case sliced inference is for.
 
     Returns:
         ``(image, objects)``: ``image`` is ``[size, size, 3]`` uint8 RGB; each object holds its
         category id (0..5, see :data:`CATEGORIES`) and tight COCO box ``[x, y, w, h]`` in pixels.
     """
+    if defect_scale not in DEFECT_SCALES:
+        raise DataError(f"synthetic data: defect scale must be one of {list(DEFECT_SCALES)}, got {defect_scale!r}")
     angle = rng.uniform(0, 2 * np.pi)
     c = Canvas(_surface(rng, size), np.array([np.cos(angle), np.sin(angle)], dtype=np.float32), size / 256)
+    if defect_scale == "small":
+        objects = _small_objects(c, rng)
+        return _finish(rng, c), objects
     # several objects per image: a detector learns from every one of them in a step
     count = 0 if rng.random() < EMPTY_FRACTION else int(rng.integers(4, MAX_OBJECTS + 1))
     placed: list[Box] = []
@@ -162,20 +236,13 @@ def render_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[
         w, h = ext[2] - ext[0], ext[3] - ext[1]
         if w > size - 2 or h > size - 2:
             continue
-        for _attempt in range(8):  # a few tries to find a spot that does not cover earlier objects
-            dx = rng.uniform(1 - ext[0], size - 1 - ext[2])
-            dy = rng.uniform(1 - ext[1], size - 1 - ext[3])
-            where = (ext[0] + dx, ext[1] + dy, ext[2] + dx, ext[3] + dy)
-            if not any(_overlaps(where, p) for p in placed):
-                break
-        else:
+        offset = _place(c, rng, ext, placed)
+        if offset is None:
             continue
-        box = paint(c, dx, dy)
+        box = paint(c, *offset)
         if box is None or box[2] - box[0] < 2 or box[3] - box[1] < 2:
             continue
-        placed.append(box)
-        x0, y0, x1, y1 = (round(float(v), 2) for v in box)
-        objects.append(SynthObject(cat, (x0, y0, round(x1 - x0, 2), round(y1 - y0, 2))))
+        _record(objects, placed, cat, box)
     return _finish(rng, c), objects
 
 
@@ -201,9 +268,12 @@ def _check_args(out: Path, train: int, val: int, size: int, seed: int) -> None:
         raise DataError(f"synthetic data: out folder {str(out)!r} is not writable; choose another path")
 
 
-def _coco(images: list[dict], annotations: list[dict], size: int, seed: int) -> dict:
+def _coco(images: list[dict], annotations: list[dict], size: int, seed: int, defect_scale: str) -> dict:
+    info = {"description": "defectfusion synthetic industrial defects", "size": size, "seed": seed}
+    if defect_scale != "normal":  # the default's files stay as they were
+        info["defect_scale"] = defect_scale
     return {
-        "info": {"description": "defectfusion synthetic industrial defects", "size": size, "seed": seed},
+        "info": info,
         "images": images,
         "annotations": annotations,
         "categories": [{"id": i, "name": name, "supercategory": "defect"} for i, name in enumerate(CATEGORIES)],
@@ -211,13 +281,13 @@ def _coco(images: list[dict], annotations: list[dict], size: int, seed: int) -> 
 
 
 def _write_split(
-    tmp: Path, split_index: int, count: int, size: int, seed: int, tick: Callable[[], None]
+    tmp: Path, split_index: int, count: int, size: int, seed: int, defect_scale: str, tick: Callable[[], None]
 ) -> tuple[int, dict[str, int]]:
     (tmp / "images").mkdir()
     images, annotations = [], []
     counts = dict.fromkeys(CATEGORIES, 0)
     for index in range(count):
-        pixels, objects = render_image(image_rng(seed, split_index, index), size)
+        pixels, objects = render_image(image_rng(seed, split_index, index), size, defect_scale)
         name = f"{index:06d}.png"
         buf = io.BytesIO()
         Image.fromarray(pixels).save(
@@ -234,17 +304,19 @@ def _write_split(
             )  # fmt: skip
             counts[CATEGORIES[obj.category_id]] += 1
         tick()
-    atomic_write_json(tmp / "annotations.json", _coco(images, annotations, size, seed))
+    atomic_write_json(tmp / "annotations.json", _coco(images, annotations, size, seed, defect_scale))
     empty = count - len({a["image_id"] for a in annotations})
     return empty, counts
 
 
 def _build_split(
-    target: Path, split_index: int, count: int, size: int, seed: int, tick: Callable[[], None]
+    target: Path, split_index: int, count: int, size: int, seed: int, defect_scale: str, tick: Callable[[], None]
 ) -> SplitSummary:
     """One split, built in a temporary folder and moved into place whole."""
     result: list[tuple[int, dict[str, int]]] = []
-    atomic_write_dir(target, lambda tmp: result.append(_write_split(tmp, split_index, count, size, seed, tick)))
+    atomic_write_dir(
+        target, lambda tmp: result.append(_write_split(tmp, split_index, count, size, seed, defect_scale, tick))
+    )
     empty, counts = result[0]
     return SplitSummary(target.name, target / "images", target / "annotations.json", count, empty, counts)
 
@@ -257,6 +329,7 @@ def generate_synthetic_dataset(
     test: int = 0,
     size: int = 256,
     seed: int = 0,
+    defect_scale: str = "normal",
     progress: bool = False,
 ) -> SynthSummary:
     """Write a synthetic six-class industrial-defect dataset in COCO format.
@@ -266,13 +339,17 @@ def generate_synthetic_dataset(
     (category ids 0..5 named as in :data:`CATEGORIES`; image ids start at 1) and
     ``out/descriptions.yml``, a copy of the packaged six-class descriptions. Each split is built
     in a temporary folder and moved into place whole, replacing an earlier split of the same
-    name. The same arguments give the same bytes.
+    name. The same arguments give the same bytes. ``defect_scale="small"``: several defects of
+    12-48 px per image (see :func:`render_image`), for large images and sliced inference.
 
     Raises:
-        DataError: a negative count or seed, ``size`` below 64, or an unwritable ``out``.
+        DataError: a negative count or seed, ``size`` below 64, an unknown ``defect_scale``, or an
+            unwritable ``out``.
     """
     out = Path(out)
     _check_args(out, train, val, size, seed)
+    if defect_scale not in DEFECT_SCALES:
+        raise DataError(f"synthetic data: defect scale must be one of {list(DEFECT_SCALES)}, got {defect_scale!r}")
     if isinstance(test, bool) or not isinstance(test, (int, np.integer)) or test < 0:
         raise DataError(f"synthetic data: test must be an integer >= 0, got {test!r}")
     from tqdm.auto import tqdm
@@ -283,7 +360,7 @@ def generate_synthetic_dataset(
         for split_index, (name, count) in enumerate(zip(SPLITS, (train, val, test), strict=True)):
             if name == "test" and not count:
                 continue
-            splits[name] = _build_split(out / name, split_index, count, size, seed, lambda: bar.update(1))
+            splits[name] = _build_split(out / name, split_index, count, size, seed, defect_scale, lambda: bar.update(1))
         descriptions = out / "descriptions.yml"
         source = importlib.resources.files("defectfusion").joinpath(DESCRIPTIONS_RESOURCE)
         atomic_write_bytes(descriptions, source.read_bytes())
