@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ._tables import check_device, default_out, print_written, rows_table, wide_console
+from ._tiles import add_tile_flags, tile_options
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -57,6 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     p.add_argument("--grid", type=int, default=8, help="validation images drawn in the report (default: 8)")
     p.add_argument("--no-report", action="store_true", help="write metrics only, no report.md/.html or plots")
+    add_tile_flags(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(handler=run)
 
@@ -77,6 +79,7 @@ def _check_args(args: argparse.Namespace) -> None:
             ("--baseline", args.baseline),
             ("--descriptions", args.descriptions),
             ("--encoder", args.encoder),
+            ("--tiles", args.tiles),
         ):
             if value:
                 raise ConfigError(f"{flag} needs --checkpoint (a results file has no model to run)")
@@ -126,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             num_workers=args.workers,
             device=check_device(args.device),
+            **tile_options(args),
             grid=args.grid,
             report=not args.no_report,
             progress=progress,

@@ -30,6 +30,7 @@ from ..engine.evaluator import write_metrics
 from ..engine.phase_records import find_run_folder
 from ..engine.predictor import Predictor
 from ..engine.results_file import evaluate_results_file
+from ..engine.tiling import TiledPredictor
 from ..engine.validation import evaluate_on_index
 from ..errors import CheckpointError, DataError, DefectFusionError
 from ..io import atomic_write_json
@@ -157,6 +158,9 @@ def evaluate_checkpoint(
     batch_size: int = 8,
     num_workers: int = 0,
     device: str = "cpu",
+    tiles: int | None = None,
+    overlap: float = 0.2,
+    full_image: bool = False,
     training: Any = None,
     grid: int = GRID_IMAGES,
     report: bool = True,
@@ -175,6 +179,8 @@ def evaluate_checkpoint(
         pair: the confusable pair; default: the ``confusable_pair`` of the model's descriptions (or of
             ``descriptions``, or of a ``descriptions.yml`` beside the dataset) when its classes exist.
         iou_threshold, conf_threshold: of the confusion matrix and P/R/F1 matching.
+        tiles, overlap, full_image: sliced inference (:class:`~defectfusion.engine.tiling.TiledPredictor`)
+            for the model and the baseline alike: ``tiles`` px crops at native resolution, merged.
         training: run folder / ``metrics.jsonl`` for training curves; ``None``: the run folder the
             checkpoint lives in, if any; ``False``: none.
         grid: validation images drawn with predictions and ground truth in the report.
@@ -198,6 +204,10 @@ def evaluate_checkpoint(
         )
         _check_classes(base_predictor.class_names, index, f"baseline {baseline}")
 
+    if tiles is not None:
+        predictor = TiledPredictor(predictor, tiles, overlap, full_image=full_image)
+        if base_predictor is not None:
+            base_predictor = TiledPredictor(base_predictor, tiles, overlap, full_image=full_image)
     drawing = grid if report and out is not None else 0
     keep = [r.id for r in index.images] if drawing else []  # the grid is chosen from every image's outcome
     metrics, kept = evaluate_on_index(predictor, index, keep=keep, progress=progress, **eval_kw)
