@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ._tables import check_device, default_out, print_written, rows_table, wide_console
+from ._tiles import add_tile_flags, tile_options
 
 DETAIL_IMAGES = 3  # images whose per-detection tables are printed
 
@@ -44,6 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--save-maps", action="store_true", help="several images: also every map as .npz (MBs per image)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    add_tile_flags(p)
     p.set_defaults(handler=run)
 
 
@@ -94,8 +96,12 @@ def _detection_rows(expl) -> list[dict[str, str]]:
 
 def run(args: argparse.Namespace) -> int:
     from ..commands.explain import explain
+    from ..errors import ConfigError
 
     _check(args)
+    tiles = tile_options(args)
+    if tiles["full_image"]:
+        raise ConfigError("explain --tiles explains the tiles only: drop --full-image (or explain without --tiles)")
     out = args.out or default_out("explain", args.checkpoint)
     result = explain(
         args.checkpoint,
@@ -111,6 +117,8 @@ def run(args: argparse.Namespace) -> int:
         tolerance=args.tolerance,
         all_figures=args.all_figures,
         save_maps=args.save_maps,
+        tiles=tiles["tiles"],
+        overlap=tiles["overlap"],
     )
     console = wide_console()
     for item in result.images[:DETAIL_IMAGES]:

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from ..data.coco import load_coco
 from ..data.descriptions import resolve_pair
 from ..data.images import collect_images, load_image
+from ..engine.explain_tiles import explain_tiled
 from ..engine.explainer import DEFAULT_MAP_KIND, explain_image, require_fused
 from ..engine.map_quality import DEFAULT_TOLERANCE, PairQuality, QualitySummary, explanation_pairs, summarize_quality
 from ..engine.onnx_backend import is_onnx_checkpoint
@@ -104,6 +105,8 @@ def explain(
     all_figures: bool = False,
     save_maps: bool = False,
     progress: bool | None = None,
+    tiles: int | None = None,
+    overlap: float = 0.2,
 ) -> ExplainResult:
     """Explain images (files, folders, patterns) or the images of a COCO file, and score the maps on its boxes.
 
@@ -115,6 +118,8 @@ def explain(
         examples: best and worst examples shown in the summary.
         all_figures, save_maps: for several images, also write the similarity-map and text-match
             figures and the maps (``.npz``, a few MB per image); a single image always gets them.
+        tiles, overlap: explain each image tile by tile at native resolution (``tiles`` px,
+            ``overlap`` shared), maps stitched and detections merged (:mod:`~defectfusion.engine.explain_tiles`).
     """
     path = Path(checkpoint).expanduser()
     if is_onnx_checkpoint(path):
@@ -148,14 +153,12 @@ def explain(
     for i, (image_path, folder) in enumerate(
         tqdm(list(zip(paths, folders, strict=True)), desc="explain", unit="img", disable=not show, leave=False)
     ):
-        expl = explain_image(
-            model,
-            load_image(image_path),
-            threshold=threshold,
-            max_detections=max_detections,
-            device=device,
-            pair=chosen_pair,
-        )
+        options = {"threshold": threshold, "max_detections": max_detections, "device": device, "pair": chosen_pair}
+        pixels = load_image(image_path).as_subclass(torch.Tensor)
+        if tiles is not None:
+            expl = explain_tiled(model, pixels, tiles, overlap, **options)
+        else:
+            expl = explain_image(model, pixels, **options)
         expl.source = str(image_path)
         pairs: dict[str, list[PairQuality]] = {}
         if index is not None:
