@@ -428,3 +428,16 @@ def test_half_export_keeps_the_labels_and_the_map_and_halves_the_file(kit, tmp_p
     with pytest.raises(export_engine.ExportError, match="float16 export refused"):
         export_onnx(kit.fused, tmp_path / "strict.onnx", half=True, check_data=kit.val_ann, max_map_drop=-1.0)
     assert not (tmp_path / "strict.onnx").exists()
+
+
+def test_a_parity_failure_from_tied_query_selection_scores_says_so(kit):
+    from defectfusion.engine.export import parity_batch, tie_hint
+    from defectfusion.models.checkpoint import load_detector
+
+    model = load_detector(kit.baseline).eval()
+    images, _ = parity_batch(1, model.meta.image_size)
+    assert tie_hint(model, images) == ""  # distinct scores: a real disagreement would be the export's
+    head = model.model.enc_score_head
+    torch.nn.init.zeros_(head.weight)
+    torch.nn.init.constant_(head.bias, -4.6)  # a class head still at its prior: every score equal
+    assert "tied where its top-k cuts them" in tie_hint(model, images)

@@ -200,6 +200,24 @@ def check_onnx(
     return reports
 
 
+def tie_hint(model: torch.nn.Module, images: torch.Tensor) -> str:
+    """A note for a parity failure that comes from the model, not the export: query-selection scores
+    tied at the cut (a barely trained class head), so which queries are kept is arbitrary."""
+    with torch.no_grad():
+        outputs = model(pixel_values=images)
+    scores = getattr(outputs, "enc_outputs_class", None)
+    keep = model.config.num_queries
+    if scores is None or scores.shape[1] <= keep:
+        return ""
+    ranked = scores.float().amax(-1).sort(dim=1, descending=True).values
+    if not bool((ranked[:, keep - 1] == ranked[:, keep]).any()):
+        return ""
+    return (
+        "; the model's query-selection scores are tied where its top-k cuts them (a class head that has "
+        "barely trained), so which queries either runtime keeps is arbitrary: train it longer before exporting"
+    )
+
+
 # ----------------------------------------------------------------------------- export
 
 
@@ -347,7 +365,7 @@ def export_model(
                     + " | ".join(r.summary() for r in failed)
                     + f" (tolerances: boxes {BOX_TOLERANCE} px, scores {SCORE_TOLERANCE}, labels exact; for scale, "
                     f"PyTorch float32 is {floor.max_box_diff:.1e} px and {floor.max_score_diff:.1e} in score from "
-                    f"float64 on this batch)"
+                    f"float64 on this batch)" + tie_hint(model, images)
                 )
         result.size_bytes = tmp.stat().st_size
     result.seconds = time.perf_counter() - start
