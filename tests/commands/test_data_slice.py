@@ -77,6 +77,15 @@ def test_slice_writes_tiles_and_boxes_in_tile_coordinates(large, tmp_path):
     assert len(index) == 2 and sum(len(v) for v in index.annotations.values()) == 3
 
 
+def test_slicing_again_into_the_folder_leaves_only_the_new_tiles(large, tmp_path):
+    annotations, _ = large
+    out = tmp_path / "tiles"
+    slice_dataset(annotations, out, tile=64, overlap=0.0, min_visible=0.5, progress=False)
+    slice_dataset(annotations, out, tile=128, overlap=0.0, min_visible=0.5, progress=False)
+    listed = {im["file_name"] for im in json.loads((out / "annotations.json").read_text())["images"]}
+    assert {p.name for p in (out / "images").iterdir()} == listed
+
+
 def test_slice_cli_drops_the_cut_box_under_min_visible_and_empty_tiles(large, tmp_path, capsys):
     annotations, _ = large
     out = tmp_path / "tiles"

@@ -146,6 +146,11 @@ def slice_dataset(
             "min_visible": min_visible}  # fmt: skip
     target = out / "annotations.json"
     atomic_write_json(target, {"info": info, "images": records, "annotations": anns, "categories": categories})
+    # tiles an earlier run into this folder wrote (another grid) would only mislead: the json is the set
+    current = {r["file_name"] for r in records}
+    for stale in (out / "images").glob("*.png"):
+        if stale.name not in current:
+            stale.unlink()
     return SliceSummary(out, target, len(index.images), len(records), empty, len(anns), dropped)
 
 
