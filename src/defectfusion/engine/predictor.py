@@ -32,7 +32,6 @@ from ..models.inference import (
     normalize,
     postprocess_sizes,
     prepare_images,
-    to_original,
 )
 from ..models.postprocess import postprocess
 from ..structures import Detections
@@ -91,6 +90,14 @@ class ImagePrediction:
     size: tuple[int, int]
     detections: Detections
     image_id: int
+
+
+def image_ids_for(paths: Sequence[Any], image_ids: Sequence[int] | None) -> list[int]:
+    """The COCO image id of each path: ``image_ids`` as given (one per path), else 1, 2, ... in order."""
+    ids = list(image_ids) if image_ids is not None else list(range(1, len(paths) + 1))
+    if len(ids) != len(paths):
+        raise ValueError(f"{len(paths)} paths but {len(ids)} image ids")
+    return ids
 
 
 class _ImageFiles(Dataset):
@@ -222,7 +229,7 @@ class Predictor:
         if len(detections) != len(pixel_values):
             raise RuntimeError(f"backend returned {len(detections)} results for {len(pixel_values)} images")
         return [
-            keep_detections(to_original(det, size, self.image_size, self.resize), size, self.threshold, self.nms_iou)
+            keep_detections(det, size, self.threshold, self.nms_iou, image_size=self.image_size, resize=self.resize)
             for det, size in zip(detections, orig_sizes, strict=True)
         ]
 
@@ -245,9 +252,7 @@ class Predictor:
         load). ``progress``: a bar; ``None`` shows one above :data:`PROGRESS_FROM` images.
         """
         paths = [Path(p) for p in paths]
-        ids = list(image_ids) if image_ids is not None else list(range(1, len(paths) + 1))
-        if len(ids) != len(paths):
-            raise ValueError(f"{len(paths)} paths but {len(ids)} image ids")
+        ids = image_ids_for(paths, image_ids)
         loader = DataLoader(
             _ImageFiles(paths, self.image_size, expected_sizes, self.resize),
             batch_size=self.batch_size,

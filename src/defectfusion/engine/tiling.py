@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from ..data.images import as_image, load_image
 from ..errors import ConfigError
 from ..structures import Detections
-from .predictor import PROGRESS_FROM, ImagePrediction, Predictor
+from .predictor import PROGRESS_FROM, ImagePrediction, Predictor, image_ids_for
 
 __all__ = ["MERGES", "TiledPredictor", "merge_detections", "tile_grid"]
 
@@ -212,9 +212,7 @@ class TiledPredictor:
     ) -> Iterator[ImagePrediction]:
         """One :class:`~.predictor.ImagePrediction` per file, in order (as :meth:`Predictor.predict_files`)."""
         paths = [Path(p) for p in paths]
-        ids = list(image_ids) if image_ids is not None else list(range(1, len(paths) + 1))
-        if len(ids) != len(paths):
-            raise ValueError(f"{len(paths)} paths but {len(ids)} image ids")
+        ids = image_ids_for(paths, image_ids)
         sizes = list(expected_sizes) if expected_sizes is not None else [None] * len(paths)
         show = len(paths) > PROGRESS_FROM if progress is None else progress
         with tqdm(total=len(paths), desc=desc, unit="img", disable=not show, dynamic_ncols=True, leave=False) as bar:

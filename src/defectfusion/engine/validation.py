@@ -14,8 +14,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.coco import CocoIndex
-from ..models.inference import postprocess_sizes, to_original
-from ..models.postprocess import clip_to_image, postprocess
+from ..models.inference import keep_detections, postprocess_sizes
+from ..models.postprocess import postprocess
 from ..structures import Detections
 from .evaluator import DetectionEvaluator
 from .predictor import Predictor
@@ -46,10 +46,10 @@ def run_validation(
         sizes = batch["orig_sizes"]
         scaled_to = postprocess_sizes(sizes, meta.image_size, meta.resize).to(device)
         detections = postprocess(outputs.logits.float(), outputs.pred_boxes.float(), scaled_to, top_k=top_k)
-        clipped = []
-        for d, s in zip(detections, sizes, strict=True):
-            d = to_original(d.to("cpu"), s, meta.image_size, meta.resize)
-            clipped.append(Detections(clip_to_image(d.boxes, s), d.scores, d.labels))
+        clipped = [
+            keep_detections(d.to("cpu"), s, 0.0, image_size=meta.image_size, resize=meta.resize)
+            for d, s in zip(detections, sizes, strict=True)
+        ]
         evaluator.process(batch["image_ids"].tolist(), clipped)
     model.train(was_training)
     return evaluator.evaluate()

@@ -82,10 +82,22 @@ def check_thresholds(threshold: float, nms_iou: float | None) -> None:
 
 
 def keep_detections(
-    detections: Detections, size: torch.Tensor | Sequence[int], threshold: float, nms_iou: float | None = None
+    detections: Detections,
+    size: torch.Tensor | Sequence[int],
+    threshold: float,
+    nms_iou: float | None = None,
+    *,
+    image_size: Sequence[int] | None = None,
+    resize: str = "plain",
 ) -> Detections:
     """The detections of one image of ``size`` (H, W) with ``score >= threshold``, boxes clipped to
-    the image, and, with ``nms_iou``, class-wise non-maximum suppression at that IoU."""
+    the image, and, with ``nms_iou``, class-wise non-maximum suppression at that IoU.
+
+    With ``resize="letterbox"`` the boxes come as :func:`postprocess_sizes` scaled them (model input
+    pixels, ``image_size``) and are first mapped to the original (:func:`to_original`).
+    """
+    if resize != "plain":
+        detections = to_original(detections, size, image_size, resize)
     keep = detections.scores >= threshold
     boxes = clip_to_image(detections.boxes[keep].float(), size)
     scores, labels = detections.scores[keep].float(), detections.labels[keep].long()
@@ -139,7 +151,7 @@ class PredictsImages:
                 scaled_to = postprocess_sizes(sizes, meta.image_size, meta.resize).to(device)
                 found = postprocess(outputs.logits.float(), outputs.pred_boxes.float(), scaled_to, top_k=top_k)
                 out += [
-                    keep_detections(to_original(d.to("cpu"), s, meta.image_size, meta.resize), s, threshold, nms_iou)
+                    keep_detections(d.to("cpu"), s, threshold, nms_iou, image_size=meta.image_size, resize=meta.resize)
                     for d, s in zip(found, sizes, strict=True)
                 ]
         finally:
