@@ -403,3 +403,15 @@ def results_as_detections(results: list[dict], image_id: int) -> Detections:
     scores = torch.tensor([r["score"] for r in recs], dtype=torch.float64)  # as in the results file
     return Detections(torch.cat([b[:, :2], b[:, :2] + b[:, 2:]], 1), scores,
                       torch.tensor([label[r["category_id"]] for r in recs]))  # fmt: skip
+
+
+def coco_from_boxes(sizes, boxes, names, prefix: str = "img") -> dict:
+    """A COCO dict: images ``{prefix}{i}.png`` of ``sizes`` (w, h), ``boxes`` as
+    ``(annotation id, image id, category id, x, y, w, h)``, categories 1..N named ``names``."""
+    images = [{"id": i + 1, "file_name": f"{prefix}{i}.png", "width": w, "height": h} for i, (w, h) in enumerate(sizes)]
+    anns = [
+        {"id": aid, "image_id": iid, "category_id": cid, "bbox": [x, y, w, h], "area": w * h, "iscrowd": 0}
+        for aid, iid, cid, x, y, w, h in boxes
+    ]
+    categories = [{"id": i + 1, "name": n} for i, n in enumerate(names)]
+    return {"images": images, "annotations": anns, "categories": categories}

@@ -9,6 +9,7 @@ from PIL import Image
 
 from defectfusion.data.voc import read_voc, write_voc
 from defectfusion.errors import DataError
+from tests.helpers import coco_from_boxes
 
 CLASSES = ["scratch", "crack", "dent"]  # not sorted: the reader sorts unless --classes says otherwise
 
@@ -16,18 +17,10 @@ CLASSES = ["scratch", "crack", "dent"]  # not sorted: the reader sorts unless --
 def voc_case(root: Path, images_folder: str = "JPEGImages", xml_folder: str = "Annotations") -> dict:
     """Three images with integer-valued pixel boxes (VOC stores integers) written as a VOC dataset."""
     sizes = [(40, 30), (50, 20), (32, 32)]
-    images = [{"id": i + 1, "file_name": f"img{i}.png", "width": w, "height": h} for i, (w, h) in enumerate(sizes)]
     # (annotation id, image id, category id, x, y, w, h): integer-valued pixels
     boxes = [(1, 1, 1, 0, 0, 10, 12), (2, 1, 1, 5, 3, 20, 9), (3, 2, 2, 1, 2, 30, 17), (4, 2, 3, 7, 8, 3, 4)]
-    anns = [
-        {"id": aid, "image_id": iid, "category_id": cid, "bbox": [x, y, w, h], "area": w * h, "iscrowd": 0}
-        for aid, iid, cid, x, y, w, h in boxes
-    ]
-    coco = {
-        "images": images,
-        "annotations": anns,
-        "categories": [{"id": i + 1, "name": n} for i, n in enumerate(CLASSES)],
-    }
+    coco = coco_from_boxes(sizes, boxes, CLASSES, prefix="img")
+    images = coco["images"]
     (root / images_folder).mkdir(parents=True, exist_ok=True)
     for im in images:
         Image.new("RGB", (im["width"], im["height"]), (90, 90, 90)).save(root / images_folder / im["file_name"])

@@ -9,6 +9,7 @@ from PIL import Image
 
 from defectfusion.data.yolo import read_yolo, read_yolo_names, write_yolo
 from defectfusion.errors import DataError
+from tests.helpers import coco_from_boxes
 
 CLASSES = ["stain", "crack", "hole"]  # the file's order, not sorted
 
@@ -16,17 +17,9 @@ CLASSES = ["stain", "crack", "hole"]  # the file's order, not sorted
 def yolo_case(root: Path, names_file: str = "data.yaml") -> dict:
     """Three images (one background) with non-integer pixel boxes, written as a YOLO dataset."""
     sizes = [(64, 48), (40, 50), (30, 30)]
-    images = [{"id": i + 1, "file_name": f"im{i}.png", "width": w, "height": h} for i, (w, h) in enumerate(sizes)]
     boxes = [(1, 1, 3, 1.25, 2.5, 10.75, 7.125), (2, 1, 1, 30.3, 20.7, 12.9, 9.01), (3, 2, 2, 0.5, 1.5, 20.25, 30.4)]
-    anns = [
-        {"id": aid, "image_id": iid, "category_id": cid, "bbox": [x, y, w, h], "area": w * h, "iscrowd": 0}
-        for aid, iid, cid, x, y, w, h in boxes
-    ]
-    coco = {
-        "images": images,
-        "annotations": anns,
-        "categories": [{"id": i + 1, "name": n} for i, n in enumerate(CLASSES)],
-    }
+    coco = coco_from_boxes(sizes, boxes, CLASSES, prefix="im")
+    images = coco["images"]
     (root / "images").mkdir(parents=True, exist_ok=True)
     for im in images:
         Image.new("RGB", (im["width"], im["height"]), (120, 100, 90)).save(root / "images" / im["file_name"])
