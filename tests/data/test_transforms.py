@@ -215,3 +215,31 @@ def test_dataloader_with_workers_and_epochs(tmp_path: Path) -> None:
         seen.append([len(lab["class_labels"]) for batch in loader for lab in batch["labels"]])
     assert seen[1] == [1, 1, 1, 1]  # after stop_epoch: one object per image, no mosaic
     assert all(batch["pixel_values"].shape == (2, 3, 64, 64) for batch in loader)
+
+
+@pytest.mark.parametrize("resize", ["plain", "letterbox"])
+def test_resized_target_is_what_the_pipeline_without_random_steps_gives_from_the_boxes_alone(resize) -> None:
+    from defectfusion.data.transforms import resized_target
+
+    generator = torch.Generator().manual_seed(0)
+    h, w = 120, 50
+    corners = torch.rand(12, 2, generator=generator) * torch.tensor([w, h])
+    sides = torch.rand(12, 2, generator=generator) * 30
+    sides[:4] = 0.3  # boxes that shrink below a pixel: sanitize drops them
+    boxes = torch.cat([corners, (corners + sides).clamp(max=torch.tensor([w, h]))], dim=1)
+    image = tv_tensors.Image(torch.randint(0, 256, (3, h, w), dtype=torch.uint8))
+    target = {
+        "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(h, w)),
+        "labels": torch.arange(12),
+        "image_id": 3,
+        "orig_size": torch.tensor([h, w]),
+    }
+    # heavy steps whose probabilities are all 0 are no steps: the heavy window is the light pipeline
+    transform = build_train_transform(TrainAugmentConfig(**QUIET), (64, 64), resize)
+    assert transform.heavy_active and transform.heavy is transform.light
+    _, expected = transform(image, target)
+    got = resized_target(target, (64, 64), resize, sanitize_min_size=1.0)
+    assert 0 < len(got["labels"]) < 12 and torch.equal(got["labels"], expected["labels"])
+    torch.testing.assert_close(got["boxes"].as_subclass(torch.Tensor), expected["boxes"].as_subclass(torch.Tensor))
+    assert got["boxes"].canvas_size == expected["boxes"].canvas_size == (64, 64)
+    assert torch.equal(got["orig_size"], expected["orig_size"]) and got["image_id"] == 3

@@ -76,7 +76,13 @@ def test_kill_9_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path, syn
 
 
 def test_two_process_cpu_ddp_run_writes_one_run_folder(tmp_path, synth_data):
-    cfg = write_train_config(tmp_path / "cfg.yml", synth_data, order=["baseline", "phase1"])
+    # phase 1 reuses its frozen trunk: the processes fill the cache half each, then read all of it
+    cfg = write_train_config(
+        tmp_path / "cfg.yml",
+        synth_data,
+        order=["baseline", "phase1"],
+        phases={"phase1": {"augment": False}},
+    )
     out = tmp_path / "run"
     torchrun = Path(sys.executable).with_name("torchrun")
     result = subprocess.run(
@@ -105,6 +111,7 @@ def test_two_process_cpu_ddp_run_writes_one_run_folder(tmp_path, synth_data):
     assert [r["epoch"] for r in records] == [0, 1]  # written once, by the main process only
     # each process trained on half of every epoch: 24 images / 2 processes / batch 4 = 3 steps
     assert records[-1]["step"] == 3
+    assert len(list((out / "cache" / "trunk").glob("*/*.safetensors"))) == 24 + 8
 
 
 def test_the_process_group_gets_the_configured_timeout(monkeypatch):

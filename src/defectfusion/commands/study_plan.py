@@ -194,6 +194,8 @@ def plan_study(
                         "seed": seed,
                         "train": run_cfg.train.model_copy(
                             update={
+                                # one frozen-trunk cache for every run: they start from the same baseline
+                                "cache_dir": run_cfg.train.cache_dir or str((out / "cache").resolve()),
                                 "mlflow_tags": {**run_cfg.train.mlflow_tags, **tags},
                                 "mlflow_experiment": run_cfg.train.mlflow_experiment or cfg.name,
                             }

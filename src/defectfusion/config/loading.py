@@ -91,6 +91,7 @@ PATH_KEYS: set[tuple[str, ...]] = {
     ("data", "val", "images"),
     ("data", "test", "annotations"),
     ("data", "test", "images"),
+    ("train", "cache_dir"),
     ("fusion", "descriptions"),
     ("fusion", "cache_dir"),
 }

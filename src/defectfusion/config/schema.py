@@ -114,6 +114,24 @@ class TrainAugmentConfig(_Section):
         """Whether photometric distortion, zoom-out and IoU crop run in ``epoch``."""
         return self.start_epoch <= epoch and (self.stop_epoch is None or epoch < self.stop_epoch)
 
+    def random_steps(self, epochs: int) -> list[str]:
+        """The random steps that run in epochs ``0 .. epochs-1`` (empty: every epoch sees the same images)."""
+        steps = [f"flip_prob {self.flip_prob}"] if self.flip_prob > 0 else []
+        heavy = [e for e in range(epochs) if self.heavy_enabled(e)]
+        if heavy:
+            window = f"epochs {heavy[0] + 1}-{heavy[-1] + 1}"
+            for key in ("photometric_prob", "zoom_out_prob", "iou_crop_prob"):
+                if getattr(self, key) > 0:
+                    steps.append(f"{key} {getattr(self, key)} ({window})")
+        if any(self.mosaic_enabled(e) for e in range(epochs)):
+            steps.append(f"mosaic_prob {self.mosaic_prob}")
+        return steps
+
+    def without_randomness(self) -> TrainAugmentConfig:
+        """These settings with every random step off: only the resize (and sanitize) remain."""
+        off = dict.fromkeys(("photometric_prob", "zoom_out_prob", "iou_crop_prob", "flip_prob", "mosaic_prob"), 0.0)
+        return self.model_copy(update=off)
+
     def mosaic_enabled(self, epoch: int) -> bool:
         """Whether mosaic may run in ``epoch`` (inside the heavy window, before mosaic_stop_epoch)."""
         stop = self.mosaic_stop_epoch
@@ -185,6 +203,22 @@ class TrainConfig(_Section):
     top_k: int = Field(300, ge=1, description="detections per image kept for evaluation")
     log_every: int = Field(10, ge=1, description="TensorBoard loss logging interval, in steps")
     tensorboard: bool = True
+    cache_frozen: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="compute a frozen backbone + encoder once per image and reuse it every epoch: auto (when the "
+        "phase freezes them and does not augment) | on (an error where that does not hold) | off",
+    )
+    cache_dir: str | None = Field(
+        None, description="where the frozen-trunk cache lives (keyed by weights, image, size, dtype); default RUN/cache"
+    )
+
+    @field_validator("cache_frozen", mode="before")
+    @classmethod
+    def _cache_from_bool(cls, value: Any) -> Any:
+        # YAML reads a bare on / off as true / false
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        return value
 
     @field_validator("amp", mode="before")
     @classmethod
@@ -209,6 +243,11 @@ class PhaseConfig(_Section):
     epochs: int = Field(20, ge=1)
     fusion: bool = Field(True, description="false: the plain detector (the baseline phase)")
     warmup_steps: int | None = Field(None, ge=0, description="overrides train.warmup_steps for this phase")
+    augment: bool = Field(
+        True,
+        description="false: this phase sees the images as they are (data.augment's random steps off), which "
+        "lets a frozen trunk be computed once (train.cache_frozen)",
+    )
 
     @field_validator("trainable")
     @classmethod
@@ -257,6 +296,19 @@ class Config(_Section):
     phases: dict[str, PhaseConfig] = Field(default_factory=dict, description="phases by name")
     order: list[str] = Field(default_factory=list, description="phases `train --phase all` runs, in order")
     gates: dict[str, GateConfig] = Field(default_factory=dict, description="gate applied after the named phase")
+
+    def phase_augment(self, phase: PhaseConfig, image_size: tuple[int, int] | None = None) -> TrainAugmentConfig:
+        """What a phase trains with: ``data.augment`` with its defaults filled in for the phase (heavy steps stop
+        ``train.no_aug_epochs`` before its end, the mosaic canvas is the input's side), or with every random
+        step off when the phase says ``augment: false``."""
+        augment = self.data.augment
+        updates: dict[str, Any] = {}
+        if augment.stop_epoch is None:
+            updates["stop_epoch"] = max(0, phase.epochs - self.train.no_aug_epochs)
+        if image_size is not None and "mosaic_output_size" not in augment.model_fields_set:
+            updates["mosaic_output_size"] = max(image_size)
+        augment = augment.model_copy(update=updates)
+        return augment if phase.augment else augment.without_randomness()
 
     @field_validator("name")
     @classmethod

@@ -109,7 +109,9 @@ class TrainTransform:
         )
         crop = [_RandomIoUCrop(cfg.iou_crop_prob)] if cfg.iou_crop_prob > 0 else []
         self.light = v2.Compose([*flip, *resize, *sanitize])
-        self.heavy = v2.Compose([*photo, *zoom, *crop, *sanitize, *flip, *resize, *sanitize])
+        # without any heavy step, the heavy window is the light pipeline (not an extra sanitize before resizing)
+        heavy = [*photo, *zoom, *crop]
+        self.heavy = v2.Compose([*heavy, *sanitize, *flip, *resize, *sanitize]) if heavy else self.light
         self.after_mosaic = v2.Compose([*photo, *flip, *resize, *sanitize])
 
     def set_epoch(self, epoch: int) -> None:
@@ -352,16 +354,43 @@ class DetectionCollator:
             )
         pixels = torch.stack([image.as_subclass(torch.Tensor) for image, _ in batch]).float().div_(255.0)
         pixels = (pixels - self.image_mean) / self.image_std
-        labels = [
-            {"class_labels": target["labels"].to(torch.int64), "boxes": _normalized_cxcywh(target["boxes"])}
-            for _, target in batch
-        ]
-        return {
-            "pixel_values": pixels,
-            "labels": labels,
-            "image_ids": torch.tensor([int(t["image_id"]) for _, t in batch], dtype=torch.int64),
-            "orig_sizes": torch.stack([torch.as_tensor(t["orig_size"], dtype=torch.int64) for _, t in batch]),
-        }
+        return {"pixel_values": pixels, **collate_targets([target for _, target in batch])}
+
+
+class FeatureCollator:
+    """Batch ``(feature maps, target)`` samples (a cached trunk's output in place of images).
+
+    Returns :class:`DetectionCollator`'s dict with ``trunk_features`` (one ``[B, C, h, w]`` tensor per
+    level) in place of ``pixel_values``.
+    """
+
+    def __call__(self, batch: Sequence[tuple[Sequence[torch.Tensor], dict[str, Any]]]) -> dict[str, Any]:
+        levels = zip(*(maps for maps, _ in batch), strict=True)
+        return {"trunk_features": [torch.stack(level) for level in levels], **collate_targets([t for _, t in batch])}
+
+
+def collate_targets(targets: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """``labels`` (normalised ``cx, cy, w, h`` boxes + class labels), ``image_ids`` and ``orig_sizes`` of a batch."""
+    return {
+        "labels": [
+            {"class_labels": t["labels"].to(torch.int64), "boxes": _normalized_cxcywh(t["boxes"])} for t in targets
+        ],
+        "image_ids": torch.tensor([int(t["image_id"]) for t in targets], dtype=torch.int64),
+        "orig_sizes": torch.stack([torch.as_tensor(t["orig_size"], dtype=torch.int64) for t in targets]),
+    }
+
+
+def resized_target(
+    target: dict[str, Any], image_size: ImageSize, resize: str = "plain", sanitize_min_size: float | None = None
+) -> dict[str, Any]:
+    """``target`` as ``resize_transform`` (then ``SanitizeBoundingBoxes(sanitize_min_size)`` unless None) leaves
+    it, computed from the boxes alone: what a pipeline without random steps does, without reading the image."""
+    boxes = resize_transform(image_size, resize)(target["boxes"])
+    labels = target["labels"]
+    if sanitize_min_size is not None:
+        boxes, valid = F.sanitize_bounding_boxes(boxes, min_size=sanitize_min_size)
+        labels = labels[valid]
+    return {**target, "boxes": boxes, "labels": labels}
 
 
 def _normalized_cxcywh(boxes: tv_tensors.BoundingBoxes) -> torch.Tensor:

@@ -38,6 +38,7 @@ from .seeding import seed_phase
 from .start_model import RANDOM_START, previous_phase, start_model
 from .tracking import Tracker
 from .trainer import PhaseTrainer
+from .trunk_cache import check_cache_setting
 from .validation import evaluate_on_index, run_validation
 
 
@@ -157,6 +158,7 @@ class TrainingRun:
 
     def _run(self) -> dict[str, Any]:
         cfg = self.cfg
+        check_cache_setting(cfg, self.names)
         datasets = load_datasets(cfg, verify=self.info.is_main, progress=self.progress)
         class_names = list(datasets.train.class_names)
         model, source = start_model(cfg, self.out, self.names[0], class_names)

@@ -32,13 +32,14 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..config import Config, PhaseConfig
-from ..data.transforms import build_train_dataset
+from ..data.transforms import FeatureCollator, build_train_dataset
 from ..errors import CheckpointError, DataError
 from ..io import atomic_write_json, read_json
 from ..models.checkpoint import detector_state, load_state_into, save_detector
 from ..models.detector import DefectDetector, set_trainable
 from .distributed import DistInfo, barrier, broadcast_object
 from .ema import ModelEMA
+from .epoch_loader import epoch_loader
 from .eta import StepClock, format_duration
 from .evaluator import write_metrics
 from .loss import install_deim_loss
@@ -47,7 +48,8 @@ from .phase_records import PhaseData, PhaseOutcome
 from .precision import resolve_precision
 from .schedule import build_scheduler, optimizer_groups
 from .seeding import rng_state, set_rng_state
-from .validation import run_validation
+from .trunk_cache import PhaseCache, decide, prepare_phase_cache
+from .validation import batch_inputs, run_validation
 
 STATE_FILE = "trainer_state.pt"
 RAW_WEIGHTS = "raw.safetensors"
@@ -83,16 +85,12 @@ class PhaseTrainer:
         self.trainable = [p for p in model.parameters() if p.requires_grad]
         self.ema = ModelEMA(model, train.ema.decay, train.ema.warmups) if train.ema.enabled else None
 
-        image_size = model.meta.image_size
-        augment = cfg.data.augment
-        updates: dict[str, Any] = {}
-        if augment.stop_epoch is None:
-            updates["stop_epoch"] = max(0, phase.epochs - train.no_aug_epochs)
-        if "mosaic_output_size" not in augment.model_fields_set:
-            updates["mosaic_output_size"] = max(image_size)
+        self.augment = cfg.phase_augment(phase, model.meta.image_size)
         self.train_dataset = build_train_dataset(
-            data.train_index, augment.model_copy(update=updates), image_size, seed=cfg.seed, resize=model.meta.resize
+            data.train_index, self.augment, model.meta.image_size, seed=cfg.seed, resize=model.meta.resize
         )
+        self.cache_decision = decide(cfg, name, phase, model)
+        self.cache: PhaseCache | None = None  # filled when the phase starts
         self.steps_per_epoch = len(self._train_loader(0))
         self.optimizer = torch.optim.AdamW(optimizer_groups(model, phase, train.weight_decay), betas=train.betas)
         warmup = phase.warmup_steps if phase.warmup_steps is not None else train.warmup_steps
@@ -126,24 +124,15 @@ class PhaseTrainer:
     # ------------------------------------------------------------------ data
 
     def _train_loader(self, epoch: int) -> DataLoader:
-        """This process's shard of a permutation drawn from (seed, epoch): resumable and DDP-safe."""
-        n = len(self.train_dataset)
-        generator = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
-        order = torch.randperm(n, generator=generator).tolist()
-        world, rank = self.info.world_size, self.info.rank
-        if world > 1:
-            order += order[: (-n) % world]
-            order = order[rank::world]
-        batch = self.cfg.data.batch_size
-        return DataLoader(
-            self.train_dataset,
-            batch_size=batch,
-            sampler=order,
+        cached = self.cache is not None
+        return epoch_loader(
+            self.cache.train_dataset if cached else self.train_dataset,
+            FeatureCollator() if cached else self.data.collator,
+            seed=self.cfg.seed,
+            epoch=epoch,
+            info=self.info,
+            batch_size=self.cfg.data.batch_size,
             num_workers=self.cfg.data.num_workers,
-            collate_fn=self.data.collator,
-            drop_last=len(order) > batch,
-            generator=torch.Generator().manual_seed(self.cfg.seed + epoch),
-            pin_memory=self.device.type == "cuda",
         )
 
     # ------------------------------------------------------------------ loop
@@ -154,7 +143,8 @@ class PhaseTrainer:
             self.log.open(fresh=not resumed)
         if resumed:
             self._load_last()
-        else:
+        self.prepare_cache()
+        if not resumed:
             self._evaluate_and_decide()  # epoch 0: the starting point
             self._save_last()
         barrier(self.info)
@@ -162,7 +152,7 @@ class PhaseTrainer:
         for epoch in range(self.epoch, self.phase.epochs):
             if self.stop_reason:
                 break
-            self._train_one_epoch(epoch)
+            self.train_epoch(epoch)
             self.epoch = epoch + 1
             if self.stop_reason:  # non-finite losses: keep `last`, stop cleanly
                 self._save_last()
@@ -199,7 +189,7 @@ class PhaseTrainer:
         last = records[-1]
         return {"last_epoch": last.get("epoch"), "last_map50": last.get("map50"), "last_map": last.get("map")}
 
-    def _train_one_epoch(self, epoch: int) -> None:
+    def train_epoch(self, epoch: int) -> None:
         self.train_dataset.set_epoch(epoch)
         loader = self._train_loader(epoch)
         self.net.train()
@@ -213,10 +203,9 @@ class PhaseTrainer:
         nonfinite, loss_sum, seen, tick = 0, 0.0, 0, time.monotonic()
         last = tick
         for batch in loader:
-            pixels = batch["pixel_values"].to(self.device, non_blocking=True)
             labels = [{k: v.to(self.device) for k, v in t.items()} for t in batch["labels"]]
             with self.precision.autocast():
-                loss = self.net(pixel_values=pixels, labels=labels).loss
+                loss = self.net(**batch_inputs(batch, self.device), labels=labels).loss
             self.optimizer.zero_grad(set_to_none=True)
             if not self._all_finite(loss):
                 nonfinite += 1
@@ -269,6 +258,26 @@ class PhaseTrainer:
             dist.all_reduce(finite, op=dist.ReduceOp.MIN)
         return bool(finite.item() > 0)
 
+    def prepare_cache(self) -> None:
+        """Compute the frozen trunk's output of the images it lacks (when the phase caches), say so in one line."""
+        decision = self.cache_decision
+        if decision.use:
+            self.cache = prepare_phase_cache(
+                self.model,
+                self._eval_model(),
+                self.cfg,
+                self.name,
+                self.data.train_index,
+                self.data.val_index,
+                run_folder=self.folder.parent,
+                precision=self.precision,
+                info=self.info,
+                progress=self.progress,
+            )
+        if self.progress:
+            done = f"cached ({decision.reason}): {self.cache.describe()}" if self.cache else None
+            tqdm.write(f"{self.name}: frozen trunk {done or f'computed every step ({decision.reason})'}")
+
     # ------------------------------------------------------------------ evaluation
 
     def _eval_model(self) -> DefectDetector:
@@ -279,7 +288,7 @@ class PhaseTrainer:
         if self.info.is_main:
             metrics = run_validation(
                 self._eval_model(),
-                self.data.val_loader,
+                self.cache.val_loader if self.cache and self.cache.val_loader else self.data.val_loader,
                 self.data.evaluator,
                 self.device,
                 top_k=self.cfg.train.top_k,

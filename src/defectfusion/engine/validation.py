@@ -21,6 +21,13 @@ from .evaluator import DetectionEvaluator
 from .predictor import Predictor
 
 
+def batch_inputs(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """The model's input from a collated batch: ``pixel_values``, or a cached trunk's ``trunk_features``."""
+    if "trunk_features" in batch:
+        return {"trunk_features": [t.to(device, non_blocking=True) for t in batch["trunk_features"]]}
+    return {"pixel_values": batch["pixel_values"].to(device, non_blocking=True)}
+
+
 @torch.inference_mode()
 def run_validation(
     model: torch.nn.Module,
@@ -32,7 +39,7 @@ def run_validation(
     desc: str = "validate",
     autocast: Any = None,
 ) -> dict[str, Any]:
-    """COCO metrics of ``model`` on ``loader`` (batches from :class:`DetectionCollator`).
+    """COCO metrics of ``model`` on ``loader`` (batches from :class:`DetectionCollator` or :class:`FeatureCollator`).
 
     ``autocast``: a context manager the forward passes run in (the training run's precision).
     """
@@ -42,7 +49,7 @@ def run_validation(
     evaluator.reset()
     for batch in tqdm(loader, desc=desc, leave=False, disable=not progress, dynamic_ncols=True):
         with autocast if autocast is not None else contextlib.nullcontext():
-            outputs = model(pixel_values=batch["pixel_values"].to(device, non_blocking=True))
+            outputs = model(**batch_inputs(batch, device))
         sizes = batch["orig_sizes"]
         scaled_to = postprocess_sizes(sizes, meta.image_size, meta.resize).to(device)
         detections = postprocess(outputs.logits.float(), outputs.pred_boxes.float(), scaled_to, top_k=top_k)

@@ -30,6 +30,7 @@ from .fusion import FusedClassifier, TextFusionHead, random_text_embeddings
 from .inference import PredictsImages
 from .presets import IMAGENET_MEAN, IMAGENET_STD, NO_MEAN, NO_STD, get_preset
 from .semantics import apply_original_semantics
+from .trunk import TakesTrunkFeatures
 
 GROUPS: tuple[str, ...] = ALL_GROUPS  # the parameter groups phases train or freeze
 META_KEY = "defectfusion"
@@ -99,7 +100,7 @@ class DetectorMeta:
         return data
 
 
-class DefectDetector(PredictsImages, Deimv2ForObjectDetection):
+class DefectDetector(PredictsImages, TakesTrunkFeatures, Deimv2ForObjectDetection):
     """``Deimv2ForObjectDetection`` + original semantics + text-fusion heads (+ ``predict``).
 
     Built from a ``Deimv2Config`` whose ``defectfusion`` entry holds a :class:`DetectorMeta`.
