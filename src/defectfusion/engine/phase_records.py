@@ -41,6 +41,7 @@ class PhaseOutcome:
     last_epoch: int | None = None  # the last evaluation (what `value: last` gates compare)
     last_map50: float | None = None
     last_map: float | None = None
+    frozen_trunk: str = ""  # whether the phase reused its frozen trunk's output, and why (not)
 
     @classmethod
     def read(cls, path: Path) -> PhaseOutcome:

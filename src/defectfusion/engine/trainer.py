@@ -9,8 +9,8 @@ Phase folder::
     <phase>/result.json       written when the phase ends (its outcome)
     <phase>/tensorboard/      TensorBoard event files
 
-Validation and checkpoints use the EMA weights. Frozen groups get no gradient, no optimiser
-state, keep batch-norm statistics and are not averaged.
+Validation and checkpoints use the EMA weights. Frozen groups get no gradient, no optimiser state,
+keep batch-norm statistics and are not averaged; a frozen trunk may be computed once (.trunk_cache).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from .phase_records import PhaseData, PhaseOutcome
 from .precision import resolve_precision
 from .schedule import build_scheduler, optimizer_groups
 from .seeding import rng_state, set_rng_state
-from .trunk_cache import PhaseCache, decide, prepare_phase_cache
+from .trunk_cache import PhaseCache, cache_line, decide, prepare_phase_cache
 from .validation import batch_inputs, run_validation
 
 STATE_FILE = "trainer_state.pt"
@@ -90,7 +90,7 @@ class PhaseTrainer:
             data.train_index, self.augment, model.meta.image_size, seed=cfg.seed, resize=model.meta.resize
         )
         self.cache_decision = decide(cfg, name, phase, model)
-        self.cache: PhaseCache | None = None  # filled when the phase starts
+        self.cache: PhaseCache | None = None  # filled when the phase starts (prepare_cache), with cache_line
         self.steps_per_epoch = len(self._train_loader(0))
         self.optimizer = torch.optim.AdamW(optimizer_groups(model, phase, train.weight_decay), betas=train.betas)
         warmup = phase.warmup_steps if phase.warmup_steps is not None else train.warmup_steps
@@ -174,6 +174,7 @@ class PhaseTrainer:
             stop_reason=self.stop_reason,
             best_dir=str(self.folder / "best"),
             seconds=round(time.monotonic() - self.started, 1),
+            frozen_trunk=self.cache_line,
             **self._last_evaluation(),
         )
         if self.info.is_main:
@@ -260,23 +261,22 @@ class PhaseTrainer:
 
     def prepare_cache(self) -> None:
         """Compute the frozen trunk's output of the images it lacks (when the phase caches), say so in one line."""
-        decision = self.cache_decision
-        if decision.use:
-            self.cache = prepare_phase_cache(
+        if self.cache_decision.use:
+            self.cache, self.cache_decision = prepare_phase_cache(
                 self.model,
                 self._eval_model(),
                 self.cfg,
                 self.name,
-                self.data.train_index,
-                self.data.val_index,
+                self.data,
+                self.cache_decision,
                 run_folder=self.folder.parent,
                 precision=self.precision,
                 info=self.info,
                 progress=self.progress,
             )
+        self.cache_line = cache_line(self.name, self.cache_decision, self.cache)
         if self.progress:
-            done = f"cached ({decision.reason}): {self.cache.describe()}" if self.cache else None
-            tqdm.write(f"{self.name}: frozen trunk {done or f'computed every step ({decision.reason})'}")
+            tqdm.write(self.cache_line)
 
     # ------------------------------------------------------------------ evaluation
 

@@ -38,6 +38,7 @@ from ..errors import ConfigError
 from ..models.detector import DefectDetector
 from ..models.trunk import TRUNK_GROUPS, trunk_features, trunk_fingerprint, trunk_is_frozen, trunk_variability
 from .distributed import DistInfo, barrier, broadcast_object
+from .phase_records import PhaseData
 from .precision import Precision
 
 FORMAT = 1  # bump when what a stored file holds changes
@@ -109,6 +110,13 @@ class PhaseCache:
         return f"{self.images} images, {size:,.0f} MB in {self.store.folder}{now}"
 
 
+def cache_line(name: str, decision: CacheDecision, cache: PhaseCache | None) -> str:
+    """The line a phase prints (and keeps in its result.json) about its trunk."""
+    if cache is not None:
+        return f"{name}: frozen trunk cached ({decision.reason}): {cache.describe()}"
+    return f"{name}: frozen trunk computed every step ({decision.reason})"
+
+
 def store_for(
     cfg: Config, model: DefectDetector, fingerprint: str, precision: Precision, device: torch.device, run_folder: Path
 ) -> FeatureStore:
@@ -135,16 +143,18 @@ def prepare_phase_cache(
     eval_model: DefectDetector,
     cfg: Config,
     name: str,
-    train_index: CocoIndex,
-    val_index: CocoIndex,
+    data: PhaseData,
+    decision: CacheDecision,
     *,
     run_folder: Path,
     precision: Precision,
     info: DistInfo,
     progress: bool,
-) -> PhaseCache | None:
-    """Fill the phase's store (the images it lacks) and build its datasets; None where auto gives up (disk)."""
+) -> tuple[PhaseCache | None, CacheDecision]:
+    """Fill the phase's store (the images it lacks) and build its datasets; no cache (and why) where auto gives
+    up for want of disk space."""
     device = info.device
+    train_index, val_index = data.train_index, data.val_index
     fingerprint = trunk_fingerprint(model)
     store = store_for(cfg, model, fingerprint, precision, device, run_folder)
     show = progress and info.is_main
@@ -165,9 +175,7 @@ def prepare_phase_cache(
             if room is not None:
                 if cfg.train.cache_frozen == "on":
                     raise ConfigError(room)
-                if show:
-                    tqdm.write(f"{name}: frozen trunk not cached: {room}")
-                return None
+                return None, CacheDecision(False, room)
             mine = missing[info.rank :: info.world_size]
             _fill(store, model, [sources[d] for d in mine], mine, cfg, precision, device, show, name)
             barrier(info)
@@ -185,7 +193,7 @@ def prepare_phase_cache(
             num_workers=cfg.data.num_workers,
             collate_fn=FeatureCollator(),
         )
-    return PhaseCache(store, train_dataset, val_loader, len(sources), len(missing))
+    return PhaseCache(store, train_dataset, val_loader, len(sources), len(missing)), decision
 
 
 def _room(
