@@ -47,14 +47,13 @@ SPARE_BYTES = 1 << 30  # left free on the cache's disk
 
 def config_obstacles(cfg: Config, phase: PhaseConfig) -> list[str]:
     """What stops a phase from reusing its trunk's output, as far as the config tells."""
-    reasons = []
     trains = [g for g in TRUNK_GROUPS if g in phase.trainable]
-    if trains:
-        reasons.append(f"it trains the {' and the '.join(trains)}")
+    if trains:  # the reason that matters: the augmentation could not make up for it
+        return [f"it trains the {' and the '.join(trains)}"]
     steps = cfg.phase_augment(phase).random_steps(phase.epochs)
     if steps:
-        reasons.append(f"its augmentation is random ({', '.join(steps)}; `augment: false` in the phase turns it off)")
-    return reasons
+        return [f"its augmentation is random: {', '.join(steps)} (`augment: false` in the phase turns it off)"]
+    return []
 
 
 def check_cache_setting(cfg: Config, names: Sequence[str]) -> None:
