@@ -103,7 +103,7 @@ def test_steps_from_cached_maps_give_the_loss_gradients_and_weights_of_steps_fro
         torch.testing.assert_close(weights_on[key], weights_off[key], rtol=1e-4, atol=1e-5, msg=key)
     assert on.best_map50 == pytest.approx(off.best_map50, abs=1e-3)
     assert on.frozen_trunk.startswith(f"{name}: frozen trunk cached (backbone and encoder frozen")
-    assert off.frozen_trunk == f"{name}: frozen trunk computed every step (train.cache_frozen is off)"
+    assert off.frozen_trunk == f"{name}: trunk computed every step (train.cache_frozen is off)"
 
 
 def test_a_second_phase_on_the_same_trunk_finds_every_image_and_a_changed_one_is_recomputed(
@@ -148,7 +148,7 @@ def test_auto_caches_only_where_it_holds_and_on_names_what_stops_it(tmp_path, sy
     trainer.prepare_cache()
     captured = capsys.readouterr()
     line = captured.out + captured.err
-    assert "phase1: frozen trunk computed every step" in line and "augment: false" in line
+    assert "phase1: trunk computed every step" in line and "augment: false" in line
 
     with pytest.raises(ConfigError, match="phase 'phase1' cannot reuse a frozen trunk: its augmentation is random"):
         _trainer(_config(tmp_path, synth_data, "on", augment=True), start_model, "phase1", tmp_path / "x")
@@ -172,7 +172,7 @@ def test_a_disk_without_room_is_named_before_anything_is_written(tmp_path, synth
     trainer = _trainer(_config(tmp_path, synth_data, "auto"), start_model, "phase1", tmp_path / "auto")
     trainer.prepare_cache()  # auto: says so and trains from pixels
     assert trainer.cache is None and "GB is free" in trainer.cache_line
-    assert trainer.cache_line.startswith("phase1: frozen trunk computed every step (the frozen-trunk cache needs")
+    assert trainer.cache_line.startswith("phase1: trunk computed every step (the frozen-trunk cache needs")
     assert not list((tmp_path / "cache").rglob("*.safetensors"))
     key = next((tmp_path / "cache" / "trunk").glob("*/key.json"))
     assert json.loads(key.read_text())["image_size"] == list(start_model.meta.image_size)

@@ -113,7 +113,7 @@ def cache_line(name: str, decision: CacheDecision, cache: PhaseCache | None) -> 
     """The line a phase prints (and keeps in its result.json) about its trunk."""
     if cache is not None:
         return f"{name}: frozen trunk cached ({decision.reason}): {cache.describe()}"
-    return f"{name}: frozen trunk computed every step ({decision.reason})"
+    return f"{name}: trunk computed every step ({decision.reason})"
 
 
 def store_for(
