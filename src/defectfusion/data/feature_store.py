@@ -116,8 +116,18 @@ class FeatureDataset(torch.utils.data.Dataset):
         if len(digests) != len(index.images):
             raise ValueError(f"{len(digests)} digests for {len(index.images)} images")
         self.index, self.store, self.digests = index, store, list(digests)
-        self.image_size, self.resize, self.sanitize_min_size = image_size, resize, sanitize_min_size
-        self._targets = [index.training_targets(r.id) for r in index.images]
+        # the targets never change (no random step): computed once, from the boxes
+        self._targets = []
+        for record in index.images:
+            boxes, labels = index.training_targets(record.id)
+            size = (record.height, record.width)
+            target = {
+                "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=size),
+                "labels": labels,
+                "image_id": record.id,
+                "orig_size": torch.tensor(size, dtype=torch.int64),
+            }
+            self._targets.append(resized_target(target, image_size, resize, sanitize_min_size))
 
     def __len__(self) -> int:
         return len(self.index.images)
@@ -126,14 +136,4 @@ class FeatureDataset(torch.utils.data.Dataset):
         """Nothing changes with the epoch (the interface of the augmenting datasets)."""
 
     def __getitem__(self, i: int) -> tuple[list[torch.Tensor], dict[str, Any]]:
-        record = self.index.images[i]
-        boxes, labels = self._targets[i]
-        size = (record.height, record.width)
-        target = {
-            "boxes": tv_tensors.BoundingBoxes(boxes.clone(), format="XYXY", canvas_size=size),
-            "labels": labels.clone(),
-            "image_id": record.id,
-            "orig_size": torch.tensor(size, dtype=torch.int64),
-        }
-        target = resized_target(target, self.image_size, self.resize, self.sanitize_min_size)
-        return self.store.read(self.digests[i]), target
+        return self.store.read(self.digests[i]), dict(self._targets[i])

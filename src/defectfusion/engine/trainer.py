@@ -109,8 +109,7 @@ class PhaseTrainer:
 
         self.later_epochs = later_epochs  # epochs of the run's later phases, for the whole-run estimate
         self.clock = StepClock()
-        self.epoch = 0  # epochs completed
-        self.step = 0
+        self.epoch, self.step = 0, 0  # epochs completed, optimisation steps taken
         self.best: dict[str, Any] = {"map50": None, "map": None, "epoch": 0}
         self.initial: dict[str, Any] = {"map50": None, "map": None}
         self.bad_evals = 0
@@ -268,6 +267,7 @@ class PhaseTrainer:
                 self.cfg,
                 self.name,
                 self.data,
+                self.augment,
                 self.cache_decision,
                 run_folder=self.folder.parent,
                 precision=self.precision,

@@ -30,7 +30,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ..config import Config, PhaseConfig
+from ..config import Config, PhaseConfig, TrainAugmentConfig
 from ..data.coco import CocoDetection, CocoIndex
 from ..data.feature_store import FeatureDataset, FeatureStore, file_digest
 from ..data.transforms import DetectionCollator, FeatureCollator, build_eval_transform
@@ -143,6 +143,7 @@ def prepare_phase_cache(
     cfg: Config,
     name: str,
     data: PhaseData,
+    augment: TrainAugmentConfig,
     decision: CacheDecision,
     *,
     run_folder: Path,
@@ -150,8 +151,9 @@ def prepare_phase_cache(
     info: DistInfo,
     progress: bool,
 ) -> tuple[PhaseCache | None, CacheDecision]:
-    """Fill the phase's store (the images it lacks) and build its datasets; no cache (and why) where auto gives
-    up for want of disk space."""
+    """Fill the phase's store (the images it lacks) and build its datasets (training targets as ``augment``, the
+    phase's augmentation without random steps, leaves them); no cache (and why) where auto gives up for want of
+    disk space."""
     device = info.device
     train_index, val_index = data.train_index, data.val_index
     fingerprint = trunk_fingerprint(model)
@@ -179,7 +181,6 @@ def prepare_phase_cache(
             _fill(store, model, [sources[d] for d in mine], mine, cfg, precision, device, show, name)
             barrier(info)
 
-    augment = cfg.phase_augment(cfg.phases[name], model.meta.image_size)
     image_size, resize = model.meta.image_size, model.meta.resize
     sanitize = augment.sanitize_min_size if augment.sanitize else None
     train_dataset = FeatureDataset(train_index, store, digests["train"], image_size, resize, sanitize)
