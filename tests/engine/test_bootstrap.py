@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from defectfusion.engine.bootstrap import difference_interval, image_draws, percentile_interval, resample
+from defectfusion.engine.bootstrap import image_draws, resample
 from defectfusion.engine.evaluator import DetectionEvaluator
+from defectfusion.engine.intervals import difference_interval, percentile_interval
 from defectfusion.structures import Detections
 from tests.helpers import random_coco_case, results_as_detections
 

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from defectfusion.engine.bootstrap import Interval, Resampled
+from defectfusion.engine.bootstrap import Resampled
+from defectfusion.engine.intervals import Interval
 from defectfusion.engine.study_stats import Comparison, compare_arms, hierarchical_draws, summarize_arm
 from defectfusion.engine.verdict import decide, rule_text
 

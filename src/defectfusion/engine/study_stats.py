@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from .bootstrap import Interval, Resampled, percentile_interval
+from .bootstrap import Resampled
+from .intervals import Interval, percentile_interval
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .bootstrap import Interval
+from .intervals import Interval
 from .study_stats import Comparison
 
 
