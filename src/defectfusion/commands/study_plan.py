@@ -11,20 +11,28 @@ Arms (each a training run of the same phases from the same baseline checkpoint):
 
 Training fractions train every arm on nested, class-stratified subsets of the training images;
 validation and test stay the same.
+
+A plan is computed by :func:`plan_study` and saved by :func:`write_plan` (``study.json`` and every
+run's config). Where a saved plan exists, :func:`plan_study` writes nothing over it: the new plan is
+compared first (:func:`plan_differences`, :func:`check_same_plan`), so a refused resume leaves the
+saved study resumable as it was. Settings that change speed, not results
+(:data:`~..config.compare.SPEED_KEYS`: ``--threads``, ``--workers``, ...) do not make another plan.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..config import Config, PhaseConfig, dump_config
+from ..config import Config, PhaseConfig, apply_overrides, dump_config, load_config, validate_config
+from ..config.compare import SPEED_KEYS, config_differences
 from ..data.coco import load_coco
 from ..errors import ConfigError
 from ..io import atomic_write_json, atomic_write_text, read_json
@@ -42,6 +50,22 @@ class StudyRun:
     config: str  # the run's resolved training config (YAML)
     folder: str  # its run folder
     skipped_phases: list[str] = field(default_factory=list)
+    #: the config a new plan holds until :func:`write_plan` writes it to ``config`` (None: the file is it)
+    resolved: Config | None = field(default=None, repr=False, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "arm": self.arm,
+            "fraction": self.fraction,
+            "seed": self.seed,
+            "config": self.config,
+            "folder": self.folder,
+            "skipped_phases": list(self.skipped_phases),
+        }
+
+    def load(self) -> Config:
+        """The run's training config (the plan's own, or its file)."""
+        return self.resolved if self.resolved is not None else load_config(self.config)
 
     @property
     def key(self) -> str:
@@ -68,7 +92,8 @@ class StudyPlan:
     descriptions: dict[str, str] = field(default_factory=dict)  # arm -> descriptions file
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "runs"}
+        return {**copy.deepcopy(data), "runs": [r.to_dict() for r in self.runs]}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StudyPlan:
@@ -138,8 +163,13 @@ def plan_study(
     fractions: Sequence[float] = (1.0,),
     descriptions: Sequence[str] = (),
 ) -> StudyPlan:
-    """Every run of the study, each written as a training config under ``out/configs``."""
+    """Every run of the study, each with its training config (``out/configs/*.yaml``).
+
+    The configs are written here only when ``out`` holds no saved plan yet; over a saved plan they
+    wait for :func:`write_plan`, after the new plan was found to be the same study.
+    """
     out = Path(out)
+    saved = (out / "study.json").is_file()
     unknown = [a for a in arms if a not in BASE_ARMS]
     if unknown:
         raise ConfigError(
@@ -203,9 +233,13 @@ def plan_study(
                     }
                 )
                 config_path = out / "configs" / f"{safe}_{label}_seed{seed}.yaml"
-                atomic_write_text(config_path, dump_config(Config.model_validate(run_cfg.model_dump())))
+                resolved = Config.model_validate(run_cfg.model_dump())
+                if not saved:
+                    atomic_write_text(config_path, dump_config(resolved))
                 folder = out / "runs" / safe / label / f"seed{seed}"
-                runs.append(StudyRun(arm, float(fraction), seed, str(config_path), str(folder), skipped))
+                runs.append(
+                    StudyRun(arm, float(fraction), seed, str(config_path), str(folder), skipped, resolved=resolved)
+                )
     test = cfg.data.test.annotations if cfg.data.test is not None else None
     return StudyPlan(
         cfg.name, str(out), all_arms, seeds, [float(f) for f in fractions], cfg.model.checkpoint, test, runs, extra
@@ -213,6 +247,10 @@ def plan_study(
 
 
 def write_plan(plan: StudyPlan, rule: str) -> Path:
+    """``study.json``, and every run config the plan holds (a new plan's, or new speed settings)."""
+    for run in plan.runs:
+        if run.resolved is not None:
+            atomic_write_text(Path(run.config), dump_config(run.resolved))
     path = Path(plan.out) / "study.json"
     atomic_write_json(path, {**plan.to_dict(), "rule": rule})
     return path
@@ -224,6 +262,75 @@ def read_plan(out: str | os.PathLike) -> StudyPlan:
     return StudyPlan.from_dict(data)
 
 
+def _show(value: Any) -> str:
+    return json.dumps(value, sort_keys=True) if not isinstance(value, str) else repr(value)
+
+
+def plan_differences(saved: StudyPlan, given: StudyPlan) -> list[str]:
+    """What makes ``given`` another study than ``saved``, one line each (empty: the same study).
+
+    The plans' arms, seeds, fractions, baseline, test set and descriptions, then every run's config,
+    except the keys that change speed, not results (:data:`SPEED_KEYS`).
+    """
+    a, b = saved.to_dict(), given.to_dict()
+    lines = [
+        f"{key}: saved {_show(a[key])}, given {_show(b[key])}" for key in a if key != "runs" and a[key] != b.get(key)
+    ]
+    if lines:
+        return lines
+    if [r.key for r in saved.runs] != [r.key for r in given.runs]:
+        return [f"runs: saved {[r.key for r in saved.runs]}, given {[r.key for r in given.runs]}"]
+    found: dict[str, tuple[Any, Any, list[str]]] = {}
+    for old, new in zip(saved.runs, given.runs, strict=True):
+        if old.resolved is None and not Path(old.config).is_file():
+            continue  # nothing saved to keep
+        for key, was, now in config_differences(old.load(), new.load()):
+            found.setdefault(key, (was, now, []))[2].append(old.key)
+    total = len(saved.runs)
+    return [
+        f"{key}: saved {_show(was)}, given {_show(now)} "
+        f"({'every run' if len(keys) == total else 'runs ' + ', '.join(keys)})"
+        for key, (was, now, keys) in found.items()
+    ]
+
+
 def same_plan(a: StudyPlan, b: StudyPlan) -> bool:
-    strip = lambda p: json.dumps({k: v for k, v in p.to_dict().items() if k != "runs"}, sort_keys=True)  # noqa: E731
-    return strip(a) == strip(b) and [r.key for r in a.runs] == [r.key for r in b.runs]
+    """Whether ``b`` is the study ``a`` planned (it may differ in speed settings only)."""
+    return not plan_differences(a, b)
+
+
+def check_same_plan(saved: StudyPlan, given: StudyPlan) -> None:
+    """A ConfigError naming what differs, and the commands that go on, when ``given`` is another study."""
+    differences = plan_differences(saved, given)
+    if not differences:
+        return
+    shown = "; ".join(differences[:8]) + (f"; and {len(differences) - 8} more" if len(differences) > 8 else "")
+    raise ConfigError(
+        f"{Path(saved.out) / 'study.json'} plans another study than the one given ({shown}). To go on with the "
+        f"saved study as it was planned: `defectfusion study --resume --out {given.out}` (without a config; "
+        f"--parallel may change). To run the new one, give another --out. Only speed settings may differ on a "
+        f"resume ({', '.join(SPEED_KEYS)}, e.g. --threads, --workers)."
+    )
+
+
+def with_speed_settings(plan: StudyPlan, overrides: Sequence[str]) -> StudyPlan:
+    """The saved ``plan`` with speed-only ``overrides`` (``train.threads=4``, ...) applied to every run.
+
+    For a study resumed without its config. An override of any other key is refused: it would make
+    another study. The new configs are written by :func:`write_plan`.
+    """
+    if not overrides:
+        return plan
+    runs = []
+    for run in plan.runs:
+        old = run.load()
+        new = validate_config(apply_overrides(old.model_dump(mode="json"), overrides), f"{run.config} + overrides")
+        changed = [key for key, _, _ in config_differences(old, new)]
+        if changed:
+            raise ConfigError(
+                f"a resumed study keeps its plan: {', '.join(changed)} would make another study. Only speed "
+                f"settings may change on a resume ({', '.join(SPEED_KEYS)}); to train with other settings, give "
+                f"the config and another --out"
+            )
+        runs.append(replace(run, resolved=new))
+    return replace(plan, runs=runs)

@@ -13,6 +13,7 @@ from ..engine.distributed import shutdown
 from ..engine.progressive import run_training, select_phases
 from ..engine.start_model import previous_phase
 from ..errors import ConfigError
+from .preflight import check_config
 
 
 @dataclass
@@ -39,6 +40,9 @@ def train(
     ``phase`` naming one phase of a run already in ``out`` continues that run: the phase starts
     from the previous phase's best there, past its gate (an override recorded in ``summary.json``
     when the gate had stopped the run).
+
+    Before anything trains, every input the run would reject is checked (:mod:`.preflight`): one
+    :class:`ConfigError` lists them all.
     """
     continuing = out is not None and (Path(out) / "config.yaml").is_file() and phase != "all"
     if config is None:
@@ -57,6 +61,8 @@ def train(
                 f"run `defectfusion train --out {folder} --phase {previous}` first (or --resume the run)"
             )
         resume = True  # the run's own config, summary and finished phases are kept
+    # every input the run would reject, all at once, before anything trains
+    check_config(cfg, str(config if config is not None else folder / "config.yaml"), folder=folder, phase=phase)
     try:
         summary = run_training(cfg, folder, phase=phase, resume=resume, progress=progress, go_past=go_past)
     finally:

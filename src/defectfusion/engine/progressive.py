@@ -21,6 +21,7 @@ import torch
 import yaml
 
 from ..config import Config, dump_config, validate_config
+from ..config.compare import SPEED_KEYS, config_differences, describe_differences
 from ..data.descriptions import load_descriptions
 from ..errors import ConfigError
 from ..io import atomic_write_json, atomic_write_text, read_json
@@ -54,6 +55,13 @@ def select_phases(cfg: Config, phase: str) -> list[str]:
     raise ConfigError(f"no phase {phase!r} in the config; defined phases: {', '.join(cfg.phases) or 'none'} (or 'all')")
 
 
+def check_phases(cfg: Config, names: Sequence[str]) -> None:
+    """A ConfigError when a phase to run needs what the config switches off."""
+    for name in names:
+        if cfg.phases[name].fusion and not cfg.fusion.enabled:
+            raise ConfigError(f"phase {name!r} trains the fusion head but fusion.enabled is false")
+
+
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
@@ -80,9 +88,7 @@ class TrainingRun:
         self.cfg, self.out, self.resume, self.progress = cfg, Path(out), resume, progress
         self.go_past = set(go_past)  # gates the user decided to go past (the decision is recorded)
         self.names = select_phases(cfg, phase)
-        for name in self.names:
-            if cfg.phases[name].fusion and not cfg.fusion.enabled:
-                raise ConfigError(f"phase {name!r} trains the fusion head but fusion.enabled is false")
+        check_phases(cfg, self.names)
         self.info: DistInfo = init_distributed(cfg.train.device, cfg.train.dist_timeout_minutes)
         self.summary: dict[str, Any] = {}
 
@@ -98,10 +104,13 @@ class TrainingRun:
                         f"another output folder to start a new one"
                     )
                 saved = validate_config(yaml.safe_load(config_path.read_text(encoding="utf-8")), str(config_path))
-                if saved != self.cfg:
+                differences = config_differences(saved, self.cfg)
+                if differences:
                     raise ConfigError(
-                        f"{config_path} differs from the config given: resume with the config the run "
-                        f"started with (or omit it to use the saved one)"
+                        f"{config_path} holds the config the run started with, and the config given differs in "
+                        f"{describe_differences(differences)}. Resume with the saved config: `defectfusion train "
+                        f"--resume --out {self.out}`; or train the new config into another --out. (A resume may "
+                        f"change only {', '.join(SPEED_KEYS)}.)"
                     )
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write_text(config_path, dump_config(self.cfg))
