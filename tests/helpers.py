@@ -415,3 +415,74 @@ def coco_from_boxes(sizes, boxes, names, prefix: str = "img") -> dict:
     ]
     categories = [{"id": i + 1, "name": n} for i, n in enumerate(names)]
     return {"images": images, "annotations": anns, "categories": categories}
+
+
+def busy_coco_case(seed: int = 0, ties: bool = False) -> tuple[dict, list[dict]]:
+    """:func:`random_coco_case` with more of what COCO treats specially: image 2 holds 150 detections
+    of RAYONES around two objects of it (the cap of 100 per image and class cuts some hits), image 4
+    an object whose ``area`` lies outside COCO's range "all" (ignored, like a crowd box, but matched
+    once) with two detections on it, image 5 a detection larger than that range, image 3 four on its
+    crowd region, image 6 a detection with equal IoU to two objects. ``ties``: scores
+    rounded to 0.05, so that many tie within and across images."""
+    rng = np.random.default_rng(1000 + seed)
+    gt, results = random_coco_case(seed)
+    anns = gt["annotations"]
+    for box in ([40.0, 40.0, 60.0, 50.0], [200.0, 120.0, 50.0, 70.0]):
+        anns.append({"id": len(anns) + 1, "image_id": 2, "category_id": 5, "bbox": box, "area": box[2] * box[3],
+                     "iscrowd": 0})  # fmt: skip
+    for _ in range(150):
+        x, y, w, h = [40.0, 40.0, 60.0, 50.0] if rng.random() < 0.5 else [200.0, 120.0, 50.0, 70.0]
+        if rng.random() < 0.3:  # a hit, more or less tight
+            j = rng.normal(0, 0.15, 4) * [w, h, w, h]
+            box = [x + j[0], y + j[1], max(w + j[2], 2.0), max(h + j[3], 2.0)]
+        else:  # a miss somewhere in the image
+            box = [*rng.uniform(0, 300, 2), *rng.uniform(10, 80, 2)]
+        results.append({"image_id": 2, "category_id": 5, "bbox": box, "score": float(rng.uniform(0.05, 1))})
+    anns.append({"id": len(anns) + 1, "image_id": 4, "category_id": 7, "bbox": [20.0, 200.0, 50.0, 40.0],
+                 "area": 2e10, "iscrowd": 0})  # fmt: skip
+    results.append({"image_id": 4, "category_id": 7, "bbox": [22.0, 201.0, 50.0, 40.0], "score": 0.7})
+    results.append({"image_id": 4, "category_id": 7, "bbox": [21.0, 199.0, 49.0, 41.0], "score": 0.65})
+    results.append({"image_id": 5, "category_id": 2, "bbox": [0.0, 0.0, 2e5, 2e5], "score": 0.8})
+    for score in (0.55, 0.5, 0.45):  # more detections on image 3's crowd region, which absorbs them all
+        results.append({"image_id": 3, "category_id": 2, "bbox": [320, 220, 30, 30], "score": score})
+    # image 6: a detection exactly as close to two objects (COCO takes the later one), then one that
+    # only the earlier object can take
+    for box in ([100.0, 100.0, 40.0, 40.0], [110.0, 100.0, 40.0, 40.0]):
+        anns.append({"id": len(anns) + 1, "image_id": 6, "category_id": 7, "bbox": box, "area": 1600.0,
+                     "iscrowd": 0})  # fmt: skip
+    results.append({"image_id": 6, "category_id": 7, "bbox": [105.0, 100.0, 40.0, 40.0], "score": 0.99})
+    results.append({"image_id": 6, "category_id": 7, "bbox": [95.0, 100.0, 40.0, 40.0], "score": 0.98})
+    if ties:
+        for r in results:
+            r["score"] = max(0.05, round(r["score"] * 20) / 20)
+    return gt, results
+
+
+def coco_on_resample(gt: dict, detections: dict[int, Detections], ids) -> tuple[list, list]:
+    """Per-class AP@0.5 and AP@0.5:0.95 (``None``: undefined) of COCOeval on an explicitly resampled
+    dataset, as the bootstrap used to score a draw: draw position ``n`` becomes image id ``n + 1``,
+    its ground truth and detections copied."""
+    from faster_coco_eval import COCO
+
+    from defectfusion.engine.evaluator import DetectionEvaluator, coco_class_ap
+
+    base = DetectionEvaluator(gt).dataset
+    images = {img["id"]: img for img in base["images"]}
+    new_images, new_anns, results = [], [], []
+    for new_id, image_id in enumerate(ids, start=1):
+        new_images.append({**images[int(image_id)], "id": new_id})
+        for ann in base["annotations"]:
+            if ann["image_id"] == int(image_id):
+                new_anns.append({**ann, "id": len(new_anns) + 1, "image_id": new_id})
+        det = detections.get(int(image_id))
+        if det is None:
+            continue
+        for b, s, lab in zip(det.boxes.double().tolist(), det.scores.double().tolist(), det.labels.tolist(),
+                             strict=True):  # fmt: skip
+            results.append({"image_id": new_id, "category_id": base["categories"][int(lab)]["id"],
+                            "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]], "score": float(s)})  # fmt: skip
+    dataset = {"images": new_images, "annotations": new_anns, "categories": base["categories"]}
+    coco_gt = COCO(dataset, print_function=lambda *a, **k: None)
+    cat_ids = [c["id"] for c in base["categories"]]
+    ap50, ap, _ = coco_class_ap(coco_gt, results, list(range(1, len(ids) + 1)), cat_ids)
+    return ap50, ap
