@@ -303,6 +303,38 @@ def test_a_test_split_scores_the_final_choice_and_selects_nothing(tmp_path, synt
         run_training(load_config(leaky), tmp_path / "run2", progress=False)
 
 
+def test_the_summary_says_whether_the_final_model_used_the_text(tmp_path, synth_data):
+    import torch
+
+    from defectfusion.config import FusionConfig, ModelConfig
+    from defectfusion.data.coco import load_coco
+    from defectfusion.data.synthetic import generate_synthetic_dataset
+    from defectfusion.models.checkpoint import save_detector
+    from defectfusion.models.detector import build_detector
+    from defectfusion.models.fusion import random_text_embeddings
+
+    other = generate_synthetic_dataset(tmp_path / "other", train=1, val=4, size=96, seed=12).root
+    torch.manual_seed(0)
+    names = list(load_coco(synth_data / "train" / "annotations.json").class_names)
+    # a fused start (gates open): whichever model is final, it is fused
+    start = build_detector(ModelConfig(preset="hgnetv2_micro", image_size=(96, 96)), names,
+                           FusionConfig(gate_init=0.5), random_text_embeddings(len(names), 16, 0))  # fmt: skip
+    save_detector(start, tmp_path / "start")
+    cfg_path = write_train_config(tmp_path / "cfg.yml", synth_data, order=["phase1"],
+                                  model={"checkpoint": str(tmp_path / "start")},
+                                  data={"test": {"annotations": str(other / "val" / "annotations.json")}},
+                                  train={"test_baseline": False})  # fmt: skip
+    summary = run_training(load_config(cfg_path), tmp_path / "run", progress=False)
+    test = summary["test"]
+    assert "baseline" not in test and not (tmp_path / "run" / "test" / "baseline_metrics.json").exists()
+    usage = test["final"]["text_usage"]
+    heads = len(start.model.decoder.class_embed)
+    assert len(usage["gates"]) == heads and usage["layer_gate"] == usage["gates"][usage["layer"]]
+    assert usage["num_images"] == 4 and usage["num_selected"] > 0
+    assert usage["text_share"] > 0 and 0 <= usage["flip_share"] <= 1
+    assert {"mean_abs_base", "mean_abs_text", "text_share_centered", "num_flipped", "score_threshold"} <= set(usage)
+
+
 def test_a_run_logs_to_mlflow_when_train_mlflow_names_a_store(tmp_path, synth_data):
     mlflow = pytest.importorskip("mlflow")
     import torch

@@ -3,6 +3,7 @@ import torch
 
 from defectfusion.config import FusionConfig, ModelConfig
 from defectfusion.errors import ConfigError
+from defectfusion.models.checkpoint import load_detector, save_detector
 from defectfusion.models.detector import (
     GROUPS,
     add_fusion,
@@ -11,7 +12,7 @@ from defectfusion.models.detector import (
     parameter_groups,
     set_trainable,
 )
-from defectfusion.models.fusion import FusedClassifier, random_text_embeddings
+from defectfusion.models.fusion import FusedClassifier, derangement, random_text_embeddings
 from defectfusion.models.presets import PRESETS
 
 TINY = ["dinov3_micro", "hgnetv2_micro"]
@@ -24,18 +25,20 @@ def _labels():
     ]
 
 
-def _pair(preset, classes, query_selection=False):
+def _pair(preset, classes, query_selection=False, text_kind="descriptions"):
     torch.manual_seed(0)
     base = build_detector(ModelConfig(preset=preset), classes)
     text = random_text_embeddings(len(classes), 24, seed=1)
-    fused = add_fusion(base, FusionConfig(query_selection=query_selection), text)
+    fused = add_fusion(base, FusionConfig(query_selection=query_selection, text=text_kind), text)
     return base, fused
 
 
 @pytest.mark.parametrize("preset", TINY)
-@pytest.mark.parametrize("query_selection", [False, True])
-def test_fused_model_equals_base_model_exactly_at_init(preset, query_selection, six_classes):
-    base, fused = _pair(preset, six_classes, query_selection)
+@pytest.mark.parametrize(
+    "query_selection, text_kind", [(False, "descriptions"), (True, "descriptions"), (False, "shuffled")]
+)
+def test_fused_model_equals_base_model_exactly_at_init(preset, query_selection, text_kind, six_classes):
+    base, fused = _pair(preset, six_classes, query_selection, text_kind)
     size = base.meta.image_size
     x = torch.randn(2, 3, *size)
     base.eval(), fused.eval()
@@ -162,6 +165,35 @@ def test_random_text_mode_replaces_the_embeddings(six_classes):
     assert model.text_embeddings.shape == (6, 24)
     assert not torch.allclose(model.text_embeddings, text)
     assert model.meta.fusion.text == "random"
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_shuffled_text_mode_gives_each_class_another_class_text(seed, six_classes, tmp_path):
+    text = torch.nn.functional.normalize(torch.randn(6, 24), dim=-1)
+    fusion = FusionConfig(text="shuffled", random_seed=seed)
+    base = build_detector(ModelConfig(preset="hgnetv2_micro"), six_classes)
+    for model in (build_detector(ModelConfig(preset="hgnetv2_micro"), six_classes, fusion, text),
+                  add_fusion(base, fusion, text)):  # fmt: skip
+        rows = model.text_embeddings
+        # every row is a real class embedding, each used once, none at its own class
+        match = (rows @ text.t()).argmax(-1)
+        assert torch.allclose(rows, text[match], atol=1e-6)
+        assert sorted(match.tolist()) == list(range(6))
+        assert (match != torch.arange(6)).all()
+        assert torch.equal(match, derangement(6, seed))
+        for head in model.fusion_heads():
+            assert torch.equal(head.text_embeddings, rows)
+        assert model.meta.fusion.text == "shuffled" and model.meta.fusion.text_seed == seed
+    save_detector(model, tmp_path / "m")
+    loaded = load_detector(tmp_path / "m")
+    assert loaded.meta.fusion.text == "shuffled" and loaded.meta.fusion.text_seed == seed
+    assert torch.equal(loaded.text_embeddings, model.text_embeddings)
+
+
+def test_shuffled_text_needs_two_classes():
+    text = torch.nn.functional.normalize(torch.randn(1, 24), dim=-1)
+    with pytest.raises(ConfigError, match="at least 2 classes"):
+        build_detector(ModelConfig(preset="hgnetv2_micro"), ["ONLY"], FusionConfig(text="shuffled"), text)
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,10 @@ from defectfusion.models.fusion import (
     FusedClassifier,
     TextFusionHead,
     class_text_embeddings,
+    derangement,
     prior_logit,
     random_text_embeddings,
+    shuffled_text_embeddings,
 )
 
 
@@ -30,6 +32,31 @@ def test_random_control_is_fixed_unit_vectors_of_the_same_shape():
     assert not torch.equal(x, random_text_embeddings(6, 384, seed=4))
 
 
+@pytest.mark.parametrize("n", [2, 3, 6, 10])
+def test_derangement_moves_every_class_for_every_seed(n):
+    for seed in range(20):
+        order = derangement(n, seed)
+        assert sorted(order.tolist()) == list(range(n))
+        assert (order != torch.arange(n)).all()
+        assert torch.equal(order, derangement(n, seed))  # fixed by the seed
+
+
+def test_derangements_differ_between_seeds_and_need_two_elements():
+    assert len({tuple(derangement(6, seed).tolist()) for seed in range(10)}) > 5
+    assert not torch.equal(derangement(6, 0), derangement(6, 1))
+    with pytest.raises(ValueError, match="at least 2"):
+        derangement(1)
+
+
+def test_shuffled_control_assigns_each_class_another_class_text():
+    text = torch.randn(6, 8)
+    shuffled = shuffled_text_embeddings(text, seed=4)
+    order = derangement(6, 4)
+    assert torch.equal(shuffled, text[order])
+    for i in range(6):
+        assert not torch.equal(shuffled[i], text[i])
+
+
 def test_zero_gate_returns_the_base_logits_bit_for_bit():
     torch.manual_seed(0)
     linear = nn.Linear(16, 6)
@@ -39,6 +66,17 @@ def test_zero_gate_returns_the_base_logits_bit_for_bit():
     with torch.no_grad():
         head.fusion.gate.fill_(0.5)
     assert not torch.allclose(head(h), linear(h))
+
+
+def test_the_two_terms_add_up_to_the_fused_logits():
+    torch.manual_seed(0)
+    linear = nn.Linear(16, 6)
+    head = FusedClassifier(linear, TextFusionHead(16, torch.randn(6, 8), gate_init=0.4))
+    h = torch.randn(3, 16)
+    base, text = head.terms(h)
+    assert torch.equal(base, linear(h))
+    assert torch.allclose(text, 0.4 * head.fusion.text_logits(h))
+    assert torch.allclose(base + text, head(h))
 
 
 def test_fused_classifier_keeps_the_linear_parameter_names_and_tensors():

@@ -50,8 +50,11 @@ class FusionConfig(_Section):
     """The text-fusion class head."""
 
     enabled: bool = True
-    text: Literal["descriptions", "random"] = Field(
-        "descriptions", description="'random': fixed random unit vectors of the same shape (the control)"
+    text: Literal["descriptions", "shuffled", "random"] = Field(
+        "descriptions",
+        description="the controls: 'shuffled': the real class embeddings assigned to the wrong classes (a "
+        "derangement fixed by random_seed: text geometry without its meaning); 'random': fixed random unit "
+        "vectors of the same shape (no text at all)",
     )
     descriptions: str = Field("defects6", description="packaged name or path of a descriptions YAML")
     encoder: str = Field("clip:openai/clip-vit-base-patch32", description="clip:NAME | sentence:NAME | file:PATH")
@@ -59,7 +62,14 @@ class FusionConfig(_Section):
     query_selection: bool = Field(False, description="also fuse the encoder's query-selection score head")
     temperature: float = Field(0.07, gt=0, description="initial temperature of the contrastive logits")
     gate_init: float = Field(0.0, description="initial gate; 0 keeps the base model's outputs exactly")
-    random_seed: int = Field(0, description="seed of the random control embeddings")
+    random_seed: int = Field(0, description="seed of the control embeddings (random vectors, or the shuffle)")
+    scalar_lr_multiplier: float = Field(
+        1.0,
+        gt=0,
+        description="the fusion heads' scalars (gate, logit scale, logit bias) train at the fusion group's lr "
+        "times this, in a param group of their own (fusion/scalars, no weight decay): Adam moves a scalar by "
+        "about lr per step, so at the fusion lr the gate stays near 0 and the text path never opens",
+    )
 
 
 GroupName = Literal["backbone", "encoder", "decoder", "class_head", "fusion"]
@@ -210,6 +220,11 @@ class TrainConfig(_Section):
     )
     cache_dir: str | None = Field(
         None, description="where the frozen-trunk cache lives (keyed by weights, image, size, dtype); default RUN/cache"
+    )
+    test_baseline: bool = Field(
+        True,
+        description="score the baseline on the test split too, beside the final model; a study scores it once "
+        "for all its runs and sets this false",
     )
 
     @field_validator("cache_frozen", mode="before")

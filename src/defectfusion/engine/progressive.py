@@ -37,6 +37,7 @@ from .precision import resolve_precision
 from .predictor import Predictor, detections_to_coco
 from .seeding import seed_phase
 from .start_model import RANDOM_START, previous_phase, start_model
+from .text_usage import TextUsage, TextUsageProbe
 from .tracking import Tracker
 from .trainer import PhaseTrainer
 from .trunk_cache import check_cache_setting
@@ -304,14 +305,20 @@ class TrainingRun:
         """The final model and the baseline scored on the test images, which selected nothing.
 
         Writes ``test/<final|baseline>_metrics.json`` and ``..._results.json`` (COCO results of every
-        detection, for paired statistics later) and ``summary["test"]``.
+        detection, for paired statistics later) and ``summary["test"]``; a fused model's entry also
+        holds ``text_usage`` (:class:`~.text_usage.TextUsage`: did it use the text?). With
+        ``train.test_baseline`` false only the final model is scored (a study scores its baseline once).
         """
         final = self.summary.get("final") or {}
         baseline = self.summary.get("baseline") or {}
         folder = self.out / "test"
         entries: dict[str, Any] = {}
-        scored: dict[str, tuple[dict[str, Any], Path]] = {}
-        for role, checkpoint in (("final", final.get("checkpoint")), ("baseline", baseline.get("checkpoint"))):
+        scored: dict[str, tuple[dict[str, Any], Path, TextUsage | None]] = {}
+        usages: dict[str, TextUsage] = {}
+        roles = [("final", final.get("checkpoint"))]
+        if self.cfg.train.test_baseline:
+            roles.append(("baseline", baseline.get("checkpoint")))
+        for role, checkpoint in roles:
             if not checkpoint or not Path(checkpoint, "config.json").is_file():
                 continue
             key = (
@@ -326,19 +333,23 @@ class TrainingRun:
                     top_k=self.cfg.train.top_k,
                     batch_size=self.cfg.data.eval_batch_size or self.cfg.data.batch_size,
                 )
-                metrics, kept = evaluate_on_index(
-                    predictor,
-                    datasets.test,
-                    keep=[r.id for r in datasets.test.images],
-                    progress=self.progress,
-                    desc=f"test {role}",
-                )
+                with TextUsageProbe(predictor.model) as probe:  # the same forward passes, hooked
+                    metrics, kept = evaluate_on_index(
+                        predictor,
+                        datasets.test,
+                        keep=[r.id for r in datasets.test.images],
+                        progress=self.progress,
+                        desc=f"test {role}",
+                    )
                 results = folder / f"{role}_results.json"
                 write_metrics(metrics, folder / f"{role}_metrics.json")
                 atomic_write_json(results, detections_to_coco(kept, datasets.test), indent=None)
-                scored[key] = (metrics, results)
-            metrics, results = scored[key]
+                scored[key] = (metrics, results, probe.result())
+            metrics, results, usage = scored[key]
             entries[role] = _test_entry(metrics, str(checkpoint), results)
+            if usage is not None:
+                entries[role]["text_usage"] = usage.to_dict()
+                usages[role] = usage
         self.summary["test"] = {
             "annotations": str(datasets.test.annotations_file),
             "num_images": len(datasets.test.images),
@@ -352,6 +363,8 @@ class TrainingRun:
                 f"test ({len(datasets.test.images)} images, used for nothing else): final mAP@0.5 "
                 f"{_fmt(entries['final']['map50'])}, baseline {_fmt(base)}"
             )
+            if "final" in usages:
+                print(f"final model's {usages['final'].line()}")
 
     def _choose_final(self) -> None:
         if not self.info.is_main:

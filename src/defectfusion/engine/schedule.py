@@ -34,18 +34,38 @@ def build_scheduler(
     )
 
 
-def optimizer_groups(model: torch.nn.Module, phase: PhaseConfig, weight_decay: float) -> list[dict[str, Any]]:
-    """One AdamW group per trainable model group (its own lr), split by weight decay.
+#: The param group of the fusion heads' scalars (gate, logit scale, logit bias).
+FUSION_SCALARS = "fusion/scalars"
 
-    No weight decay on 1-D tensors: norms, biases, and the fusion's logit scale, bias and gate.
+
+def is_fusion_scalar(name: str, param: torch.nn.Parameter) -> bool:
+    """A 0-d parameter of a fusion head: its gate, logit scale or logit bias."""
+    return param.ndim == 0 and parameter_group(name) == "fusion"
+
+
+def optimizer_groups(
+    model: torch.nn.Module, phase: PhaseConfig, weight_decay: float, scalar_lr_multiplier: float = 1.0
+) -> list[dict[str, Any]]:
+    """One AdamW group per trainable model group (its own lr), split by weight decay, and one for the
+    fusion heads' scalars.
+
+    No weight decay on 1-D tensors (norms, biases) nor on the fusion scalars. The scalars (gate,
+    logit scale, logit bias) get their own group, :data:`FUSION_SCALARS`, at the fusion lr times
+    ``scalar_lr_multiplier``: Adam moves each parameter by about its lr per step whatever its
+    gradient, so at the fusion lr a gate that starts at 0 stays near 0 for a whole short phase.
+    It comes last, so ``param_groups[0]`` stays a group at the phase's own lr.
     """
     groups: dict[tuple[str, bool], list[torch.nn.Parameter]] = {}
+    scalars: list[torch.nn.Parameter] = []
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
+        if is_fusion_scalar(name, param):
+            scalars.append(param)
+            continue
         decays = param.ndim > 1 and "norm" not in name
         groups.setdefault((parameter_group(name), decays), []).append(param)
-    return [
+    out = [
         {
             "params": params,
             "lr": phase.lr_for(group),
@@ -54,3 +74,7 @@ def optimizer_groups(model: torch.nn.Module, phase: PhaseConfig, weight_decay: f
         }
         for (group, decays), params in groups.items()
     ]
+    if scalars:
+        lr = phase.lr_for("fusion") * scalar_lr_multiplier
+        out.append({"params": scalars, "lr": lr, "weight_decay": 0.0, "name": FUSION_SCALARS})
+    return out

@@ -92,7 +92,8 @@ class PhaseTrainer:
         self.cache_decision = decide(cfg, name, phase, model)
         self.cache: PhaseCache | None = None  # filled when the phase starts (prepare_cache), with cache_line
         self.steps_per_epoch = len(self._train_loader(0))
-        self.optimizer = torch.optim.AdamW(optimizer_groups(model, phase, train.weight_decay), betas=train.betas)
+        groups = optimizer_groups(model, phase, train.weight_decay, cfg.fusion.scalar_lr_multiplier)
+        self.optimizer = torch.optim.AdamW(groups, betas=train.betas)
         warmup = phase.warmup_steps if phase.warmup_steps is not None else train.warmup_steps
         self.scheduler = build_scheduler(
             self.optimizer, self.steps_per_epoch * phase.epochs, warmup, train.flat_fraction, train.min_lr_factor

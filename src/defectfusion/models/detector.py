@@ -26,7 +26,7 @@ from transformers.models.deimv2.modeling_deimv2 import Deimv2FrozenBatchNorm2d
 
 from ..config import ALL_GROUPS, FusionConfig, ModelConfig
 from ..errors import ConfigError
-from .fusion import FusedClassifier, TextFusionHead, random_text_embeddings
+from .fusion import FusedClassifier, TextFusionHead, random_text_embeddings, shuffled_text_embeddings
 from .inference import PredictsImages
 from .presets import IMAGENET_MEAN, IMAGENET_STD, NO_MEAN, NO_STD, get_preset
 from .semantics import apply_original_semantics
@@ -41,12 +41,13 @@ class FusionMeta:
     """How the fusion heads were built (stored in the saved config)."""
 
     text_dim: int
-    text: str = "descriptions"  # "descriptions" | "random"
+    text: str = "descriptions"  # "descriptions" | "shuffled" | "random"
     encoder: str | None = None  # the encoder's identity (cache key), e.g. "clip:hub:openai/clip-vit-base-patch32"
     descriptions: str | None = None
     temperature: float = 0.07
     query_selection: bool = False
     encoder_spec: str | None = None  # the spec it was loaded with (clip:NAME, ...): what-if descriptions reuse it
+    text_seed: int | None = None  # the seed of a control's embeddings (shuffled, random); None for descriptions
 
 
 @dataclass
@@ -328,6 +329,26 @@ def detector_config(model: ModelConfig, class_names: Sequence[str], fusion: Fusi
     return config
 
 
+def fusion_text(fusion: FusionConfig, text_embeddings: torch.Tensor) -> torch.Tensor:
+    """The ``[C, D]`` class embeddings a fused model carries for ``fusion.text``.
+
+    ``descriptions``: ``text_embeddings`` as given; ``shuffled``: the same rows assigned to the wrong
+    classes by a derangement fixed by ``fusion.random_seed`` (text geometry without its meaning);
+    ``random``: fixed random unit vectors of the same shape (no text at all).
+    """
+    classes, dim = text_embeddings.shape
+    if fusion.text == "random":
+        return random_text_embeddings(classes, dim, fusion.random_seed)
+    if fusion.text == "shuffled":
+        if classes < 2:
+            raise ConfigError(
+                f"fusion.text: shuffled gives each class another class's text, which needs at least 2 classes; "
+                f"the dataset has {classes}: use fusion.text: random for a control"
+            )
+        return shuffled_text_embeddings(text_embeddings, fusion.random_seed)
+    return text_embeddings
+
+
 def fusion_meta(
     fusion: FusionConfig, text_embeddings: torch.Tensor, *, encoder: str | None = None, descriptions: str | None = None
 ) -> FusionMeta:
@@ -339,6 +360,7 @@ def fusion_meta(
         temperature=fusion.temperature,
         query_selection=fusion.query_selection,
         encoder_spec=fusion.encoder,
+        text_seed=None if fusion.text == "descriptions" else fusion.random_seed,
     )
 
 
@@ -357,8 +379,8 @@ def build_detector(
         model: architecture settings.
         class_names: ``C`` class names, in label order.
         fusion: fusion settings; ``None`` or ``enabled: false`` builds the plain detector.
-        text_embeddings: ``[C, D]`` class text embeddings (with ``fusion.text == "random"`` only
-            their shape is used: fixed random unit vectors replace them).
+        text_embeddings: ``[C, D]`` class text embeddings (``fusion.text == "shuffled"`` assigns them
+            to the wrong classes; with ``"random"`` only their shape is used: see :func:`fusion_text`).
     """
     meta = None
     if fusion is not None and fusion.enabled:
@@ -368,8 +390,7 @@ def build_detector(
             raise ConfigError(
                 f"text embeddings describe {text_embeddings.shape[0]} classes, the dataset has {len(class_names)}"
             )
-        if fusion.text == "random":
-            text_embeddings = random_text_embeddings(len(class_names), text_embeddings.shape[1], fusion.random_seed)
+        text_embeddings = fusion_text(fusion, text_embeddings)
         meta = fusion_meta(fusion, text_embeddings, encoder=encoder, descriptions=descriptions)
     detector = DefectDetector(detector_config(model, class_names, meta))
     if meta is not None:
@@ -395,9 +416,10 @@ def add_fusion(
     """
     if detector.is_fused:
         raise ConfigError("the detector already has fusion heads")
-    class_names = detector.class_names
-    if fusion.text == "random":
-        text_embeddings = random_text_embeddings(len(class_names), text_embeddings.shape[1], fusion.random_seed)
+    if text_embeddings.shape[0] != detector.config.num_labels:
+        classes = detector.config.num_labels
+        raise ConfigError(f"text embeddings describe {text_embeddings.shape[0]} classes, the detector has {classes}")
+    text_embeddings = fusion_text(fusion, text_embeddings)
     meta = fusion_meta(fusion, text_embeddings, encoder=encoder, descriptions=descriptions)
     config = Deimv2Config.from_dict(detector.config.to_dict())
     detector_meta = DetectorMeta.from_config(detector.config)

@@ -48,6 +48,34 @@ def random_text_embeddings(num_classes: int, dim: int, seed: int = 0) -> torch.T
     return F.normalize(torch.randn(num_classes, dim, generator=generator), dim=-1)
 
 
+def derangement(n: int, seed: int = 0) -> torch.Tensor:
+    """A permutation of ``0 .. n-1`` with no fixed point, drawn uniformly for ``seed`` (``n >= 2``).
+
+    Random permutations are drawn until one moves every index (on average e ~ 2.7 draws).
+    """
+    if n < 2:
+        raise ValueError(f"a derangement needs at least 2 elements, got {n}")
+    generator = torch.Generator().manual_seed(seed)
+    identity = torch.arange(n)
+    while True:
+        order = torch.randperm(n, generator=generator)
+        if not (order == identity).any():
+            return order
+
+
+def shuffled_text_embeddings(text_embeddings: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """The control that keeps text geometry without its meaning: class ``i`` gets the embedding of
+    class ``derangement(C, seed)[i]``, never its own.
+
+    Args:
+        text_embeddings: ``[C, D]`` real class embeddings, ``C >= 2``.
+
+    Returns:
+        ``[C, D]``: the same rows, each assigned to another class.
+    """
+    return text_embeddings[derangement(text_embeddings.shape[0], seed)].clone()
+
+
 class TextFusionHead(nn.Module):
     """Text-aware residual on top of a detector's class logits.
 
@@ -148,3 +176,8 @@ class FusedClassifier(nn.Linear):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.fusion(features, super().forward(features))
+
+    def terms(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two terms of :meth:`forward`'s logits, each ``[.., C]``: the detector's own ``W h + b``
+        and the gated text term ``g * text`` (their sum is the fused logits)."""
+        return super().forward(features), self.fusion.gate * self.fusion.text_logits(features)
