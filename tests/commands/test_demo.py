@@ -49,8 +49,9 @@ def test_every_arm_starts_from_the_baseline_selects_on_val_and_is_scored_on_test
     baseline = json.loads((demo / "baseline" / "summary.json").read_text())
     start = baseline["phases"]["baseline"]["best_dir"]
     plan = json.loads((demo / "study" / "study.json").read_text())
-    assert sorted({r["arm"] for r in plan["runs"]}) == ["continued", "random", "text"]
-    assert all(sum(r["arm"] == arm for r in plan["runs"]) == 2 for arm in ("text", "random", "continued"))
+    arms = ("text", "shuffled", "random", "continued")
+    assert sorted({r["arm"] for r in plan["runs"]}) == sorted(arms)
+    assert all(sum(r["arm"] == arm for r in plan["runs"]) == 2 for arm in arms)
     for run in plan["runs"]:
         with open(f"{run['folder']}/summary.json") as f:
             summary = json.load(f)
@@ -62,17 +63,32 @@ def test_every_arm_starts_from_the_baseline_selects_on_val_and_is_scored_on_test
         assert summary["test"]["annotations"].endswith("data/test/annotations.json")
 
 
-def test_the_verdict_is_computed_from_the_test_numbers(demo):
+def test_the_verdict_follows_from_the_test_numbers_and_the_text_usage_of_every_run(demo):
+    from defectfusion.engine.intervals import Interval
+    from defectfusion.engine.verdict import decide
+
     summary = json.loads((demo / "summary.json").read_text())
     study = summary["study"]
     assert study["scored_on"]["test"] and study["scored_on"]["images"] == 16
     entry = study["fractions"]["100pct"]
-    text_vs_base = next(c for c in entry["comparisons"] if (c["a"], c["b"]) == ("text", "baseline"))["map50"]
+    assert [c["b"] for c in entry["primary"]] == ["baseline", "shuffled", "random", "continued"]
+    text_vs_base = entry["primary"][0]
     assert f"{text_vs_base['difference']:+.3f}" in " ".join(summary["verdict"])
-    assert entry["verdict"]["outcome"] in {"helped", "hurt", "inconclusive"}
+    if entry["verdict"]["outcome"] != "nothing to compare":
+        assert decide([Interval.from_dict(c) for c in entry["primary"]]).outcome == entry["verdict"]["outcome"]
+    # gates and the text share of every fused run, and the sentence the share implies
+    for arm in ("text", "shuffled", "random"):
+        for run in entry["runs"][arm]:
+            usage = run["text_usage"]
+            assert usage["gates"] and usage["text_share_centered"] is not None
+    share = entry["manipulation"]["per_arm"]["text"]["share"]
+    said = " ".join(entry["verdict"]["sentences"])
+    if entry["verdict"]["outcome"] != "nothing to compare":
+        assert ("hardly used" in said) == (share < 0.05) and f"{share:.1%}" in said
     report = (demo / "report" / "report.md").read_text()
-    assert "The rule (written before the numbers)" in report and "Demo verdict" in report
+    assert report.index("The rule (written before the numbers)") < report.index("## Verdict")
     assert report.index("The rule") < report.index("### Arms")  # the rule stands above the numbers
+    assert "Demo verdict" not in report and "What the demo does not show" in report
 
 
 def test_the_html_report_holds_every_image(demo):

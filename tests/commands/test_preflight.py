@@ -135,7 +135,6 @@ def test_train_refuses_the_same_config_before_training(kit, synth_data, tmp_path
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.xfail(reason="until run_study calls preflight.check_plan before launching", strict=False)
 def test_run_study_stops_at_a_misspelt_class_before_any_run(kit, synth_data, monkeypatch):
     from defectfusion.commands import study, study_launch
 

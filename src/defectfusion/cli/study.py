@@ -21,18 +21,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "study",
         help="did the descriptions help? arms x seeds from one baseline, scored on test, with intervals and a verdict",
-        description="Train every arm (text: the config; random: random vectors as text; continued: the same phases "
-        "without a fusion head; one arm per --descriptions file) with every seed (and training fraction) from the "
-        "config's model.checkpoint, each an ordinary resumable run; score each final model on data.test (which "
-        "selected nothing); report means and sds over seeds, hierarchical bootstrap intervals of every difference "
-        "and a verdict by a rule stated before the numbers.",
+        description="Train every arm (text: the config; shuffled: the descriptions on the wrong classes; random: "
+        "random vectors as text; continued: the same phases without a fusion head; one arm per --descriptions file) "
+        "with every seed (and training fraction) from the config's model.checkpoint, each an ordinary resumable run, "
+        "after checking every run's inputs; score each final model on data.test (which selected nothing); report "
+        "intervals over seeds and test images, how much the text was used, power, and a verdict by a rule stated "
+        "before the numbers (docs/method.md). --resume may change --parallel, --threads and --workers.",
     )
     p.add_argument(
         "config", nargs="?", help="training config (its model.checkpoint is the baseline); optional with --resume"
     )
     p.add_argument("--out", type=Path, required=True, help="study folder")
-    p.add_argument("--arms", default="text,random,continued", help="comma-separated (default: text,random,continued)")
-    p.add_argument("--seeds", type=int, default=2, help="training seeds per arm (default: 2)")
+    p.add_argument(
+        "--arms",
+        default="text,shuffled,random,continued",
+        help="comma-separated (default: text,shuffled,random,continued; the rule compares text with each control run)",
+    )
+    p.add_argument(
+        "--seeds", type=int, default=3, help="training seeds per arm (default: 3; fewer: the report says what it costs)"
+    )
     p.add_argument(
         "--train-fractions",
         type=_fractions,
@@ -41,13 +48,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="train every arm on these nested, class-stratified fractions of the training images",
     )
     p.add_argument(
+        "--fraction-baselines",
+        action="store_true",
+        help="train a baseline on each training fraction below 1 too (the config's `baseline` phase, from "
+        "model.backbone_weights or scratch) and start that fraction's arms from it; without it every arm starts "
+        "from model.checkpoint, trained on all the images, so the curve measures fine-tuning data",
+    )
+    p.add_argument(
         "--descriptions", nargs="+", default=[], metavar="YAML", help="extra description files: one arm each"
     )
     p.add_argument("--parallel", type=int, default=1, help="runs at a time with the local launcher (default: 1)")
     p.add_argument("--launcher", choices=["local", "slurm"], default="local", help="local processes or Slurm jobs")
     p.add_argument("--slurm-partition", default=None, help="Slurm partition (launcher slurm)")
     p.add_argument("--slurm-time", type=int, default=24 * 60, metavar="MIN", help="Slurm time limit per run, minutes")
-    p.add_argument("--draws", type=int, default=200, help="bootstrap draws (default: 200)")
+    p.add_argument("--draws", type=int, default=2000, help="bootstrap draws of the test images (default: 2000)")
     p.add_argument(
         "--explain",
         type=int,
@@ -89,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
         arms=arms,
         seeds=args.seeds,
         fractions=args.train_fractions,
+        fraction_baselines=args.fraction_baselines,
         descriptions=args.descriptions,
         parallel=args.parallel,
         launcher=args.launcher,

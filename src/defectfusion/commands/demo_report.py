@@ -16,7 +16,8 @@ FIGURES = 3  # per-image explanation figures in the report
 def demo_sections(
     out: Path, study: dict[str, Any], class_names: Sequence[str], verdict: Sequence[str], explained: Any
 ) -> tuple[Path, Path]:
-    """``out/report/report.md`` and ``.html``: the verdict first, then the study, then the maps and their quality.
+    """``out/report/report.md`` and ``.html``: what the demo did, then the study (the rule before its verdict),
+    then the maps and their quality, then what the demo does not show.
 
     ``explained``: the :class:`~defectfusion.commands.explain.ExplainResult` of the test images.
     """
@@ -27,16 +28,17 @@ def demo_sections(
             "What the demo did",
             "Synthetic images with the six classes of the plan; a tiny DEIMv2 trained from scratch as the "
             "baseline; then a study from that baseline: the three progressive phases with the class "
-            "descriptions embedded by MiniLM (text), with random unit vectors as text (random) and the "
-            "same training without a fusion head (continued), each with several seeds. Every model was "
-            "selected on the validation images and is scored here on test images that selected nothing.",
+            "descriptions embedded by MiniLM (text), with the same descriptions on the wrong classes (shuffled), "
+            "with random unit vectors as text (random) and the same training without a fusion head (continued), "
+            "each with several seeds. Every model was selected on the validation images and is scored here on "
+            "test images that selected nothing.",
         )
     ]
-    intro.append(Section("Demo verdict", "\n".join(f"- {line}" for line in verdict)))
     explain = [
         Section(
             "Explanations: why each box got its class, and whether the maps point at the defects",
-            f"The best text run explained on {len(explained.images)} test images. Every map kind is scored "
+            f"The text arm's first seed (chosen before any score) explained on {len(explained.images)} test "
+            "images. Every map kind is scored "
             "against the boxes: the pointing game (the class map's maximum inside a box of that class) and the "
             "AUROC of map values on the objects against the background, beside chance, with 95% intervals "
             "over images.",
@@ -51,6 +53,7 @@ def demo_sections(
             images=[(f, f.parent.name) for f in figures],
             level=3,
         ),
+        Section("What the demo does not show", verdict[-1]),
     ]
     return write_study_report(
         out / "report",

@@ -29,7 +29,7 @@ from ..engine.progressive import check_phases, select_phases
 from ..engine.start_model import previous_phase, trains_the_detector
 from ..engine.trunk_cache import check_cache_setting
 from ..errors import CheckpointError, ConfigError, DefectFusionError
-from ..models.checkpoint import CONFIG_NAME, WEIGHTS_NAME, _read_config  # the reader load_detector uses
+from ..models.checkpoint import CONFIG_NAME, WEIGHTS_NAME, read_model_config
 from ..models.text import FileTextEncoder, build_text_encoder
 from .study_plan import StudyPlan
 
@@ -45,6 +45,7 @@ class RunToCheck:
     config: Config | str | os.PathLike
     folder: str | os.PathLike | None = None  # a run continued at a later phase starts from its own best
     phase: str = "all"  # which phases it trains (``train --phase``)
+    planned_start: bool = False  # its model.checkpoint is written by an earlier run of the same plan
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,8 @@ class _Checks:
         attempt("train.cache_frozen", lambda: check_cache_setting(cfg, names))
         attempt("train.device", lambda: self._device(cfg.train.device))
         classes = self._data(cfg, problems)
-        self._start(cfg, names, item.folder, classes, problems)
+        if not item.planned_start:
+            self._start(cfg, names, item.folder, classes, problems)
         if any(cfg.phases[n].fusion for n in names):
             self._text(cfg, classes, problems)
         if cfg.data.confusable_pair is not None and classes is not None:
@@ -188,7 +190,7 @@ def _checkpoint_classes(path: str) -> list[str]:
     if not folder.is_dir():
         what = "is a file; a detector checkpoint is a folder with config.json" if folder.exists() else "does not exist"
         raise CheckpointError(f"checkpoint {str(folder)!r} {what}")
-    config = _read_config(folder)
+    config = read_model_config(folder)
     if not (folder / WEIGHTS_NAME).is_file():
         raise CheckpointError(f"{folder}: {WEIGHTS_NAME} is missing (sharded or .bin checkpoints are not supported)")
     return [config.id2label[i] for i in range(config.num_labels)]
@@ -249,9 +251,11 @@ def check_runs(runs: Sequence[RunToCheck], *, device_here: bool = True, what: st
 
 def check_plan(plan: StudyPlan, *, device_here: bool = True) -> None:
     """:func:`check_runs` for every run of a study plan before any starts (Slurm: ``device_here=False``)."""
-    runs = [
-        RunToCheck(run.key, run.resolved if run.resolved is not None else run.config, run.folder) for run in plan.runs
-    ]
+    planned = {str(Path(r.folder) / "final") for r in plan.runs}  # checkpoints the plan's own runs write
+    runs = []
+    for run in plan.runs:
+        cfg = run.load()
+        runs.append(RunToCheck(run.key, cfg, run.folder, planned_start=cfg.model.checkpoint in planned))
     check_runs(runs, device_here=device_here, what=f"study {plan.name}")
 
 

@@ -24,7 +24,7 @@ class Shorthand:
     threads: int | None = None
     workers: int | None = None
 
-    def overrides(self, config: str | os.PathLike, given: Sequence[str] = ()) -> list[str]:
+    def overrides(self, config: str | os.PathLike | None, given: Sequence[str] = ()) -> list[str]:
         """The overrides these flags stand for, for ``config`` (its phases decide where epochs go)."""
         for name in ("epochs", "image_size", "batch_size", "threads"):
             value = getattr(self, name)
@@ -55,10 +55,14 @@ def shorthand_from_args(args) -> Shorthand:
 
 def overrides_from_args(args, resumed_refusal: str) -> list[str]:
     """``args.override`` plus what the shorthand flags stand for; ``resumed_refusal`` is the error
-    when flags are given without a config (a resumed run or study keeps its own)."""
+    when flags that change results are given without a config (a resumed run or study keeps its
+    own): ``--threads`` and ``--workers`` change speed only and may be given to a resume."""
     shorthand = shorthand_from_args(args)
     if shorthand == Shorthand():
         return list(args.override)
     if args.config is None:
-        raise ConfigError(resumed_refusal)
+        speed = Shorthand(threads=shorthand.threads, workers=shorthand.workers)
+        if shorthand != speed:
+            raise ConfigError(f"{resumed_refusal} (--threads and --workers may change: they change speed only)")
+        return speed.overrides(None, args.override)
     return shorthand.overrides(args.config, args.override)

@@ -20,28 +20,45 @@ Without a test split the validation images are used and every table says they se
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..config import Config, load_config
 from ..data.coco import CocoIndex, load_coco
 from ..data.descriptions import resolve_pair
-from ..engine.bootstrap import image_draws, resample
+from ..engine.bootstrap import Resampled, image_draws, resample
 from ..engine.evaluator import write_metrics
 from ..engine.predictor import Predictor, detections_to_coco
 from ..engine.results_file import read_results_file
-from ..engine.study_stats import compare_arms, hierarchical_draws, resolution, summarize_arm
+from ..engine.study_analysis import RunInfo, analyse_fraction
+from ..engine.study_stats import RunScores
+from ..engine.tracking import StudyTracker
 from ..engine.validation import evaluate_on_index
-from ..engine.verdict import decide, rule_text
-from ..errors import ConfigError
+from ..engine.verdict import rule_text
+from ..errors import ConfigError, DataError
 from ..io import atomic_write_json, read_json
 from ..report.study import write_study_report
 from ..structures import Detections
 from .explain import explain
+from .preflight import check_plan
 from .study_launch import SlurmOptions, run_local, run_slurm
-from .study_plan import BASE_ARMS, StudyPlan, StudyRun, fraction_label, plan_study, read_plan, same_plan, write_plan
+from .study_plan import (
+    BASE_ARMS,
+    BASELINE_ARM,
+    StudyPlan,
+    StudyRun,
+    check_same_plan,
+    fraction_label,
+    plan_study,
+    read_plan,
+    with_speed_settings,
+    write_plan,
+)
 
 
 @dataclass
@@ -85,47 +102,82 @@ def _run_scores(run: StudyRun, index: CocoIndex, on_test: bool, progress: bool):
     return _score(folder / "final", index, folder, "study_val_", progress)
 
 
-def _statistics(plan: StudyPlan, index: CocoIndex, on_test: bool, draws: int, pair, progress: bool) -> dict:
+def _run_info(run: StudyRun) -> RunInfo:
+    summary = read_json(Path(run.folder) / "summary.json", "run summary")
+    final = summary.get("final") or {}
+    usage = ((summary.get("test") or {}).get("final") or {}).get("text_usage")
+    return RunInfo(run.key, run.arm, run.seed, run.folder, final.get("phase"), final.get("reason"), usage)
+
+
+def _check_identity(name: str, metrics: dict[str, Any], identity: Resampled, where: Path) -> None:
+    """The bootstrap's identity draw must give what the evaluator wrote: the results file and the metrics
+    file then describe the same detections."""
+    for key, drawn in (("map50", identity.map50[0]), ("map", identity.map[0])):
+        stored = metrics.get(key)
+        same = (stored is None and not np.isfinite(drawn)) or (stored is not None and abs(stored - drawn) <= 1e-6)
+        if not same:
+            raise DataError(
+                f"{name}: {key} from the results in {where} is {drawn:.6f}, its metrics file says {stored}: the two "
+                f"files describe different detections. Delete {where} to score the model again"
+            )
+
+
+def _subset_size(run: StudyRun, class_names: list[str], own_baseline: bool) -> dict[str, Any]:
+    train = run.load().data.train
+    index = load_coco(train.annotations, train.images)
+    boxes = np.bincount([a.label for anns in index.annotations.values() for a in anns], minlength=len(class_names))
+    return {
+        "images": len(index.images),
+        "boxes": dict(zip(class_names, boxes.tolist(), strict=True)),
+        "own_baseline": own_baseline,
+    }
+
+
+def _statistics(plan: StudyPlan, index: CocoIndex, on_test: bool, draws: int, pair, progress: bool) -> dict[str, Any]:
     base_metrics, base_dets = _score(plan.baseline, index, Path(plan.out) / "baseline", "", progress)
     scored = {run.key: _run_scores(run, index, on_test, progress) for run in plan.runs}
-    resampled = resample(
-        index.to_coco_dict(),
-        {"baseline": base_dets, **{k: d for k, (_, d) in scored.items()}},
-        image_draws([r.id for r in index.images], draws, seed=0),
-    )
+    gt = index.to_coco_dict()
+    detections = {"baseline": base_dets, **{k: d for k, (_, d) in scored.items()}}
+    ids = [r.id for r in index.images]
+    identity = resample(gt, detections, np.array([sorted(ids)]))
+    metrics = {"baseline": base_metrics, **{k: m for k, (m, _) in scored.items()}}
+    for name, values in identity.items():
+        folder = Path(plan.out) / "baseline" if name == "baseline" else Path(plan.run(name).folder)
+        _check_identity(name, metrics[name], values, folder)
+    resampled = resample(gt, detections, image_draws(ids, draws, seed=0), progress=progress)
     names = list(index.class_names)
     per_fraction = {}
     for fraction in plan.fractions:
+        label = fraction_label(fraction)
+        own = plan.own_baseline(fraction)
+        key = own.key if own is not None else "baseline"
+        baseline = RunScores(key, metrics[key], resampled[key])
         runs = {arm: [r for r in plan.runs if r.arm == arm and r.fraction == fraction] for arm in plan.arms}
-        summaries = {"baseline": summarize_arm("baseline", [base_metrics], pair)}
-        summaries.update({arm: summarize_arm(arm, [scored[r.key][0] for r in rs], pair) for arm, rs in runs.items()})
-        arm_draws = hierarchical_draws(
-            {"baseline": [resampled["baseline"]], **{a: [resampled[r.key] for r in rs] for a, rs in runs.items()}},
-            seed=int(fraction * 1000),
+        arms = {arm: [RunScores(r.key, metrics[r.key], resampled[r.key]) for r in rs] for arm, rs in runs.items()}
+        result = analyse_fraction(
+            label,
+            fraction,
+            arms,
+            baseline,
+            {arm: [_run_info(r) for r in rs] for arm, rs in runs.items()},
+            names,
+            pair,
+            len(index.images),
+            verdict_label=label if len(plan.fractions) > 1 else "",
+            skipped_phases={r.arm: r.skipped_phases for rs in runs.values() for r in rs if r.skipped_phases},
+            subset=_subset_size(runs[plan.arms[0]][0], names, own is not None) if fraction < 1 else None,
         )
-        pairs = [(a, "baseline") for a in plan.arms]
-        pairs += [(a, b) for i, a in enumerate(plan.arms) for b in plan.arms[i + 1 :]]
-        comparisons = {(a, b): compare_arms(summaries[a], summaries[b], arm_draws, names, pair) for a, b in pairs}
-        verdict = decide(comparisons, fraction_label(fraction) if len(plan.fractions) > 1 else "")
-        key = ("text", "baseline") if ("text", "baseline") in comparisons else pairs[0]
-        per_fraction[fraction_label(fraction)] = {
-            "fraction": fraction,
-            "arms": {a: s.to_dict() for a, s in summaries.items()},
-            "comparisons": [c.to_dict() for c in comparisons.values()],
-            "resolution": resolution(comparisons[key].map50, len(index.images)),
-            "verdict": {"outcome": verdict.outcome, "sentences": verdict.sentences},
-            "runs": {a: [r.folder for r in rs] for a, rs in runs.items()},
-            "skipped_phases": {r.arm: r.skipped_phases for rs in runs.values() for r in rs if r.skipped_phases},
-        }
+        per_fraction[label] = {**result.to_dict(), "baseline": own.folder if own is not None else plan.baseline}
     return per_fraction
 
 
 def _map_quality(per_fraction: dict, index, folder: Path, images: int, progress: bool) -> dict[str, Any]:
-    """Per fused arm (the full training set's first seed): each map kind's overall quality on ``index``."""
+    """Per fused arm (the full training set's first seed, chosen before any score): each map kind's overall
+    quality on ``index``."""
     entry = per_fraction[max(per_fraction, key=lambda k: per_fraction[k]["fraction"])]
     quality: dict[str, Any] = {}
-    for arm, folders in entry["runs"].items():
-        model = Path(folders[0]) / "final"
+    for arm, infos in entry["runs"].items():
+        model = Path(infos[0]["folder"]) / "final"
         if arm == "baseline" or not (model / "config.json").is_file() or not _is_fused(model):
             continue
         if progress:
@@ -142,46 +194,88 @@ def _is_fused(model: Path) -> bool:
     return bool((config.get("defectfusion") or {}).get("fusion"))
 
 
+def _tracker(out: Path, cfg: Config) -> StudyTracker:
+    """The study's parent MLflow run (nothing when ``train.mlflow`` is not set)."""
+    experiment = cfg.train.mlflow_experiment or cfg.name  # the runs' configs carry the study's experiment
+    return StudyTracker(cfg.train.mlflow, experiment, out, cfg.name)
+
+
+SANE_BASELINE_MAP50 = 0.05  # below: the detector finds almost nothing, arms would differ by noise around 0
+
+
+def _scoring_split(plan: StudyPlan, base_cfg: Config) -> tuple[CocoIndex, bool]:
+    if plan.test is not None:
+        return load_coco(plan.test), True
+    return load_coco(base_cfg.data.val.annotations, base_cfg.data.val.images), False
+
+
+def _warn_on_a_weak_baseline(plan: StudyPlan, index: CocoIndex, on_test: bool, progress: bool) -> None:
+    """Score the baseline once (every run and the statistics reuse it) and say so when it finds next to nothing."""
+    metrics, _ = _score(plan.baseline, index, Path(plan.out) / "baseline", "", progress)
+    value = metrics.get("map50")
+    if value is None or value < SANE_BASELINE_MAP50:
+        shown = "undefined" if value is None else f"{value:.4f}"
+        print(
+            f"warning: the baseline {plan.baseline} scores mAP@0.5 {shown} on the {'test' if on_test else 'val'} "
+            f"images (below {SANE_BASELINE_MAP50}): it finds almost nothing, so the arms will differ by noise around "
+            f"0. Train the baseline longer first (defectfusion train scratch_cpu ... --epochs N)."
+        )
+
+
 def run_study(
     config: str | os.PathLike | None,
     out: str | os.PathLike,
     *,
     overrides: Sequence[str] = (),
     arms: Sequence[str] = BASE_ARMS,
-    seeds: int = 2,
+    seeds: int = 3,
     fractions: Sequence[float] = (1.0,),
     descriptions: Sequence[str] = (),
     parallel: int = 1,
     launcher: str = "local",
     resume: bool = False,
-    draws: int = 200,
+    draws: int = 2000,
     slurm: SlurmOptions | None = None,
     explain_images: int = 0,
+    fraction_baselines: bool = False,
     progress: bool = True,
 ) -> StudyResult:
     """Plan (or resume) a study in ``out``, train what is missing, score on test, write the report.
 
     ``explain_images``: explain that many scoring images with the first seed's final model of
     every fused arm and report how well each map kind points at the boxes (0: not done).
+    ``fraction_baselines``: train a baseline on each training fraction below 1 (the config's
+    ``baseline`` phase), from which that fraction's arms start (default: every arm starts from
+    ``model.checkpoint``, trained on all the images: the curve then measures fine-tuning data).
     """
     out = Path(out).resolve()  # the plan and the runs' configs name absolute paths
     saved = out / "study.json"
     if config is None:
         if not (resume and saved.is_file()):
             raise ConfigError("give a training config for the study, or resume a study folder")
-        plan = read_plan(out)
+        plan = with_speed_settings(read_plan(out), overrides)
     else:
         cfg: Config = load_config(config, overrides)
-        plan = plan_study(cfg, out, arms=arms, seeds=seeds, fractions=fractions, descriptions=descriptions)
+        parent = _tracker(out, cfg).start()
+        plan = plan_study(
+            cfg,
+            out,
+            arms=arms,
+            seeds=seeds,
+            fractions=fractions,
+            descriptions=descriptions,
+            mlflow_parent=parent,
+            fraction_baselines=fraction_baselines,
+        )
         if saved.is_file():
             if not resume:
                 raise ConfigError(f"{out} already holds a study: resume it to continue, or choose another folder")
-            if not same_plan(read_plan(out), plan):
-                raise ConfigError(
-                    f"{saved} plans another study (arms, seeds, fractions or config differ): resume it "
-                    f"with the same arguments, or use another folder"
-                )
-    write_plan(plan, rule_text("random" in plan.arms))
+            check_same_plan(read_plan(out), plan)
+    # every input any run would reject, before anything is written or trained
+    check_plan(plan, device_here=launcher == "local")
+    write_plan(plan, rule_text(plan.arms))
+    base_cfg = plan.runs[0].load()
+    index, on_test = _scoring_split(plan, base_cfg)
     missing = [r for r in plan.runs if not r.finished(plan.test is not None)]
     if progress:
         print(
@@ -189,29 +283,35 @@ def run_study(
             f"{', '.join(plan.arms)} x {plan.seeds} seed(s) x fractions {plan.fractions}"
         )
     if missing:
-        if launcher == "local":
-            run_local(missing, out / "logs", parallel, progress)
-        elif launcher == "slurm":
-            run_slurm(missing, out / "slurm", slurm or SlurmOptions(), progress)
-        else:
+        _warn_on_a_weak_baseline(plan, index, on_test, progress)
+        how_to_resume = f"defectfusion study --resume --out {out}"
+        if launcher not in ("local", "slurm"):
             raise ConfigError(f"launcher must be local or slurm, got {launcher!r}")
+        # the fractions' own baselines first: their arms start from them
+        waves = [[r for r in missing if r.arm == BASELINE_ARM], [r for r in missing if r.arm != BASELINE_ARM]]
+        for wave in (w for w in waves if w):
+            if launcher == "local":
+                run_local(wave, out / "logs", parallel, progress, resume=how_to_resume)
+            else:
+                run_slurm(wave, out / "slurm", slurm or SlurmOptions(), progress, resume=how_to_resume)
 
-    base_cfg = load_config(plan.runs[0].config)
-    on_test = plan.test is not None
-    index = load_coco(plan.test) if on_test else load_coco(base_cfg.data.val.annotations, base_cfg.data.val.images)
     pair = resolve_pair(
         None,
         list(index.class_names),
         [base_cfg.fusion.descriptions, *plan.descriptions.values()],
         base_cfg.data.confusable_pair,
     )
-    per_fraction = _statistics(plan, index, on_test, draws, pair, progress)
+    with warnings.catch_warnings():  # undefined resamples are NaN by design; numpy need not say so
+        warnings.simplefilter("ignore", RuntimeWarning)
+        per_fraction = _statistics(plan, index, on_test, draws, pair, progress)
+    split = "test" if on_test else "val"
     summary = {
         "name": plan.name,
-        "rule": rule_text("random" in plan.arms),
+        "rule": rule_text(plan.arms),
         "scored_on": {
             "annotations": str(index.annotations_file),
             "images": len(index.images),
+            "split": split,
             "test": on_test,
             "note": None
             if on_test
@@ -226,9 +326,10 @@ def run_study(
         summary["map_quality"] = _map_quality(per_fraction, index, out / "explain", explain_images, progress)
     atomic_write_json(out / "summary.json", summary)
     md, html = write_study_report(out / "report", summary, list(index.class_names))
+    _tracker(out, base_cfg).finish(summary, html)
     if progress:
         for entry in per_fraction.values():
-            for sentence in entry["verdict"]["sentences"]:
+            for sentence in [*entry["verdict"]["sentences"], *entry["notes"]]:
                 print(sentence)
         print(f"report: {html}")
     return StudyResult(out, plan, summary, md, html)

@@ -3,7 +3,10 @@
 Arms (each a training run of the same phases from the same baseline checkpoint):
 
 - ``text``: the config as it is (the class descriptions);
-- ``random``: the same head and schedule with fixed random unit vectors as "text" (isolates language);
+- ``shuffled``: the same descriptions' embeddings assigned to the wrong classes (a derangement fixed
+  by the seed): the geometry of real text without its meaning;
+- ``random``: the same head and schedule with fixed random unit vectors as "text" (isolates language
+  from extra parameters);
 - ``continued``: the same phases, data and learning rates without a fusion head (each phase's
   trainable groups minus ``fusion``; a phase left with nothing to train is skipped): isolates
   "more training";
@@ -34,10 +37,11 @@ import numpy as np
 from ..config import Config, PhaseConfig, apply_overrides, dump_config, load_config, validate_config
 from ..config.compare import SPEED_KEYS, config_differences
 from ..data.coco import load_coco
+from ..engine.tracking import PARENT_TAG
 from ..errors import ConfigError
 from ..io import atomic_write_json, atomic_write_text, read_json
 
-BASE_ARMS = ("text", "random", "continued")
+BASE_ARMS = ("text", "shuffled", "random", "continued")
 
 
 @dataclass
@@ -94,6 +98,14 @@ class StudyPlan:
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "runs"}
         return {**copy.deepcopy(data), "runs": [r.to_dict() for r in self.runs]}
+
+    def run(self, key: str) -> StudyRun:
+        """The run called ``key`` (``arm/fraction/seedK``)."""
+        return next(r for r in self.runs if r.key == key)
+
+    def own_baseline(self, fraction: float) -> StudyRun | None:
+        """The fraction's own baseline run (``--fraction-baselines``), or None: the study's baseline."""
+        return next((r for r in self.runs if r.arm == BASELINE_ARM and r.fraction == fraction), None)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StudyPlan:
@@ -154,19 +166,42 @@ def stratified_subset(annotations: str | os.PathLike, fraction: float, out: Path
     return out
 
 
+BASELINE_ARM = "baseline"  # a fraction's own baseline run (``--fraction-baselines``)
+
+
+def _fraction_baseline(cfg: Config, label: str) -> Config:
+    """The config's ``baseline`` phase alone, from ``model.backbone_weights`` or from scratch."""
+    phase = cfg.phases.get("baseline")
+    if phase is None or phase.fusion:
+        raise ConfigError(
+            "--fraction-baselines trains each fraction's baseline with the config's `baseline` phase (a phase "
+            "without fusion), and this config has none: add phases.baseline (every packaged config includes "
+            "baseline.yml), or drop --fraction-baselines"
+        )
+    model = cfg.model.model_copy(update={"checkpoint": None})
+    return cfg.model_copy(
+        update={"name": f"{cfg.name}-baseline-{label}", "order": ["baseline"], "gates": {}, "model": model}
+    )
+
+
 def plan_study(
     cfg: Config,
     out: str | os.PathLike,
     *,
     arms: Sequence[str] = BASE_ARMS,
-    seeds: int = 2,
+    seeds: int = 3,
     fractions: Sequence[float] = (1.0,),
     descriptions: Sequence[str] = (),
+    mlflow_parent: str | None = None,
+    fraction_baselines: bool = False,
 ) -> StudyPlan:
     """Every run of the study, each with its training config (``out/configs/*.yaml``).
 
     The configs are written here only when ``out`` holds no saved plan yet; over a saved plan they
     wait for :func:`write_plan`, after the new plan was found to be the same study.
+    ``mlflow_parent``: the study's MLflow run, which every run's MLflow run is nested under.
+    ``fraction_baselines``: every fraction below 1 gets a baseline of its own, trained on its subset
+    by the config's ``baseline`` phase (its runs, arm ``baseline``, come first); its arms start from it.
     """
     out = Path(out)
     saved = (out / "study.json").is_file()
@@ -190,6 +225,35 @@ def plan_study(
     extra = {_arm_name(d): str(Path(d).expanduser().resolve()) for d in descriptions}
     all_arms = list(dict.fromkeys([*arms, *extra]))
     subsets: dict[float, Config] = {}
+    runs: list[StudyRun] = []
+
+    def add(arm: str, fraction: float, seed: int, run_cfg: Config, skipped: list[str]) -> StudyRun:
+        label, safe = fraction_label(fraction), arm.replace(":", "_")
+        tags = {"study": cfg.name, "arm": arm, "fraction": label, "seed": str(seed)}
+        if mlflow_parent:
+            tags[PARENT_TAG] = mlflow_parent
+        train = run_cfg.train.model_copy(
+            update={
+                # one frozen-trunk cache for every run: they start from the same baseline
+                "cache_dir": run_cfg.train.cache_dir or str((out / "cache").resolve()),
+                # the study scores the baseline on the test images once for every run
+                "test_baseline": False,
+                "mlflow_tags": {**run_cfg.train.mlflow_tags, **tags},
+                "mlflow_experiment": run_cfg.train.mlflow_experiment or cfg.name,
+            }
+        )
+        name = run_cfg.name if arm == BASELINE_ARM else f"{cfg.name}-{safe}-{label}-s{seed}"
+        resolved = Config.model_validate(
+            run_cfg.model_copy(update={"name": name, "seed": seed, "train": train}).model_dump()
+        )
+        config_path = out / "configs" / f"{safe}_{label}_seed{seed}.yaml"
+        if not saved:
+            atomic_write_text(config_path, dump_config(resolved))
+        folder = out / "runs" / safe / label / f"seed{seed}"
+        run = StudyRun(arm, float(fraction), seed, str(config_path), str(folder), skipped, resolved=resolved)
+        runs.append(run)
+        return run
+
     for fraction in fractions:
         if fraction >= 1.0:
             subsets[fraction] = cfg
@@ -199,15 +263,19 @@ def plan_study(
             cfg.data.train.annotations, fraction, out / "data" / f"train_{fraction_label(fraction)}.json"
         )
         train = cfg.data.train.model_copy(update={"annotations": str(path), "images": images})
-        subsets[fraction] = cfg.model_copy(update={"data": cfg.data.model_copy(update={"train": train})})
-    runs = []
+        subset = cfg.model_copy(update={"data": cfg.data.model_copy(update={"train": train})})
+        if fraction_baselines:
+            own = add(BASELINE_ARM, fraction, 0, _fraction_baseline(subset, fraction_label(fraction)), [])
+            model = subset.model.model_copy(update={"checkpoint": str(Path(own.folder) / "final")})
+            subset = subset.model_copy(update={"model": model})
+        subsets[fraction] = subset
     for arm in all_arms:
         for fraction, base in subsets.items():
             for seed in range(seeds):
                 run_cfg, skipped = base, []
-                if arm == "random":
+                if arm in ("random", "shuffled"):
                     run_cfg = base.model_copy(
-                        update={"fusion": base.fusion.model_copy(update={"text": "random", "random_seed": seed})}
+                        update={"fusion": base.fusion.model_copy(update={"text": arm, "random_seed": seed})}
                     )
                 elif arm == "continued":
                     run_cfg, skipped = _continued(base)
@@ -215,31 +283,7 @@ def plan_study(
                     run_cfg = base.model_copy(
                         update={"fusion": base.fusion.model_copy(update={"descriptions": extra[arm]})}
                     )
-                label = fraction_label(fraction)
-                safe = arm.replace(":", "_")
-                tags = {"study": cfg.name, "arm": arm, "fraction": label, "seed": str(seed)}
-                run_cfg = run_cfg.model_copy(
-                    update={
-                        "name": f"{cfg.name}-{safe}-{label}-s{seed}",
-                        "seed": seed,
-                        "train": run_cfg.train.model_copy(
-                            update={
-                                # one frozen-trunk cache for every run: they start from the same baseline
-                                "cache_dir": run_cfg.train.cache_dir or str((out / "cache").resolve()),
-                                "mlflow_tags": {**run_cfg.train.mlflow_tags, **tags},
-                                "mlflow_experiment": run_cfg.train.mlflow_experiment or cfg.name,
-                            }
-                        ),
-                    }
-                )
-                config_path = out / "configs" / f"{safe}_{label}_seed{seed}.yaml"
-                resolved = Config.model_validate(run_cfg.model_dump())
-                if not saved:
-                    atomic_write_text(config_path, dump_config(resolved))
-                folder = out / "runs" / safe / label / f"seed{seed}"
-                runs.append(
-                    StudyRun(arm, float(fraction), seed, str(config_path), str(folder), skipped, resolved=resolved)
-                )
+                add(arm, fraction, seed, run_cfg, skipped)
     test = cfg.data.test.annotations if cfg.data.test is not None else None
     return StudyPlan(
         cfg.name, str(out), all_arms, seeds, [float(f) for f in fractions], cfg.model.checkpoint, test, runs, extra

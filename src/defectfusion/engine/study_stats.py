@@ -1,37 +1,88 @@
-"""Differences between arms of a study with hierarchical bootstrap intervals: seeds, then test images.
+"""A study's comparisons: one primary family decided by the rule, everything else exploratory.
 
-Every run (an arm trained with one seed) is scored on the same image resamples
-(:func:`~.bootstrap.resample`). A draw of the hierarchical bootstrap takes one image resample for
-every arm (paired), resamples each arm's seeds with replacement and averages its runs over them,
-so an interval covers both the choice of test images and training noise. Observed values are
-means over seeds of the runs' metrics on all test images.
+Every run (an arm trained with one seed) and the baseline are scored on the same image draws
+(:func:`~.bootstrap.resample`); :func:`~.intervals.compare` turns each pair of arms into an interval
+over seeds (pooled over the trained arms) and test images. The family the rule reads is fixed
+before the numbers: test mAP@0.5 of ``text`` against the baseline and against every control arm the
+study ran. The rest (mAP@0.5:0.95, per-class AP, the confusable pair's counts, other pairs) is
+exploratory: reported with uncorrected intervals and Holm-adjusted p-values within its family.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from .bootstrap import Resampled
-from .intervals import Interval, percentile_interval
+from .intervals import ArmValues, Interval, SeedNoise, compare, holm, pooled_seed_noise
+
+TEXT = "text"
+BASELINE = "baseline"
+CONTROLS = ("shuffled", "random", "continued")  # what each control removes: the docs/method.md table
+PRIMARY_METRIC = "map50"
 
 
-@dataclass
-class ArmDraws:
-    """An arm's metrics per hierarchical draw (means over its resampled seeds)."""
+@dataclass(frozen=True)
+class RunScores:
+    """One model on the scoring images: the evaluator's metrics and its values on every draw."""
 
-    map50: np.ndarray  # [D]
-    map: np.ndarray  # [D]
-    ap50: np.ndarray  # [D, C]
-    confusion: np.ndarray  # [D, C+1, C+1], float (a mean of counts)
+    key: str
+    metrics: Mapping[str, Any]
+    draws: Resampled
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A scalar the study compares: how to read it from metrics and from the draws."""
+
+    key: str  # "map50", "map", "ap50:<class>", "confusion:<a>-><b>"
+    label: str
+    observed: Callable[[Mapping[str, Any]], float]
+    drawn: Callable[[Resampled], np.ndarray]
+
+
+def _value(v: Any) -> float:
+    return float("nan") if v is None else float(v)
+
+
+MAP50 = Metric("map50", "mAP@0.5", lambda m: _value(m.get("map50")), lambda r: r.map50)
+MAP = Metric("map", "mAP@0.5:0.95", lambda m: _value(m.get("map")), lambda r: r.map)
+
+
+def class_ap50(name: str, k: int) -> Metric:
+    return Metric(
+        f"ap50:{name}",
+        f"AP@0.5 {name}",
+        lambda m: _value(m["per_class"][name].get("ap50")),
+        lambda r: r.ap50[:, k],
+    )
+
+
+def confusion(a: str, b: str, i: int, j: int) -> Metric:
+    return Metric(
+        f"confusion:{a}->{b}",
+        f"{a} as {b} (count)",
+        lambda m: float(m["confusion_matrix"]["counts"][i][j]),
+        lambda r: r.confusion[:, i, j].astype(np.float64),
+    )
+
+
+def arm_values(name: str, runs: Sequence[RunScores], metric: Metric, fixed: bool = False) -> ArmValues:
+    return ArmValues(
+        name,
+        np.array([metric.observed(r.metrics) for r in runs], dtype=np.float64),
+        np.stack([np.asarray(metric.drawn(r.draws), dtype=np.float64) for r in runs]),
+        fixed,
+    )
 
 
 @dataclass
 class ArmSummary:
-    """An arm's observed metrics over its seeds."""
+    """An arm's observed metrics over its seeds (mean, sd) on the scoring images."""
 
     name: str
     seeds: int
@@ -59,11 +110,11 @@ def _mean_sd(values: Sequence[float | None]) -> tuple[float | None, float | None
     defined = np.array([v for v in values if v is not None], dtype=np.float64)
     if not defined.size:
         return None, None
-    return float(defined.mean()), float(defined.std(ddof=1)) if defined.size > 1 else 0.0
+    return float(defined.mean()), float(defined.std(ddof=1)) if defined.size > 1 else None
 
 
 def summarize_arm(name: str, metrics: Sequence[Mapping[str, Any]], pair: tuple[str, str] | None) -> ArmSummary:
-    """Mean and sd over an arm's runs (each run's evaluator metrics on the test images)."""
+    """Mean and sd (``None`` with one run) over an arm's runs' evaluator metrics."""
     m50 = _mean_sd([m.get("map50") for m in metrics])
     m = _mean_sd([m.get("map") for m in metrics])
     classes = list(metrics[0]["per_class"]) if metrics else []
@@ -78,109 +129,84 @@ def summarize_arm(name: str, metrics: Sequence[Mapping[str, Any]], pair: tuple[s
     return ArmSummary(name, len(metrics), m50[0], m50[1], m[0], m[1], per_class, counts)
 
 
-def arm_draws(runs: Sequence[Resampled], seeds_drawn: np.ndarray) -> ArmDraws:
-    """Per draw ``d``, the mean of the runs chosen by ``seeds_drawn[d]`` (``[D, S]`` run indexes)."""
-    stack = lambda attr: np.stack([getattr(r, attr) for r in runs])  # noqa: E731  [S, D, ...]
-    draws = np.arange(seeds_drawn.shape[0])[:, None]
-    with np.errstate(invalid="ignore"):
-        return ArmDraws(
-            map50=np.nanmean(stack("map50")[seeds_drawn, draws], axis=1),
-            map=np.nanmean(stack("map")[seeds_drawn, draws], axis=1),
-            ap50=np.nanmean(stack("ap50")[seeds_drawn, draws], axis=1),
-            confusion=stack("confusion")[seeds_drawn, draws].astype(np.float64).mean(axis=1),
-        )
+@dataclass
+class Exploratory:
+    """An exploratory interval (uncorrected) with its Holm-adjusted p-value within its family."""
 
+    family: str
+    interval: Interval
+    p_holm: float
 
-def hierarchical_draws(arms: Mapping[str, Sequence[Resampled]], seed: int = 0) -> dict[str, ArmDraws]:
-    """Every arm's :class:`ArmDraws`: its seeds resampled with replacement in every image draw."""
-    rng = np.random.default_rng(seed)
-    out = {}
-    for name, runs in arms.items():
-        draws = len(runs[0].map50)
-        chosen = rng.integers(0, len(runs), size=(draws, len(runs)))
-        out[name] = arm_draws(runs, chosen)
-    return out
+    def to_dict(self) -> dict[str, Any]:
+        p = self.p_holm
+        return {"family": self.family, **self.interval.to_dict(), "p_holm": p if math.isfinite(p) else None}
 
 
 @dataclass
-class Comparison:
-    """Arm ``a`` minus arm ``b``: mAP@0.5, mAP@0.5:0.95, per-class AP@0.5 and the pair's confusions."""
+class FractionComparisons:
+    """What a study concludes at one training fraction."""
 
-    a: str
-    b: str
-    map50: Interval
-    map: Interval
-    per_class_ap50: dict[str, Interval]
-    pair_confusions: tuple[Interval, Interval] | None = None
+    primary: list[Interval]  # text − baseline, then text − each control that was run
+    exploratory: list[Exploratory]
+    seed_noise: dict[str, SeedNoise | None]  # per metric key
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "a": self.a,
-            "b": self.b,
-            "map50": self.map50.to_dict(),
-            "map": self.map.to_dict(),
-            "per_class_ap50": {c: i.to_dict() for c, i in self.per_class_ap50.items()},
-            "pair_confusions": [i.to_dict() for i in self.pair_confusions] if self.pair_confusions else None,
-        }
+    def primary_dicts(self) -> list[dict[str, Any]]:
+        return [iv.to_dict() for iv in self.primary]
 
 
-def _diff(a: float | None, b: float | None) -> float:
-    return float("nan") if a is None or b is None else a - b
+def _pairs(arms: Sequence[str]) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(primary pairs, other pairs): text against the baseline and the controls; the rest."""
+    primary = [(TEXT, BASELINE)] if TEXT in arms else []
+    primary += [(TEXT, c) for c in CONTROLS if TEXT in arms and c in arms]
+    everything = [(a, BASELINE) for a in arms] + [(a, b) for i, a in enumerate(arms) for b in arms[i + 1 :]]
+    return primary, [p for p in everything if p not in primary]
 
 
-def compare_arms(
-    a: ArmSummary,
-    b: ArmSummary,
-    draws: Mapping[str, ArmDraws],
+def compare_fraction(
+    arms: Mapping[str, Sequence[RunScores]],
+    baseline: RunScores,
     class_names: Sequence[str],
-    pair: tuple[str, str] | None = None,
+    pair: tuple[str, str] | None,
+    images: int,
     level: float = 0.95,
-) -> Comparison:
-    """The differences ``a - b`` with hierarchical-bootstrap percentile intervals."""
-    da, db = draws[a.name], draws[b.name]
-    per_class = {
-        c: percentile_interval(
-            da.ap50[:, k] - db.ap50[:, k],
-            a.name,
-            b.name,
-            _diff(a.per_class_ap50.get(c), b.per_class_ap50.get(c)),
-            level,
-            f"ap50 {c}",
-        )
-        for k, c in enumerate(class_names)
-    }
-    confusions = None
-    if pair is not None and a.pair_counts is not None and b.pair_counts is not None:
-        ia, ib = class_names.index(pair[0]), class_names.index(pair[1])
-        confusions = (
-            percentile_interval(
-                da.confusion[:, ia, ib] - db.confusion[:, ia, ib],
-                a.name,
-                b.name,
-                a.pair_counts[0] - b.pair_counts[0],
-                level,
-                f"{pair[0]} as {pair[1]}",
-            ),
-            percentile_interval(
-                da.confusion[:, ib, ia] - db.confusion[:, ib, ia],
-                a.name,
-                b.name,
-                a.pair_counts[1] - b.pair_counts[1],
-                level,
-                f"{pair[1]} as {pair[0]}",
-            ),
-        )
-    return Comparison(
-        a.name,
-        b.name,
-        percentile_interval(da.map50 - db.map50, a.name, b.name, _diff(a.map50_mean, b.map50_mean), level, "map50"),
-        percentile_interval(da.map - db.map, a.name, b.name, _diff(a.map_mean, b.map_mean), level, "map"),
-        per_class,
-        confusions,
-    )
+) -> FractionComparisons:
+    """The primary family and the exploratory ones for one training fraction's arms."""
+    names = list(arms)
+    primary_pairs, other_pairs = _pairs(names)
+    # per class and for the confusable pair: text against what the rule compares it with, and each
+    # alternative wording against text (which separates the pair best)
+    text_pairs = primary_pairs + [(a, TEXT) for a in names if a.startswith("desc:") and TEXT in names]
 
+    def values(metric: Metric) -> dict[str, ArmValues]:
+        out = {a: arm_values(a, runs, metric) for a, runs in arms.items()}
+        out[BASELINE] = arm_values(BASELINE, [baseline], metric, fixed=True)
+        return out
 
-def resolution(interval: Interval, num_images: int) -> dict[str, Any]:
-    """The smallest difference this test set resolves (the interval's half-width) and how many test
-    images would halve it (intervals shrink as one over the square root of the images)."""
-    return {"half_width": interval.half_width, "test_images": num_images, "images_to_halve": 4 * num_images}
+    noise: dict[str, SeedNoise | None] = {}
+
+    def intervals(metric: Metric, pairs: Sequence[tuple[str, str]]) -> list[Interval]:
+        vals = values(metric)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            noise[metric.key] = pooled_seed_noise([v for k, v in vals.items() if k != BASELINE])
+            return [
+                compare(vals[a], vals[b], noise[metric.key], level=level, metric=metric.key, images=images)
+                for a, b in pairs
+            ]
+
+    primary = intervals(MAP50, primary_pairs)
+    families: list[tuple[str, list[Interval]]] = [
+        ("mAP@0.5, other pairs", intervals(MAP50, other_pairs)),
+        ("mAP@0.5:0.95", intervals(MAP, [*primary_pairs, *other_pairs])),
+    ]
+    per_class = [iv for k, c in enumerate(class_names) for iv in intervals(class_ap50(c, k), text_pairs)]
+    families.append(("per-class AP@0.5", per_class))
+    if pair is not None:
+        i, j = class_names.index(pair[0]), class_names.index(pair[1])
+        counts = intervals(confusion(pair[0], pair[1], i, j), text_pairs)
+        counts += intervals(confusion(pair[1], pair[0], j, i), text_pairs)
+        families.append(("confusable pair (counts)", counts))
+    exploratory = []
+    for family, ivs in families:
+        for iv, p in zip(ivs, holm([iv.p_value for iv in ivs]), strict=True):
+            exploratory.append(Exploratory(family, iv, p))
+    return FractionComparisons(primary, exploratory, noise)

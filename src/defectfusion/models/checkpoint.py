@@ -63,7 +63,8 @@ def save_detector(
     return Path(path)
 
 
-def _read_config(folder: Path) -> Deimv2Config:
+def read_model_config(folder: Path) -> Deimv2Config:
+    """The Deimv2Config of a detector folder, checked as :func:`load_detector` checks it (weights untouched)."""
     config_path = folder / CONFIG_NAME
     if not config_path.is_file():
         raise CheckpointError(
@@ -124,7 +125,7 @@ def load_detector(path: str | Path, device: str | torch.device = "cpu") -> Defec
                 f"convert it first: defectfusion convert {folder} --config CONFIG.yml --out DIR"
             )
         raise CheckpointError(f"{folder} is a file; a detector checkpoint is a folder with {CONFIG_NAME}")
-    config = _read_config(folder)
+    config = read_model_config(folder)
     weights = folder / WEIGHTS_NAME
     if not weights.is_file():
         raise CheckpointError(f"{folder}: {WEIGHTS_NAME} is missing (sharded or .bin checkpoints are not supported)")

@@ -18,7 +18,15 @@ def _pm(mean: float | None, sd: float | None) -> str:
 
 
 def _iv(iv: Mapping[str, Any]) -> str:
+    if iv.get("difference") is None:
+        return MISSING
+    if iv.get("low") is None:
+        return f"{iv['difference']:+.3f} [undefined]"
     return f"{iv['difference']:+.3f} [{iv['low']:+.3f}, {iv['high']:+.3f}]"
+
+
+def _p(value: float | None) -> str:
+    return MISSING if value is None else ("< 0.001" if value < 0.001 else f"{value:.3f}")
 
 
 def _arms_table(entry: Mapping[str, Any], scored_on: str) -> list[dict[str, str]]:
@@ -26,7 +34,7 @@ def _arms_table(entry: Mapping[str, Any], scored_on: str) -> list[dict[str, str]
     for arm, s in entry["arms"].items():
         row = {
             "arm": arm,
-            "seeds": str(s["seeds"]),
+            "seeds": str(s["seeds"]) if arm != "baseline" else "(one model)",
             "mAP@0.5": _pm(s["map50_mean"], s["map50_sd"]),
             "mAP@0.5:0.95": _pm(s["map_mean"], s["map_sd"]),
             "scored on": scored_on,
@@ -37,22 +45,76 @@ def _arms_table(entry: Mapping[str, Any], scored_on: str) -> list[dict[str, str]
     return rows
 
 
-def _difference_row(c: Mapping[str, Any]) -> dict[str, str]:
-    row = {"difference": f"{c['a']} − {c['b']}", "mAP@0.5": _iv(c["map50"]), "mAP@0.5:0.95": _iv(c["map"])}
-    for iv in c.get("pair_confusions") or ():
-        row[f"{iv['metric']} (count)"] = _iv(iv)
-    return row
-
-
-def _per_class_table(comparisons: Sequence[Mapping[str, Any]], class_names: Sequence[str]) -> list[dict[str, str]]:
-    wanted = [c for c in comparisons if c["a"] == "text" and c["b"] in ("baseline", "random", "continued")]
+def _primary_rows(entry: Mapping[str, Any]) -> list[dict[str, str]]:
     rows = []
-    for name in class_names:
-        row = {"class": name}
-        for c in wanted:
-            row[f"{c['a']} − {c['b']}"] = _iv(c["per_class_ap50"][name])
+    for iv in entry["primary"]:
+        seed, image = iv.get("seed_variance"), iv.get("image_variance") or 0.0
+        rows.append(
+            {
+                "difference": f"{iv['a']} − {iv['b']}",
+                "mAP@0.5 [95% interval]": _iv(iv),
+                "sd from seeds": "unknown (1 seed)" if seed is None else f"{seed**0.5:.4f}",
+                "sd from images": f"{image**0.5:.4f}",
+                "df": MISSING if iv.get("df") is None else f"{iv['df']:.1f}",
+                "p": _p(iv.get("p_value")),
+            }
+        )
+    return rows
+
+
+def _power_rows(entry: Mapping[str, Any]) -> list[dict[str, str]]:
+    def need(value: int | None, what: str) -> str:
+        return "out of reach" if value is None else f"{value} {what}"
+
+    rows = []
+    for p in entry.get("power") or ():
+        row = {
+            "difference": f"{p['a']} − {p['b']}",
+            "found with 80% power from": f"±{p['detectable']:.3f}",
+        }
+        for target, seeds in p["seeds_for"].items():
+            row[f"for {float(target):.3f}: seeds per arm"] = need(seeds, "")
+            row[f"for {float(target):.3f}: test images"] = need(p["images_for"][target], "")
         rows.append(row)
     return rows
+
+
+def _usage_cell(usage: Mapping[str, Any] | None, key: str, percent: bool = True) -> str:
+    value = None if usage is None else usage.get(key)
+    if value is None:
+        return MISSING
+    return f"{value:.1%}" if percent else f"{value:.3f}"
+
+
+def _runs_rows(entry: Mapping[str, Any]) -> list[dict[str, str]]:
+    rows = []
+    for infos in entry["runs"].values():
+        for r in infos:
+            usage = r.get("text_usage")
+            rows.append(
+                {
+                    "run": r["key"],
+                    "final model from": r.get("final_phase") or MISSING,
+                    "gate (last layer)": _usage_cell(usage, "layer_gate", percent=False),
+                    "text share of the class logit": _usage_cell(usage, "text_share_centered"),
+                    "with the bias": _usage_cell(usage, "text_share"),
+                    "detections whose class the text changed": _usage_cell(usage, "flip_share"),
+                }
+            )
+    return rows
+
+
+def _exploratory_rows(entry: Mapping[str, Any]) -> list[dict[str, str]]:
+    return [
+        {
+            "family": e["family"],
+            "difference": f"{e['a']} − {e['b']}",
+            "metric": e["metric"],
+            "value [95%, uncorrected]": _iv(e),
+            "p (Holm, within family)": _p(e.get("p_holm")),
+        }
+        for e in entry["exploratory"]
+    ]
 
 
 def _map_quality_rows(quality: Mapping[str, Mapping[str, Any]]) -> list[dict[str, str]]:
@@ -79,6 +141,95 @@ def _map_quality_rows(quality: Mapping[str, Mapping[str, Any]]) -> list[dict[str
     return rows
 
 
+def _fraction_sections(
+    entry: Mapping[str, Any], label: str, suffix: str, split: str, scored: str, out: Path
+) -> list[Section]:
+    verdict = "\n".join(f"- {s}" for s in entry["verdict"]["sentences"])
+    if entry.get("notes"):
+        verdict += "\n\nBefore believing it:\n" + "\n".join(f"- {n}" for n in entry["notes"])
+    sections = [Section(f"Verdict{suffix}", verdict)]
+    if entry["primary"]:
+        forest = plot_forest(
+            [iv for iv in entry["primary"] if iv.get("low") is not None],
+            out / "plots" / f"forest_{label}.png",
+            f"The rule's comparisons: {split} mAP@0.5{suffix}",
+            xlabel=f"difference of {split} mAP@0.5",
+        )
+        sections.append(
+            Section(
+                f"The rule's comparisons{suffix}",
+                "Each interval covers the training seeds (pooled over the trained arms; the larger of that and an "
+                "arm's own spread) and the test images (paired bootstrap); df: degrees of freedom of its t quantile.",
+                table=_primary_rows(entry),
+                images=[(forest, "observed difference and 95% interval; green: above 0, red: below, grey: across")],
+                level=3,
+            )
+        )
+    if entry.get("power"):
+        sections.append(
+            Section(
+                f"What this study can see{suffix}",
+                f"The smallest true difference each comparison finds 4 times in 5, and what it would take to find "
+                f"0.010 or 0.035 mAP@0.5 (the plan's target gain is +0.035 to +0.065): more seeds per arm at "
+                f"{scored} test images, or more test images at this study's seeds. 'out of reach': the other noise "
+                f"source alone is too large.",
+                table=_power_rows(entry),
+                level=3,
+            )
+        )
+    sections.append(
+        Section(
+            f"Runs{suffix}",
+            "Where each run's final model came from (chosen on validation) and how much its fusion head used the text "
+            f"on the {split} detections (the manipulation check: mean |text term| / mean |detector term| of the "
+            "predicted class's logit, each with its mean over classes taken off, what can change which class wins; "
+            "the same with the gated bias, which moves every class alike; and the share of confident detections "
+            "whose class the text term changed).",
+            table=_runs_rows(entry),
+            level=3,
+        )
+    )
+    sections.append(
+        Section(
+            f"Arms{suffix}",
+            f"Mean ± sd over seeds, every number on the {scored}.",
+            table=_arms_table(entry, split),
+            level=3,
+        )
+    )
+    if entry["exploratory"]:
+        sections.append(
+            Section(
+                f"Exploratory{suffix}: not decided by the rule",
+                "Other metrics, classes and pairs. The intervals are uncorrected (about 1 in 20 excludes 0 by chance); "
+                "the p-values are Holm-adjusted within each family. Read these as questions for the next study, not "
+                "findings.",
+                table=_exploratory_rows(entry),
+                level=3,
+            )
+        )
+    if entry.get("subset"):
+        subset = entry["subset"]
+        boxes = ", ".join(f"{c} {n}" for c, n in subset["boxes"].items())
+        sections.append(
+            Section(
+                f"Training subset{suffix}",
+                f"{subset['images']} training images ({boxes} boxes). "
+                + (
+                    "This fraction's baseline was trained on these images too (--fraction-baselines)."
+                    if subset.get("own_baseline")
+                    else "The baseline was trained on every training image: this measures fine-tuning data, not "
+                    "training data (--fraction-baselines trains a baseline per fraction)."
+                ),
+                level=3,
+            )
+        )
+    if entry.get("skipped_phases"):
+        skipped = "; ".join(f"{arm}: {', '.join(p)}" for arm, p in entry["skipped_phases"].items())
+        sections.append(Section(f"Skipped phases{suffix}", f"Phases with nothing left to train: {skipped}.", level=3))
+    return sections
+
+
 def write_study_report(
     out: str | Path,
     summary: Mapping[str, Any],
@@ -96,57 +247,21 @@ def write_study_report(
         if scored["test"]
         else f"validation images ({scored['images']}): selected on these, optimistic"
     )
+    split = scored.get("split") or ("test" if scored["test"] else "val")
     sections = [*intro, Section("The rule (written before the numbers)", summary["rule"])]
     if scored.get("note"):
         sections.append(Section("Caution", scored["note"]))
     curves: dict[str, list[tuple[float, float | None, float | None]]] = {}
     for label, entry in summary["fractions"].items():
         suffix = f" ({label} of the training images)" if len(summary["fractions"]) > 1 else ""
-        verdict = "\n".join(f"- {s}" for s in entry["verdict"]["sentences"])
-        res = entry["resolution"]
-        verdict += (
-            f"\n\nSmallest difference this set resolves: ±{res['half_width']:.3f} mAP@0.5 "
-            f"({res['test_images']} images; about {res['images_to_halve']} would halve it)."
-        )
-        sections.append(Section(f"Verdict{suffix}", verdict))
-        sections.append(
-            Section(
-                f"Arms{suffix}",
-                f"Mean ± sd over seeds, every number on the {where}.",
-                table=_arms_table(entry, "test" if scored["test"] else "val (selected: optimistic)"),
-                level=3,
-            )
-        )
-        forest = plot_forest(
-            [c["map50"] for c in entry["comparisons"]],
-            out / "plots" / f"forest_{label}.png",
-            f"Differences of test mAP@0.5{suffix}",
-        )
-        rows = [_difference_row(c) for c in entry["comparisons"]]
-        sections.append(
-            Section(
-                f"Differences{suffix}",
-                "95% hierarchical bootstrap intervals (seeds within each arm, then images, paired).",
-                table=rows,
-                images=[(forest, "observed difference and 95% interval")],
-                level=3,
-            )
-        )
-        per_class = _per_class_table(entry["comparisons"], class_names)
-        if per_class and len(per_class[0]) > 1:
-            sections.append(Section(f"Per-class AP@0.5 differences{suffix}", table=per_class, level=3))
-        if entry.get("skipped_phases"):
-            skipped = "; ".join(f"{arm}: {', '.join(p)}" for arm, p in entry["skipped_phases"].items())
-            sections.append(
-                Section(f"Skipped phases{suffix}", f"Phases with nothing left to train: {skipped}.", level=3)
-            )
+        sections.extend(_fraction_sections(entry, label, suffix, split, where, out))
         for arm, s in entry["arms"].items():
             curves.setdefault(arm, []).append((entry["fraction"], s["map50_mean"], s["map50_sd"]))
-        runs = "\n".join(f"- {arm}: " + ", ".join(f"`{f}`" for f in folders) for arm, folders in entry["runs"].items())
-        sections.append(Section(f"Run folders{suffix}", runs, level=3))
     if len(summary["fractions"]) > 1:
-        curve = plot_learning_curve(curves, out / "plots" / "learning_curve.png")
-        sections.append(Section("Learning curve", images=[(curve, "test mAP@0.5 vs training fraction")]))
+        curve = plot_learning_curve(
+            curves, out / "plots" / "learning_curve.png", f"{split.capitalize()} mAP@0.5 vs training fraction", split
+        )
+        sections.append(Section("Learning curve", images=[(curve, f"{split} mAP@0.5 vs training fraction")]))
     if summary.get("map_quality"):
         sections.append(
             Section(

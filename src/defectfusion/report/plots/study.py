@@ -55,6 +55,7 @@ def plot_learning_curve(
     points: Mapping[str, Sequence[tuple[float, float | None, float | None]]],
     path: str | os.PathLike,
     title: str = "Test mAP@0.5 vs training fraction",
+    split: str = "test",
 ) -> Path:
     """One line per arm over training fractions: the mean over seeds, a band of ± one sd."""
     with figure(6.8, 4.2) as fig:
@@ -70,7 +71,7 @@ def plot_learning_curve(
             ax.plot(x, mean, "o-", color=colour, label=arm, lw=1.8)
             ax.fill_between(x, mean - sd, mean + sd, color=colour, alpha=0.15, lw=0)
         ax.set_xlabel("training images used (%)")
-        ax.set_ylabel("test mAP@0.5 (mean ± sd over seeds)")
+        ax.set_ylabel(f"{split} mAP@0.5 (mean ± sd over seeds)")
         ax.set_title(title, fontsize=11)
         ax.grid(True, color="#EEEEEE")
         ax.legend(fontsize=8)
