@@ -35,8 +35,9 @@ import torch
 
 from defectfusion.config import FusionConfig, ModelConfig
 from defectfusion.engine.loss import install_deim_loss
-from defectfusion.models.detector import GROUPS, add_fusion, build_detector, set_trainable
+from defectfusion.models.detector import add_fusion, build_detector
 from defectfusion.models.fusion import random_text_embeddings
+from defectfusion.models.groups import GROUPS, set_trainable
 from defectfusion.models.postprocess import postprocess
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

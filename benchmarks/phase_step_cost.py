@@ -20,8 +20,9 @@ import torch
 
 from defectfusion.config import FusionConfig, ModelConfig
 from defectfusion.engine.loss import install_deim_loss
-from defectfusion.models.detector import GROUPS, add_fusion, build_detector, set_trainable
+from defectfusion.models.detector import add_fusion, build_detector
 from defectfusion.models.fusion import random_text_embeddings
+from defectfusion.models.groups import GROUPS, set_trainable
 
 CLASSES = ["NORMAL", "DEFORMACIONES", "ROTURA_FRACTURA", "RAYONES_ARANAZOS", "PERFORACIONES", "CONTAMINACION"]
 

@@ -46,7 +46,8 @@ if TYPE_CHECKING:
     from .config import Config, load_config
     from .engine.predictor import Predictor
     from .models.checkpoint import load_detector, save_detector
-    from .models.detector import DefectDetector, build_detector, set_trainable
+    from .models.detector import DefectDetector, build_detector
+    from .models.groups import set_trainable
     from .structures import Detections
 
 

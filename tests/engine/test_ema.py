@@ -4,8 +4,9 @@ import torch
 
 from defectfusion.config import FusionConfig, ModelConfig
 from defectfusion.engine.ema import ModelEMA
-from defectfusion.models.detector import add_fusion, build_detector, set_trainable
+from defectfusion.models.detector import add_fusion, build_detector
 from defectfusion.models.fusion import random_text_embeddings
+from defectfusion.models.groups import set_trainable
 
 
 def _fused():

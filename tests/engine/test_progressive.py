@@ -9,7 +9,7 @@ from defectfusion.config import GateConfig, load_config
 from defectfusion.engine.gates import apply_gate
 from defectfusion.engine.progressive import run_training, select_phases
 from defectfusion.errors import ConfigError, DataError
-from defectfusion.models.detector import parameter_group
+from defectfusion.models.groups import parameter_group
 from tests.helpers import write_train_config
 
 

@@ -6,8 +6,9 @@ import torch
 from defectfusion.config import FusionConfig, ModelConfig, PhaseConfig
 from defectfusion.engine.attribution import evaluation_layer
 from defectfusion.engine.schedule import FUSION_SCALARS, optimizer_groups
-from defectfusion.models.detector import add_fusion, build_detector, set_trainable
+from defectfusion.models.detector import add_fusion, build_detector
 from defectfusion.models.fusion import random_text_embeddings
+from defectfusion.models.groups import set_trainable
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,8 @@ from defectfusion.commands.convert import convert_original
 from defectfusion.config import ModelConfig
 from defectfusion.errors import CheckpointError
 from defectfusion.models.backbone_weights import load_backbone_weights
-from defectfusion.models.detector import DefectDetector, build_detector, parameter_group
+from defectfusion.models.detector import DefectDetector, build_detector
+from defectfusion.models.groups import parameter_group
 from tests.helpers import ORIGINAL_FIXTURES
 
 pytestmark = pytest.mark.usefixtures("one_thread")

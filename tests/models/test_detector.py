@@ -4,15 +4,9 @@ import torch
 from defectfusion.config import FusionConfig, ModelConfig
 from defectfusion.errors import ConfigError
 from defectfusion.models.checkpoint import load_detector, save_detector
-from defectfusion.models.detector import (
-    GROUPS,
-    add_fusion,
-    build_detector,
-    parameter_group,
-    parameter_groups,
-    set_trainable,
-)
+from defectfusion.models.detector import add_fusion, build_detector
 from defectfusion.models.fusion import FusedClassifier, derangement, random_text_embeddings
+from defectfusion.models.groups import GROUPS, parameter_group, parameter_groups, set_trainable
 from defectfusion.models.presets import PRESETS
 
 TINY = ["dinov3_micro", "hgnetv2_micro"]

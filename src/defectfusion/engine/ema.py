@@ -14,7 +14,7 @@ import math
 import torch
 from torch import nn
 
-from ..models.detector import parameter_group
+from ..models.groups import parameter_group
 
 
 class ModelEMA:

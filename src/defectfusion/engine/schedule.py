@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from ..config import PhaseConfig
-from ..models.detector import parameter_group
+from ..models.groups import parameter_group
 
 
 def flat_cosine_factor(step: int, total: int, warmup: int, flat_fraction: float, min_factor: float) -> float:

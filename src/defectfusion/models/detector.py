@@ -15,7 +15,7 @@ saved folder (``config.json`` + ``model.safetensors``) is self-contained.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -24,15 +24,15 @@ from torch import nn
 from transformers import Deimv2Config, Deimv2ForObjectDetection
 from transformers.models.deimv2.modeling_deimv2 import Deimv2FrozenBatchNorm2d
 
-from ..config import ALL_GROUPS, FusionConfig, ModelConfig
+from ..config import FusionConfig, ModelConfig
 from ..errors import ConfigError
 from .fusion import FusedClassifier, TextFusionHead, random_text_embeddings, shuffled_text_embeddings
+from .groups import parameter_group
 from .inference import PredictsImages
 from .presets import IMAGENET_MEAN, IMAGENET_STD, NO_MEAN, NO_STD, get_preset
 from .semantics import apply_original_semantics
 from .trunk import TakesTrunkFeatures
 
-GROUPS: tuple[str, ...] = ALL_GROUPS  # the parameter groups phases train or freeze
 META_KEY = "defectfusion"
 
 
@@ -225,50 +225,6 @@ class DefectDetector(PredictsImages, TakesTrunkFeatures, Deimv2ForObjectDetectio
     @property
     def class_names(self) -> list[str]:
         return [self.config.id2label[i] for i in range(self.config.num_labels)]
-
-
-def parameter_group(name: str) -> str:
-    """The group (one of :data:`GROUPS`) that owns a parameter or buffer name."""
-    if ".fusion." in name or name.startswith("fusion."):
-        return "fusion"
-    if name.startswith(("model.conv_encoder.backbone.", "model.conv_encoder.model.")):
-        return "backbone"
-    if name.startswith(("model.conv_encoder.", "model.encoder.")):
-        return "encoder"
-    if name.startswith(("model.decoder.class_embed.", "class_embed.", "model.decoder.lqe_layers.")):
-        return "class_head"
-    return "decoder"
-
-
-def parameter_groups(model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter]]]:
-    """Distinct parameters by group, in model order."""
-    groups: dict[str, list[tuple[str, nn.Parameter]]] = {g: [] for g in GROUPS}
-    for name, param in model.named_parameters():
-        groups[parameter_group(name)].append((name, param))
-    return groups
-
-
-def set_trainable(model: DefectDetector, groups: Iterable[str]) -> dict[str, int]:
-    """Train only ``groups``: every other parameter gets ``requires_grad=False`` and BN in eval.
-
-    Parameters the model created frozen (:attr:`DefectDetector.constant_parameters`) stay frozen
-    whatever group they belong to. Returns the number of trainable parameters per group.
-    """
-    wanted = set(groups)
-    unknown = wanted - set(GROUPS)
-    if unknown:
-        raise ConfigError(f"unknown parameter group(s) {sorted(unknown)}; groups are {', '.join(GROUPS)}")
-    counts = dict.fromkeys(GROUPS, 0)
-    constants = getattr(model, "constant_parameters", frozenset())
-    for name, param in model.named_parameters():
-        group = parameter_group(name)
-        trains = group in wanted and name not in constants
-        param.requires_grad_(trains)
-        if trains:
-            counts[group] += param.numel()
-    model.frozen_groups = frozenset(set(GROUPS) - wanted)
-    model.train(model.training)
-    return counts
 
 
 # ----------------------------------------------------------------------------- construction
