@@ -86,3 +86,48 @@ def test_resume_after_a_kill_between_logging_and_saving_repeats_no_epoch(tmp_pat
     assert log.read_text().endswith("\n") and summary["phases"]["baseline"]["epochs_run"] == 2
     rows = (tmp_path / "run" / "baseline" / "results.csv").read_text().splitlines()
     assert [row.split(",")[1] for row in rows[1:]] == ["0", "1", "2"]
+
+
+def test_a_last_state_saved_with_other_parameter_groups_is_refused_with_what_to_do(tmp_path, synth_data, monkeypatch):
+    from defectfusion.engine.progressive import run_training
+    from defectfusion.engine.trainer import STATE_FILE
+    from defectfusion.errors import CheckpointError
+
+    cfg = load_config(
+        write_train_config(tmp_path / "cfg.yml", synth_data, order=["baseline"], phases={"baseline": {"epochs": 2}})
+    )
+    original_save = PhaseTrainer._save_last
+
+    def die_after_epoch_1(self):
+        if self.epoch == 2:
+            raise _Killed
+        original_save(self)
+
+    monkeypatch.setattr(PhaseTrainer, "_save_last", die_after_epoch_1)
+    with pytest.raises(_Killed):
+        run_training(cfg, tmp_path / "run", progress=False)
+    # as an older version saved it: one parameter group fewer
+    path = tmp_path / "run" / "baseline" / "last" / STATE_FILE
+    state = torch.load(path, weights_only=True)
+    state["optimizer"]["param_groups"] = state["optimizer"]["param_groups"][:-1]
+    torch.save(state, path)
+    monkeypatch.setattr(PhaseTrainer, "_save_last", original_save)
+    with pytest.raises(CheckpointError, match="does not fit this phase's parameter groups.*restart the phase"):
+        run_training(cfg, tmp_path / "run", resume=True, progress=False)
+
+
+@pytest.mark.parametrize(
+    ("map50", "bad", "expected"),
+    [
+        (0.50, 0, ""),
+        (0.47, 1, "fell more than 0.02 below the best 0.5000 (epoch 3)"),
+        (0.49, 3, "no new best in 3 evaluations"),
+        (None, 1, ""),
+    ],
+)
+def test_a_phase_stops_early_on_a_drop_or_on_patience(map50, bad, expected):
+    from defectfusion.config import EarlyStopConfig
+    from defectfusion.engine.early_stop import early_stop_reason
+
+    reason = early_stop_reason(map50, {"map50": 0.5, "epoch": 3}, bad, EarlyStopConfig(drop=0.02, patience=3))
+    assert (expected in reason) and (bool(reason) == bool(expected))

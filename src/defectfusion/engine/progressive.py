@@ -25,12 +25,14 @@ from ..config.compare import SPEED_KEYS, config_differences, describe_difference
 from ..data.descriptions import load_descriptions
 from ..errors import ConfigError
 from ..io import atomic_write_json, atomic_write_text, read_json
-from ..models.checkpoint import load_detector, save_detector
+from ..models.checkpoint import load_detector
 from ..models.detector import DefectDetector, add_fusion
 from ..models.text import TextEmbeddings, encode_descriptions
 from .datasets import RunData, load_datasets
 from .distributed import DistInfo, barrier, broadcast_object, init_distributed
 from .evaluator import write_metrics
+from .final_choice import choose_final
+from .final_choice import fmt_metric as _fmt
 from .gates import override_gate, phase_gate
 from .phase_records import PhaseData, PhaseOutcome, build_phase_data
 from .precision import resolve_precision
@@ -61,10 +63,6 @@ def check_phases(cfg: Config, names: Sequence[str]) -> None:
     for name in names:
         if cfg.phases[name].fusion and not cfg.fusion.enabled:
             raise ConfigError(f"phase {name!r} trains the fusion head but fusion.enabled is false")
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
 
 
 def _now() -> str:
@@ -369,49 +367,14 @@ class TrainingRun:
     def _choose_final(self) -> None:
         if not self.info.is_main:
             return
-        candidates: list[tuple[str, float | None, float | None, str]] = []
-        reference = self.summary.get("baseline") or self.summary.get("start")
-        if reference is not None:
-            candidates.append(
-                (
-                    "baseline" if self.summary.get("baseline") else "start",
-                    reference["map50"],
-                    reference["map"],
-                    reference.get("checkpoint") or reference.get("source"),
-                )
-            )
-        baseline_phase = (self.summary.get("baseline") or {}).get("source")
-        for name, outcome in self.summary["phases"].items():
-            if baseline_phase != f"phase {name}":
-                candidates.append((name, outcome["best_map50"], outcome["best_map"], outcome["best_dir"]))
-        if not candidates:
+        final = choose_final(self.summary, self.out)
+        if final is None:
             return
-        key = lambda c: -1.0 if c[1] is None else c[1]  # noqa: E731
-        best = max(candidates, key=key)  # max keeps the first of equals: the baseline wins ties
-        label, map50, map_, checkpoint = best
-        if label in {"baseline", "start"} and len(candidates) > 1:
-            reason = f"no phase beat the {label} on validation mAP@0.5 ({_fmt(map50)}); the {label} is kept"
-        elif len(candidates) > 1:
-            reason = (
-                f"{label} has the best validation mAP@0.5 ({_fmt(map50)}) vs the {candidates[0][0]} "
-                f"({_fmt(candidates[0][1])})"
-            )
-        else:
-            reason = f"only {label} was run"
-        final_dir = self.out / "final"
-        if checkpoint and Path(checkpoint, "config.json").is_file():
-            save_detector(load_detector(checkpoint), final_dir)
-        self.summary["final"] = {
-            "phase": label,
-            "checkpoint": str(final_dir),
-            "source": checkpoint,
-            "map50": map50,
-            "map": map_,
-            "reason": reason,
-        }
+        self.summary["final"] = final
         self._write_summary()
         if self.progress:
-            print(f"final: {label} (val mAP@0.5 {_fmt(map50)}) -> {final_dir}: {reason}")
+            value = _fmt(final["map50"])
+            print(f"final: {final['phase']} (val mAP@0.5 {value}) -> {final['checkpoint']}: {final['reason']}")
 
 
 def _test_entry(metrics: dict[str, Any], checkpoint: str, results: Path) -> dict[str, Any]:

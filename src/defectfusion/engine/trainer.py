@@ -36,8 +36,10 @@ from ..data.transforms import FeatureCollator, build_train_dataset
 from ..errors import CheckpointError, DataError
 from ..io import atomic_write_json, read_json
 from ..models.checkpoint import detector_state, load_state_into, save_detector
-from ..models.detector import DefectDetector, set_trainable
+from ..models.detector import DefectDetector
+from ..models.groups import set_trainable
 from .distributed import DistInfo, barrier, broadcast_object
+from .early_stop import early_stop_reason
 from .ema import ModelEMA
 from .epoch_loader import epoch_loader
 from .eta import StepClock, format_duration
@@ -316,20 +318,7 @@ class PhaseTrainer:
             )
         else:
             self.bad_evals += 1
-        stop = ""
-        early = self.cfg.train.early_stop
-        if (
-            map50 is not None
-            and self.best["map50"] is not None
-            and early.drop is not None
-            and map50 < self.best["map50"] - early.drop
-        ):
-            stop = (
-                f"validation mAP@0.5 {map50:.4f} fell more than {early.drop} below the best "
-                f"{self.best['map50']:.4f} (epoch {self.best['epoch']})"
-            )
-        elif early.patience is not None and self.bad_evals >= early.patience:
-            stop = f"no new best in {early.patience} evaluations"
+        stop = early_stop_reason(map50, self.best, self.bad_evals, self.cfg.train.early_stop)
         self._log_evaluation(metrics, improved)
         return {"best": self.best, "bad_evals": self.bad_evals, "stop": stop, "initial": self.initial}
 
@@ -404,7 +393,14 @@ class PhaseTrainer:
             summary = read_json(folder / "trainer.json", "trainer state")
         except (OSError, RuntimeError, ValueError, DataError) as exc:
             raise CheckpointError(f"cannot resume from {folder}: {exc}") from None
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except ValueError as exc:  # another set of parameter groups than this version builds
+            raise CheckpointError(
+                f"cannot resume from {folder}: its optimizer state does not fit this phase's parameter groups "
+                f"({exc}); it was saved by another version of defectfusion or another config. Finish the phase "
+                f"with that version, or restart the phase: delete {self.folder} and train again"
+            ) from None
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None and state["ema"] is not None:
