@@ -244,3 +244,16 @@ def test_summaries_have_an_sd_only_with_two_runs():
     assert summarize_arm("x", [_metrics(0.5), _metrics(0.6)], None).map50_sd == pytest.approx(
         np.std([0.5, 0.6], ddof=1)
     )
+
+
+def test_text_runs_that_kept_their_plain_baseline_count_as_using_no_text():
+    infos = {
+        "text": [_info("text", 0, share=0.3), RunInfo("text/1", "text", 1, "/r", "baseline", "kept", None)],
+        "continued": [_info("continued", 0)],
+    }
+    check = manipulation_check(infos)
+    assert "continued" not in check.per_arm
+    assert check.per_arm["text"]["share"] == pytest.approx(0.15) and check.per_arm["text"]["kept_baseline"] == 1
+    everyone = {"text": [RunInfo("text/0", "text", 0, "/r", "baseline", "kept", None)]}
+    check = manipulation_check(everyone)
+    assert check.per_arm["text"]["share"] == 0.0 and check.text_used is False

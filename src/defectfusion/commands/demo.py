@@ -30,7 +30,7 @@ from ..errors import ConfigError, DefectFusionError
 from ..io import atomic_write_json, atomic_write_text, read_json
 from .demo_report import demo_sections
 from .explain import ExplainResult, explain
-from .study import run_study
+from .study import model_to_explain, run_study
 from .study_plan import BASE_ARMS
 
 ARMS = BASE_ARMS
@@ -161,11 +161,14 @@ def _explanations(checkpoint: Path, test_annotations: Path, folder: Path, count:
     return explain(checkpoint, None, folder, annotations=test_annotations, limit=count, max_detections=6)
 
 
-def _explained_run(study: dict[str, Any]) -> Path:
-    """The text arm's first seed, for the explanation maps: chosen before any score, so that its maps can be
+def _explained_run(study: dict[str, Any]) -> tuple[Path, str]:
+    """The text arm's model to explain, chosen by seed order before any score, so that its maps can be
     scored on the test images without those images having picked it."""
     entry = next(iter(study["fractions"].values()))
-    return Path(entry["runs"]["text"][0]["folder"]) / "final"
+    chosen = model_to_explain(entry["runs"]["text"])
+    if chosen is None:
+        raise DemoError("no text run trained a fused model: nothing to explain (see the study's run logs)")
+    return chosen
 
 
 def run_demo(
@@ -230,7 +233,7 @@ def run_demo(
 
     say("[4/4] explanation maps and the report")
     val = load_coco(data / "val" / "annotations.json")
-    fused = _explained_run(study)
+    fused, why = _explained_run(study)
     explained = _explanations(
         fused, data / "test" / "annotations.json", out / "report" / "explain", plan.explain_images
     )
@@ -244,10 +247,11 @@ def run_demo(
         "study": study,
         "verdict": verdict,
         "explained_with": str(fused),
+        "explained_why": why,
     }
     atomic_write_json(out / "summary.json", summary)
     summary["map_quality"] = {k: q.to_dict() for k, q in explained.quality.items()}
     atomic_write_json(out / "summary.json", summary)
-    md, html = demo_sections(out, study, list(val.class_names), verdict, explained)
+    md, html = demo_sections(out, study, list(val.class_names), verdict, explained, why)
     say(f"report: {html}")
     return DemoResult(out, md, html, summary)

@@ -14,7 +14,12 @@ FIGURES = 3  # per-image explanation figures in the report
 
 
 def demo_sections(
-    out: Path, study: dict[str, Any], class_names: Sequence[str], verdict: Sequence[str], explained: Any
+    out: Path,
+    study: dict[str, Any],
+    class_names: Sequence[str],
+    verdict: Sequence[str],
+    explained: Any,
+    explained_why: str,
 ) -> tuple[Path, Path]:
     """``out/report/report.md`` and ``.html``: what the demo did, then the study (the rule before its verdict),
     then the maps and their quality, then what the demo does not show.
@@ -37,8 +42,8 @@ def demo_sections(
     explain = [
         Section(
             "Explanations: why each box got its class, and whether the maps point at the defects",
-            f"The text arm's first seed (chosen before any score) explained on {len(explained.images)} test "
-            "images. Every map kind is scored "
+            f"Explained on {len(explained.images)} test images: the text arm's {explained_why}. Every map kind "
+            "is scored "
             "against the boxes: the pointing game (the class map's maximum inside a box of that class) and the "
             "AUROC of map values on the objects against the background, beside chance, with 95% intervals "
             "over images.",

@@ -42,6 +42,7 @@ from ..engine.validation import evaluate_on_index
 from ..engine.verdict import rule_text
 from ..errors import ConfigError, DataError
 from ..io import atomic_write_json, read_json
+from ..models.checkpoint import has_fusion_head
 from ..report.study import write_study_report
 from ..structures import Detections
 from .explain import explain
@@ -171,27 +172,49 @@ def _statistics(plan: StudyPlan, index: CocoIndex, on_test: bool, draws: int, pa
     return per_fraction
 
 
+def model_to_explain(runs: Sequence[dict[str, Any]]) -> tuple[Path, str] | None:
+    """The fused model of an arm to explain, chosen by seed order before any score, and why.
+
+    The first seed whose final model is fused; when every seed kept its (plain) baseline, the first
+    seed's last fused phase best, which validation did not prefer to the baseline (said so).
+    """
+    for info in runs:
+        final = Path(info["folder"]) / "final"
+        if has_fusion_head(final):
+            return (
+                final,
+                f"seed {info['seed']}'s final model (the first seed with a fused one; chosen before any score)",
+            )
+    if not runs:
+        return None
+    phases = read_json(Path(runs[0]["folder"]) / "summary.json", "run summary").get("phases") or {}
+    for name, outcome in reversed(list(phases.items())):
+        if has_fusion_head(outcome["best_dir"]):
+            why = (
+                f"seed {runs[0]['seed']}'s {name} best (every seed's final model is its baseline, which has no "
+                f"text; validation did not prefer this one to the baseline)"
+            )
+            return Path(outcome["best_dir"]), why
+    return None
+
+
 def _map_quality(per_fraction: dict, index, folder: Path, images: int, progress: bool) -> dict[str, Any]:
-    """Per fused arm (the full training set's first seed, chosen before any score): each map kind's overall
+    """Per fused arm (:func:`model_to_explain` of the full training set's runs): each map kind's overall
     quality on ``index``."""
     entry = per_fraction[max(per_fraction, key=lambda k: per_fraction[k]["fraction"])]
     quality: dict[str, Any] = {}
     for arm, infos in entry["runs"].items():
-        model = Path(infos[0]["folder"]) / "final"
-        if arm == "baseline" or not (model / "config.json").is_file() or not _is_fused(model):
+        chosen = model_to_explain(infos)
+        if chosen is None:
             continue
+        model, why = chosen
         if progress:
-            print(f"study: explaining {images} images with {arm} ({model})")
+            print(f"study: explaining {images} images with {arm}: {why}")
         result = explain(
             model, None, folder / arm, annotations=index.annotations_file, images_dir=index.images_dir, limit=images
         )
         quality[arm] = {kind: q.overall for kind, q in result.quality.items()}
     return quality
-
-
-def _is_fused(model: Path) -> bool:
-    config = read_json(model / "config.json", "model config")
-    return bool((config.get("defectfusion") or {}).get("fusion"))
 
 
 def _tracker(out: Path, cfg: Config) -> StudyTracker:

@@ -22,6 +22,7 @@ from .study_stats import (
     BASELINE,
     PRIMARY_METRIC,
     TEXT,
+    WITHOUT_FUSION,
     ArmSummary,
     Exploratory,
     RunScores,
@@ -76,10 +77,18 @@ class Manipulation:
         return {"per_arm": self.per_arm, "text_used": self.text_used, "used_share": USED_SHARE}
 
 
+# What a run whose final model is its (plain) baseline used of the text: nothing.
+_UNUSED = {"text_share_centered": 0.0, "text_share": 0.0, "flip_share": 0.0, "layer_gate": 0.0}
+
+
 def manipulation_check(runs: Mapping[str, Sequence[RunInfo]]) -> Manipulation:
+    """Per arm with a fusion head, the mean of its runs' text usage; a run that kept its baseline
+    (no phase beat it on validation) scored a model without text, and counts as using none."""
     per_arm: dict[str, dict[str, float | None]] = {}
     for arm, infos in runs.items():
-        usages = [r.text_usage for r in infos if r.text_usage is not None]
+        if arm == WITHOUT_FUSION:
+            continue
+        usages = [r.text_usage or _UNUSED for r in infos if r.text_usage is not None or r.fell_back]
         if not usages:
             continue
 
@@ -94,6 +103,7 @@ def manipulation_check(runs: Mapping[str, Sequence[RunInfo]]) -> Manipulation:
             "share_with_bias": mean("text_share"),
             "flip_share": mean("flip_share"),
             "mean_abs_gate": float(np.mean(gates)) if gates else None,
+            "kept_baseline": sum(r.fell_back for r in infos),
         }
     share = (per_arm.get(TEXT) or {}).get("share")
     return Manipulation(per_arm, None if share is None else share >= USED_SHARE)
@@ -194,6 +204,9 @@ def _manipulation_notes(manipulation: Manipulation) -> list[str]:
         numbers += f" and changes the class of {flips:.1%} of them"
     if gate is not None:
         numbers += f"; mean |gate| of the last layer {gate:.3f}"
+    kept = text.get("kept_baseline") or 0
+    if kept:
+        numbers += f" ({kept} of its runs kept the baseline, whose model has no text: counted as 0)"
     if manipulation.text_used:
         return [f"Manipulation check: {numbers}: the text path was used."]
     return [

@@ -23,6 +23,7 @@ from .intervals import ArmValues, Interval, SeedNoise, compare, holm, pooled_see
 TEXT = "text"
 BASELINE = "baseline"
 CONTROLS = ("shuffled", "random", "continued")  # what each control removes: the docs/method.md table
+WITHOUT_FUSION = "continued"  # the control arm with no fusion head at all
 PRIMARY_METRIC = "map50"
 
 

@@ -86,6 +86,18 @@ def read_model_config(folder: Path) -> Deimv2Config:
         raise CheckpointError(f"{config_path}: invalid DEIMv2 config: {exc}") from None
 
 
+def has_fusion_head(folder: str | Path) -> bool:
+    """Whether the detector saved in ``folder`` is fused (from its config alone; False when it is no detector)."""
+    path = Path(folder) / CONFIG_NAME
+    if not path.is_file():
+        return False
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8")).get("defectfusion") or {}
+    except (OSError, json.JSONDecodeError):
+        return False
+    return bool(meta.get("fusion"))
+
+
 def load_state_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """Load weights exactly: every model tensor must come from ``state`` (tied copies count once)."""
     own = model.state_dict()

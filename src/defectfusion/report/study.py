@@ -104,17 +104,46 @@ def _runs_rows(entry: Mapping[str, Any]) -> list[dict[str, str]]:
     return rows
 
 
-def _exploratory_rows(entry: Mapping[str, Any]) -> list[dict[str, str]]:
-    return [
-        {
-            "family": e["family"],
-            "difference": f"{e['a']} − {e['b']}",
-            "metric": e["metric"],
-            "value [95%, uncorrected]": _iv(e),
-            "p (Holm, within family)": _p(e.get("p_holm")),
-        }
-        for e in entry["exploratory"]
-    ]
+def metric_label(key: str) -> str:
+    """How a compared metric's key reads in a table: ``ap50:crack`` -> ``AP@0.5 crack``."""
+    if key == "map50":
+        return "mAP@0.5"
+    if key == "map":
+        return "mAP@0.5:0.95"
+    kind, _, rest = key.partition(":")
+    if kind == "ap50":
+        return f"AP@0.5 {rest}"
+    if kind == "confusion":
+        a, _, b = rest.partition("->")
+        return f"{a} called {b} (count)"
+    return key
+
+
+def _cell(e: Mapping[str, Any]) -> str:
+    return f"{_iv(e)} p {_p(e.get('p_holm'))}"
+
+
+def _exploratory_sections(entry: Mapping[str, Any], suffix: str) -> list[Section]:
+    """One table per family: pairs as rows for the overall metrics; per class and for the confusable pair,
+    the metric as rows and the comparisons as columns."""
+    families: dict[str, list[Mapping[str, Any]]] = {}
+    for e in entry["exploratory"]:
+        families.setdefault(e["family"], []).append(e)
+    sections = []
+    for family, rows in families.items():
+        by_metric: dict[str, dict[str, str]] = {}
+        for e in rows:
+            metric = metric_label(e["metric"])
+            if family.startswith(("per-class", "confusable")):
+                by_metric.setdefault(metric, {"": metric})[f"{e['a']} − {e['b']}"] = _cell(e)
+            else:
+                by_metric[f"{metric} {e['a']} − {e['b']}"] = {
+                    "difference": f"{e['a']} − {e['b']}",
+                    "value [95%, uncorrected]": _iv(e),
+                    "p (Holm)": _p(e.get("p_holm")),
+                }
+        sections.append(Section(f"{family}{suffix}", table=list(by_metric.values()), level=4))
+    return sections
 
 
 def _map_quality_rows(quality: Mapping[str, Mapping[str, Any]]) -> list[dict[str, str]]:
@@ -142,7 +171,7 @@ def _map_quality_rows(quality: Mapping[str, Mapping[str, Any]]) -> list[dict[str
 
 
 def _fraction_sections(
-    entry: Mapping[str, Any], label: str, suffix: str, split: str, scored: str, out: Path
+    entry: Mapping[str, Any], label: str, suffix: str, split: str, scored: str, images: int, out: Path
 ) -> list[Section]:
     verdict = "\n".join(f"- {s}" for s in entry["verdict"]["sentences"])
     if entry.get("notes"):
@@ -171,8 +200,8 @@ def _fraction_sections(
                 f"What this study can see{suffix}",
                 f"The smallest true difference each comparison finds 4 times in 5, and what it would take to find "
                 f"0.010 or 0.035 mAP@0.5 (the plan's target gain is +0.035 to +0.065): more seeds per arm at "
-                f"{scored} test images, or more test images at this study's seeds. 'out of reach': the other noise "
-                f"source alone is too large.",
+                f"this study's {images} {split} images, or more {split} images at its seeds. 'out of reach': the other "
+                f"noise source alone is too large.",
                 table=_power_rows(entry),
                 level=3,
             )
@@ -201,13 +230,13 @@ def _fraction_sections(
         sections.append(
             Section(
                 f"Exploratory{suffix}: not decided by the rule",
-                "Other metrics, classes and pairs. The intervals are uncorrected (about 1 in 20 excludes 0 by chance); "
-                "the p-values are Holm-adjusted within each family. Read these as questions for the next study, not "
-                "findings.",
-                table=_exploratory_rows(entry),
+                "Other metrics, classes and pairs: each cell is a difference with its uncorrected 95% interval (about "
+                "1 in 20 excludes 0 by chance) and its p-value Holm-adjusted within the table. Read these as questions "
+                "for the next study, not findings.",
                 level=3,
             )
         )
+        sections.extend(_exploratory_sections(entry, suffix))
     if entry.get("subset"):
         subset = entry["subset"]
         boxes = ", ".join(f"{c} {n}" for c, n in subset["boxes"].items())
@@ -254,7 +283,7 @@ def write_study_report(
     curves: dict[str, list[tuple[float, float | None, float | None]]] = {}
     for label, entry in summary["fractions"].items():
         suffix = f" ({label} of the training images)" if len(summary["fractions"]) > 1 else ""
-        sections.extend(_fraction_sections(entry, label, suffix, split, where, out))
+        sections.extend(_fraction_sections(entry, label, suffix, split, where, scored["images"], out))
         for arm, s in entry["arms"].items():
             curves.setdefault(arm, []).append((entry["fraction"], s["map50_mean"], s["map50_sd"]))
     if len(summary["fractions"]) > 1:
