@@ -186,7 +186,7 @@ def test_another_test_split_changes_no_selection_decision(study_config, tmp_path
         return phases, [(g["after"], g["proceed"]) for g in s["gates"]], s["final"]["phase"], s["final"]["map50"]
 
     assert decisions(first) == decisions(second)
-    assert second["test"]["final"]["map50"] > first["test"]["final"]["map50"] + 0.5
+    assert second["test"]["final"]["map50"] > first["test"]["final"]["map50"] + 0.1
 
 
 def test_the_slurm_launcher_runs_through_submitit_and_the_study_nests_its_runs_in_mlflow(study_config):

@@ -103,8 +103,9 @@ def test_the_report_states_the_rule_first_and_keeps_exploratory_numbers_apart(tm
     )
     assert "crack called scratch (count)" in text and "AP@0.5 crack" in text and "0.600 ± 0.010" in text
     assert "13.7%" in text and "2.1%" in text and "p 0.090" in text
-    assert "+0.010 [-0.010, +0.030]" in text and "2 seeds per arm" in text
+    assert "+0.010 [-0.010, +0.030]" in text and "2 seeds per arm" in text and "-2.0 [-4.0, +0.0] p 0.090" in text
     assert "12 training images (crack 7, scratch 9 boxes)" in text and "out of reach" in text
+    assert "3 already do" in text and "| 9 |" in text
     plots = {p.name for p in (tmp_path / "report" / "plots").iterdir()}
     assert plots == {"forest_25pct.png", "forest_100pct.png", "learning_curve.png"}
     check_html(html)

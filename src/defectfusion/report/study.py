@@ -20,9 +20,10 @@ def _pm(mean: float | None, sd: float | None) -> str:
 def _iv(iv: Mapping[str, Any]) -> str:
     if iv.get("difference") is None:
         return MISSING
+    digits = 1 if str(iv.get("metric", "")).startswith("confusion:") else 3  # counts, not fractions
     if iv.get("low") is None:
-        return f"{iv['difference']:+.3f} [undefined]"
-    return f"{iv['difference']:+.3f} [{iv['low']:+.3f}, {iv['high']:+.3f}]"
+        return f"{iv['difference']:+.{digits}f} [undefined]"
+    return f"{iv['difference']:+.{digits}f} [{iv['low']:+.{digits}f}, {iv['high']:+.{digits}f}]"
 
 
 def _p(value: float | None) -> str:
@@ -63,8 +64,10 @@ def _primary_rows(entry: Mapping[str, Any]) -> list[dict[str, str]]:
 
 
 def _power_rows(entry: Mapping[str, Any]) -> list[dict[str, str]]:
-    def need(value: int | None, what: str) -> str:
-        return "out of reach" if value is None else f"{value} {what}"
+    def need(value: int | None, now: int) -> str:
+        if value is None:
+            return "out of reach"
+        return f"{now} already do" if value <= now else str(value)
 
     rows = []
     for p in entry.get("power") or ():
@@ -73,8 +76,8 @@ def _power_rows(entry: Mapping[str, Any]) -> list[dict[str, str]]:
             "found with 80% power from": f"±{p['detectable']:.3f}",
         }
         for target, seeds in p["seeds_for"].items():
-            row[f"for {float(target):.3f}: seeds per arm"] = need(seeds, "")
-            row[f"for {float(target):.3f}: test images"] = need(p["images_for"][target], "")
+            row[f"for {float(target):.3f}: seeds per arm"] = need(seeds, p["seeds"])
+            row[f"for {float(target):.3f}: test images"] = need(p["images_for"][target], p["images"])
         rows.append(row)
     return rows
 
@@ -188,7 +191,9 @@ def _fraction_sections(
             Section(
                 f"The rule's comparisons{suffix}",
                 "Each interval covers the training seeds (pooled over the trained arms; the larger of that and an "
-                "arm's own spread) and the test images (paired bootstrap); df: degrees of freedom of its t quantile.",
+                "arm's own spread) and the test images (paired bootstrap); df: degrees of freedom of its t quantile. "
+                "An sd from images of 0: the two arms' image-by-image gains differ no more than two runs of one arm "
+                "do (a negative estimate counts as 0), so the seeds carry the interval.",
                 table=_primary_rows(entry),
                 images=[(forest, "observed difference and 95% interval; green: above 0, red: below, grey: across")],
                 level=3,
