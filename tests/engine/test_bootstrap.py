@@ -9,9 +9,20 @@ import torch
 
 from defectfusion.engine.bootstrap import count_weights, image_draws, resample, resample_counts
 from defectfusion.engine.evaluator import DetectionEvaluator
-from defectfusion.engine.intervals import difference_interval, percentile_interval
+from defectfusion.engine.intervals import ArmValues, compare
 from defectfusion.structures import Detections
 from tests.helpers import busy_coco_case, coco_on_resample, results_as_detections
+
+
+def _models_interval(samples, a, b):
+    """The study's interval of two given models' mAP@0.5 (images resampled, no seeds), identity draw observed."""
+    observed = lambda name: np.array([samples[name].map50[0]])  # noqa: E731
+    return compare(
+        ArmValues(a, observed(a), samples[a].map50[None], fixed=True),
+        ArmValues(b, observed(b), samples[b].map50[None], fixed=True),
+        None,
+    )
+
 
 IDS = list(range(1, 11))
 
@@ -94,7 +105,7 @@ def test_a_perfect_model_beats_a_blind_one_with_an_interval_excluding_zero():
     blind = {i: _det(False) for i in range(1, 21)}
     samples = resample(gt, {"perfect": perfect, "blind": blind}, image_draws(range(1, 21), 30, seed=0))
     assert np.allclose(samples["perfect"].map50, 1.0) and np.allclose(samples["blind"].map50, 0.0)
-    interval = difference_interval(samples, "perfect", "blind", observed=1.0)
+    interval = _models_interval(samples, "perfect", "blind")
     assert interval.low == interval.high == 1.0 and interval.excludes_zero
 
 
@@ -104,7 +115,7 @@ def test_two_equal_models_give_an_interval_around_zero_and_resamples_are_paired(
     samples = resample(gt, {"a": half, "b": dict(half)}, image_draws(range(1, 31), 40, seed=1))
     assert np.array_equal(samples["a"].map50, samples["b"].map50)  # same images in every draw
     assert samples["a"].map50.std() > 0  # but the draws differ from each other
-    interval = difference_interval(samples, "a", "b", observed=0.0)
+    interval = _models_interval(samples, "a", "b")
     assert interval.low == interval.high == 0.0 and not interval.excludes_zero
 
 
@@ -160,7 +171,11 @@ def test_a_known_difference_falls_inside_its_interval():
     samples = resample(gt, {"a": a, "b": b}, draws)
     diff = samples["a"].map50 - samples["b"].map50
     assert diff[0] == pytest.approx(known, abs=1e-9)  # the identity draw is pycocotools' number
-    interval = percentile_interval(diff[1:], "a", "b", known)
+    interval = compare(
+        ArmValues("a", np.array([known]), samples["a"].map50[None, 1:], fixed=True),
+        ArmValues("b", np.array([0.0]), samples["b"].map50[None, 1:], fixed=True),
+        None,
+    )
     assert interval.low < known < interval.high and interval.excludes_zero
 
 

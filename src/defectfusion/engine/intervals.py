@@ -28,8 +28,6 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from .bootstrap import Resampled
-
 
 @dataclass(frozen=True)
 class Interval:
@@ -265,21 +263,3 @@ def holm(p_values: list[float]) -> list[float]:
         running = max(running, min(1.0, (len(order) - rank) * p[index]))
         adjusted[index] = running
     return adjusted.tolist()
-
-
-def percentile_interval(
-    diff: np.ndarray, a: str, b: str, observed: float, level: float = 0.95, metric: str = "map50"
-) -> Interval:
-    """Percentile interval of resampled differences ``a - b`` of two given models (undefined draws left out)."""
-    diff = np.asarray(diff, dtype=np.float64)
-    diff = diff[np.isfinite(diff)]
-    tail = (1.0 - level) / 2 * 100
-    low, high = np.percentile(diff, [tail, 100 - tail]).tolist() if diff.size else (float("nan"),) * 2
-    return Interval(a, b, float(observed), float(low), float(high), level, int(diff.size), metric)
-
-
-def difference_interval(
-    samples: dict[str, Resampled], a: str, b: str, observed: float, level: float = 0.95
-) -> Interval:
-    """Percentile interval of ``mAP@0.5(a) - mAP@0.5(b)`` over the paired draws."""
-    return percentile_interval(samples[a].map50 - samples[b].map50, a, b, observed, level)
