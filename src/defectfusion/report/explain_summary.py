@@ -1,9 +1,14 @@
-"""The summary page of ``explain --annotations``: how well each map kind localises, and examples.
+"""The summary page of ``explain --annotations``: each map kind against the boxes and its controls.
 
 Written to ``out/report.md`` + ``out/report.html`` (+ ``out/map_quality.json``): the quality table
-(pointing game and AUROC beside chance, per kind and per class), a figure of it, and a grid of the
-best and worst (image, class) pairs of the default kind, each with its map, its boxes and the map's
-maximum marked.
+(pointing game and AUROC beside chance, per kind and per class), each kind against the
+detections-only control, right class against wrong class, the pointing game where the detector
+got it wrong, faithfulness when measured, figures of these, and a grid of the best and worst
+(image, class) pairs of the default kind, each with its map, its boxes and the map's maximum marked.
+
+Every sentence comes from those comparisons: a kind "points at the objects" only when it beats the
+detections-only control, and no kind is said to show where the class decision came from unless its
+faithfulness beats that control (:func:`choose_default_kind`).
 """
 
 from __future__ import annotations
@@ -15,14 +20,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.patches import Rectangle
 
 from ..io import atomic_write_json
+from .map_readings import (
+    DEFAULT_RULE,
+    NOT_MEASURED,
+    as_dict,
+    choose_default_kind,
+    difference_text,
+    faithfulness_vs_control,
+    interval_text,
+    kind_sentence,
+    reading,
+)
 from .markdown import Section, write_report
-from .plots import style
-
-# What a thesis can say of a map kind, from its numbers.
-LOCALISES = {"pointing_game": 0.6, "auroc": 0.75}
+from .plots.explain_quality import plot_controls, plot_examples, plot_quality
 
 
 @dataclass
@@ -47,44 +59,52 @@ class SummaryFiles:
         return [self.md, self.html, self.json, *self.pngs]
 
 
-def reading(overall: Mapping[str, Any]) -> str:
-    """One phrase for what a kind's numbers allow one to say."""
-    pg, chance, auc = overall.get("pointing_game"), overall.get("chance"), overall.get("auroc")
-    if pg is None:
-        return "no annotated pairs"
-    low = (overall.get("pointing_game_interval") or [pg, pg])[0]
-    if auc is not None and auc < 0.5:
-        return "misleading: lower on the objects than on the background"
-    if pg >= LOCALISES["pointing_game"] and (auc or 0.0) >= LOCALISES["auroc"]:
-        return "points at the objects"
-    if chance is not None and low > chance:
-        return (
-            f"better than chance, below the bar (pointing game ≥ {LOCALISES['pointing_game']:g} "
-            f"and AUROC ≥ {LOCALISES['auroc']:g})"
-        )
-    return "no better than chance"
+def _wrong_detections(w: Mapping[str, Any]) -> str:
+    if w.get("pairs") is None:
+        return "not told"
+    if not w["pairs"]:
+        return "none wrong"
+    pg = "–" if w.get("pointing_game") is None else f"{w['pointing_game']:.2f}"
+    control = "" if w.get("control_pointing_game") is None else f"; control {w['control_pointing_game']:.2f}"
+    return f"{pg} (n={w['pairs']}{control})"
 
 
-def _interval(values: Sequence[float] | None) -> str:
-    return f" [{values[0]:.2f}, {values[1]:.2f}]" if values else ""
-
-
-def quality_rows(quality: Mapping[str, Any], default_kind: str, kinds: Mapping[str, str]) -> list[dict[str, str]]:
+def quality_rows(
+    quality: Mapping[str, Any],
+    default_kind: str | None,
+    kinds: Mapping[str, str],
+    comparisons: Mapping[str, Any] | None = None,
+    faithfulness: Mapping[str, Any] | None = None,
+) -> list[dict[str, str]]:
     rows = []
     for kind, summary in quality.items():
         o = summary.overall
         pg, auc = o.get("pointing_game"), o.get("auroc")
-        rows.append(
-            {
-                "map kind": f"**{kind}** (default)" if kind == default_kind else kind,
-                "pointing game": "–" if pg is None else f"{pg:.2f}{_interval(o.get('pointing_game_interval'))}",
-                "chance": "–" if o.get("chance") is None else f"{o['chance']:.2f}",
-                "AUROC (0.5: none)": "–" if auc is None else f"{auc:.2f}{_interval(o.get('auroc_interval'))}",
-                "pairs": str(o.get("pairs", 0)),
-                "reads as": reading(o),
-                "what it shows": kinds.get(kind, ""),
-            }
-        )
+        row = {
+            "map kind": f"**{kind}** (default)" if kind == default_kind else kind,
+            "pointing game": "–" if pg is None else f"{pg:.2f}{interval_text(o.get('pointing_game_interval'))}",
+            "chance": "–" if o.get("chance") is None else f"{o['chance']:.2f}",
+            "AUROC (0.5: none)": "–" if auc is None else f"{auc:.2f}{interval_text(o.get('auroc_interval'))}",
+            "pairs": str(o.get("pairs", 0)),
+        }
+        comparison = None
+        if comparisons is not None:
+            comparison = as_dict(comparisons.get(kind))
+            vs, spec = comparison.get("vs_control") or {}, comparison.get("class_specificity") or {}
+            row["PG − control"] = difference_text(vs.get("pointing_game"))
+            row["AUROC − control"] = difference_text(vs.get("auroc"))
+            row["PG right − wrong class"] = difference_text(spec.get("pointing_game"))
+            row["AUROC right − wrong class"] = difference_text(spec.get("auroc"))
+            row["PG where the detection is wrong"] = _wrong_detections(comparison.get("wrong_detections") or {})
+        if faithfulness is not None:
+            f = faithfulness.get(kind) or {}
+            row["deletion AUC"] = "–" if f.get("deletion_auc") is None else f"{f['deletion_auc']:.3f}"
+            iv = faithfulness_vs_control(f)[0]
+            row["deletion − control"] = f"[{iv[0]:+.3f}, {iv[1]:+.3f}]" if iv else "–"
+            row["faithfulness"] = f.get("meaning") or f.get("reading") or "–"
+        row["reads as"] = reading(o, comparison)
+        row["what it shows"] = kinds.get(kind, "")
+        rows.append(row)
     return rows
 
 
@@ -103,56 +123,6 @@ def per_class_rows(quality: Mapping[str, Any]) -> list[dict[str, str]]:
     return rows
 
 
-def plot_quality(quality: Mapping[str, Any], path: str | os.PathLike) -> Path:
-    """Pointing game beside its chance level, and AUROC beside 0.5, per map kind."""
-    kinds = list(quality)
-    with style.figure(max(6.0, 1.6 * len(kinds) + 2.5), 3.4) as fig:
-        axes = fig.subplots(1, 2)
-        x = np.arange(len(kinds))
-        for ax, key, ref, ref_label, bar in (
-            (axes[0], "pointing_game", "chance", "chance", LOCALISES["pointing_game"]),
-            (axes[1], "auroc", None, "no information (0.5)", LOCALISES["auroc"]),
-        ):
-            values = [quality[k].overall.get(key) or 0.0 for k in kinds]
-            intervals = [quality[k].overall.get(f"{key}_interval") for k in kinds]
-            err = np.array(
-                [[v - iv[0], iv[1] - v] if iv else [0.0, 0.0] for v, iv in zip(values, intervals, strict=True)]
-            ).T
-            ax.bar(x, values, color=[style.class_hex(i) for i in range(len(kinds))], yerr=err, capsize=3)
-            refs = [quality[k].overall.get(ref) or 0.0 for k in kinds] if ref else [0.5] * len(kinds)
-            ax.scatter(x, refs, marker="_", s=600, color="black", label=ref_label, zorder=3)
-            ax.axhline(bar, color="gray", linestyle=":", linewidth=1, label=f"the bar ({bar:g})")
-            ax.set_xticks(x, kinds, rotation=15)
-            ax.set_ylim(0, 1)
-            ax.set_title("pointing game (hit rate)" if key == "pointing_game" else "AUROC: objects vs background")
-            ax.legend(fontsize=7, loc="upper right")
-        return style.save_figure(fig, path)
-
-
-def plot_examples(examples: Sequence[Example], class_names: Sequence[str], path: str | os.PathLike, title: str) -> Path:
-    """A row of (image, class) pairs: the map over the image, the class's boxes, a cross at the map's maximum."""
-    n = max(1, len(examples))
-    with style.figure(2.6 * n, 3.0) as fig:
-        axes = np.atleast_1d(fig.subplots(1, n))
-        for ax, ex in zip(axes[: len(examples)], examples, strict=True):
-            gray = ex.image.astype(np.float32).mean(-1) / 255.0
-            ax.imshow(gray, cmap="gray", vmin=0, vmax=1)
-            m = ex.class_map
-            span = float(m.max() - m.min()) or 1.0
-            ax.imshow((m - m.min()) / span, cmap="magma", alpha=0.55, vmin=0, vmax=1)
-            for x1, y1, x2, y2 in ex.boxes:
-                ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color="cyan", linewidth=1.2))
-            y, x = np.unravel_index(int(np.argmax(m)), m.shape)
-            ax.plot([x], [y], marker="x", color="lime" if ex.quality.hit else "red", markersize=9, mew=2)
-            auc = "–" if ex.quality.auroc is None else f"{ex.quality.auroc:.2f}"
-            ax.set_title(f"{class_names[ex.quality.label]}\n{ex.folder.name}: AUROC {auc}", fontsize=8)
-            ax.set_axis_off()
-        for ax in axes[len(examples) :]:
-            ax.set_axis_off()
-        fig.suptitle(title, fontsize=10)
-        return style.save_figure(fig, path)
-
-
 def _ranked(gallery: Sequence[Example], count: int, best: bool) -> list[Example]:
     def key(ex: Example) -> tuple[float, float]:
         auc = ex.quality.auroc if ex.quality.auroc is not None else 0.5
@@ -168,6 +138,32 @@ def _ranked(gallery: Sequence[Example], count: int, best: bool) -> list[Example]
     return chosen
 
 
+def _control_name(comparisons: Mapping[str, Any] | None) -> str | None:
+    names = [as_dict(c).get("control") for c in (comparisons or {}).values()]
+    return next((n for n in names if n), None)
+
+
+def _controls_text(control: str | None, quality: Mapping[str, Any], kinds: Mapping[str, str]) -> str:
+    if control is None:
+        return (
+            "No detections-only control was compared: the numbers say where the maps peak, not whether they show "
+            "more than where the detections are, so no kind is said to point at the objects."
+        )
+    made = f" ({kinds[control]})" if control in kinds else ""
+    missing = "" if control in quality else f" The control `{control}` was not scored, so no kind is compared."
+    return (
+        f"Each kind is read against controls, every difference paired over the same (image, class) pairs with a 95% "
+        f"interval from resampling images. **The detections-only control** is `{control}`{made}: a map made of "
+        "nothing but the detections peaks in the predicted boxes, so its pointing game restates detection accuracy. "
+        "A kind whose difference from it has an interval containing 0 restates the detections; above 0 on a metric "
+        "(and below on none) it adds to the detections, and only then is it said to point at the objects. "
+        "**The wrong class**: each class's map is also scored against the boxes of the image's other classes; "
+        "right class minus wrong class above 0 on both metrics reads class-specific, else the map lights up objects "
+        "of any class. **Pairs the detector got wrong** (its best box of the class has IoU below 0.5 with every box "
+        "of that class, or it has none): a map that copies the detections misses there." + missing
+    )
+
+
 def write_summary(
     out: str | os.PathLike,
     quality: Mapping[str, Any],
@@ -179,10 +175,26 @@ def write_summary(
     examples: int = 4,
     source: str = "",
     tolerance: float = 15.0,
+    comparisons: Mapping[str, Any] | None = None,
+    faithfulness: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> SummaryFiles:
+    """The summary page, its figures and ``map_quality.json``.
+
+    Args:
+        quality: per kind, a ``QualitySummary`` (``overall``, ``per_class``, ``to_dict()``).
+        default_kind: the kind the gallery shows (its maps are the examples').
+        comparisons: per kind, a ``MapComparison`` or its dict (``engine.map_comparison.compare_kinds``).
+        faithfulness: per kind ``{"deletion_auc", "deletion_vs_boxes": [low, high], "reading"}``; None:
+            not measured, and the page says so.
+    """
     out = Path(out)
     plots = out / "plots"
-    pngs = [plot_quality(quality, plots / "map_quality.png")] if quality else []
+    comparisons = {k: as_dict(c) for k, c in (comparisons or {}).items()} or None
+    control = _control_name(comparisons)
+    chosen, why = choose_default_kind(quality, comparisons, faithfulness)
+    pngs = [plot_quality(quality, plots / "map_quality.png", control)] if quality else []
+    if comparisons:
+        pngs.append(plot_controls(comparisons, plots / "map_controls.png"))
     best = _ranked(gallery, examples, best=True)
     worst = _ranked(gallery, examples, best=False)
     if best:
@@ -197,32 +209,60 @@ def write_summary(
     )
     sections = [
         Section(
-            "How well the maps point at the defects",
-            method,
-            table=quality_rows(quality, default_kind, kinds),
-            images=[(p, "") for p in pngs[:1]],
-        ),
-        Section("Per class", "PG: pointing game.", table=per_class_rows(quality), level=3),
+            "Where the maps peak, beside the detections-only control",
+            method + "\n\n" + _controls_text(control, quality, kinds),
+            table=quality_rows(quality, default_kind, kinds, comparisons, faithfulness),
+            images=[(pngs[0], "the control's value and interval drawn across each panel")] if pngs else [],
+        )
     ]
+    if comparisons:
+        sentences = "\n".join(f"- {kind_sentence(k, quality[k].overall, comparisons.get(k))}" for k in quality)
+        sections.append(Section("What the numbers say", sentences, images=[(pngs[1], "")], level=3))
+    if chosen == default_kind:
+        shown = f"The examples show `{default_kind}`, the chosen kind."
+    elif chosen is None:
+        shown = f"The examples show `{default_kind}`: where it peaks, not where the class decision came from."
+    else:
+        shown = f"The examples show `{default_kind}`, not the kind the rule chose (`{chosen}`)."
+    if faithfulness:
+        faithful = (
+            "Faithfulness per kind is in the table (deletion AUC and its difference from the control). "
+            f"Rule: {DEFAULT_RULE}. Chosen: {why}."
+        )
+    else:
+        faithful = f"{NOT_MEASURED[0].upper()}{NOT_MEASURED[1:]}. The rule, once it is measured: {DEFAULT_RULE}."
+    sections.append(Section("Faithfulness and the default kind", f"{faithful} {shown}", level=3))
+    sections.append(Section("Per class", "PG: pointing game.", table=per_class_rows(quality), level=3))
     if best:
         sections.append(
             Section(
                 f"Best and worst examples ({default_kind})",
                 "Cyan: the class's boxes; the cross marks the map's maximum (green: a hit, red: a miss). Each "
                 "image's own figures are in its folder.",
-                images=[(pngs[1], "best"), (pngs[2], "worst")],
+                images=[(pngs[-2], "best"), (pngs[-1], "worst")],
             )
         )
-    md, html = write_report(out, "Explanation maps: do they point at the defects?", sections)
+    md, html = write_report(out, "Explanation maps against the boxes and a detections-only control", sections)
     json_path = out / "map_quality.json"
+    per_kind = {}
+    for k, s in quality.items():
+        c = (comparisons or {}).get(k, {})
+        entry = {**s.to_dict(), "reads_as": reading(s.overall, c or None)}
+        entry.update({part: c[part] for part in ("vs_control", "class_specificity", "wrong_detections") if part in c})
+        if faithfulness is not None:
+            entry["faithfulness"] = faithfulness.get(k)
+        per_kind[k] = entry
     atomic_write_json(
         json_path,
         {
             "source": source,
             "tolerance_px": tolerance,
             "default_kind": default_kind,
+            "default_choice": {"kind": chosen, "why": why, "rule": DEFAULT_RULE},
+            "control": control,
+            "faithfulness_measured": bool(faithfulness),
             "kinds": dict(kinds),
-            "quality": {k: {**s.to_dict(), "reads_as": reading(s.overall)} for k, s in quality.items()},
+            "quality": per_kind,
         },
     )
     return SummaryFiles(md, html, json_path, pngs)
