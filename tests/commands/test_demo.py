@@ -32,16 +32,23 @@ def test_every_step_leaves_its_files(demo):
     assert (demo / "report" / "explain" / "report.html").is_file()
 
 
-def test_the_report_scores_every_map_kind_on_the_test_boxes(demo):
-    quality = json.loads((demo / "summary.json").read_text())["map_quality"]
-    assert set(quality) == {"similarity", "gradcam", "pixel", "text_gradcam", "sampling"}
+def test_the_report_scores_every_map_kind_against_the_control_and_by_the_deletion_test(demo):
+    summary = json.loads((demo / "summary.json").read_text())
+    quality = summary["map_quality"]
+    kinds = {"similarity", "text_term", "gradcam", "pixel", "text_gradcam", "sampling", "contrast", "boxes"}
+    assert set(quality) == kinds
     for kind in quality.values():
         overall = kind["overall"]
         assert overall["pairs"] > 0 and 0.0 <= overall["pointing_game"] <= 1.0 and 0.0 < overall["chance"] < 1.0
+    assert set(summary["map_comparisons"]) == kinds
+    faith = summary["map_faithfulness"]
+    assert faith["images"] == 3 and {"boxes", "random", "gradcam", "sampling"} <= set(faith["kinds"])
     saved = json.loads((demo / "report" / "explain" / "map_quality.json").read_text())
     assert saved["default_kind"] == "sampling" and saved["source"].endswith("test/annotations.json")
+    assert saved["faithfulness_measured"] and saved["default_choice"]["why"]
     report = (demo / "report" / "report.md").read_text()
-    assert "whether the maps point at the defects" in report and "pointing game" in report
+    assert "which maps show more than where the detections are" in report and "pointing game" in report
+    assert "the bar" not in report and "read the image to classify" not in report
     assert list((demo / "report" / "plots").glob("forest_*.png"))
 
 

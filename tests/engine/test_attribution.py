@@ -77,3 +77,55 @@ def test_the_logit_splits_into_base_text_and_quality_terms(kit):
                 assert d.maps["pair"].min() < 0 < d.maps["pair"].max()  # signed
         else:
             assert d.pair_margin is None and "pair" not in d.maps
+
+
+def test_sampling_maps_put_their_weight_where_the_decoder_attention_sampled(kit):
+    """The sampling locations and weights the trace records equal the ones the attention modules compute from
+    their own inputs (recomputed here from their linear layers), and a query's sampling map carries its mass at
+    those points. It fails if the trace mixes queries or levels up, or if the map blurs its points away."""
+    from defectfusion.engine.attribution import evaluation_layer, sampling_map, traced_forward
+    from defectfusion.models.inference import prepare_images
+
+    model = load_detector(kit.fused).eval()
+    pixels, _ = prepare_images(
+        [torch.from_numpy(_planted()).permute(2, 0, 1)],
+        model.meta.image_size,
+        model.meta.image_mean,
+        model.meta.image_std,
+        model.meta.resize,
+    )
+    seen = []
+
+    def own(module, args, kwargs, output):
+        hidden, reference = kwargs.get("hidden_states", args[0] if args else None), kwargs["reference_points"]
+        b, q, _ = hidden.shape
+        offsets = module.sampling_offsets(hidden).reshape(b, q, module.n_heads, sum(module.num_points_list), 2)
+        scale = module.num_points_scale.to(hidden.dtype).unsqueeze(-1)
+        locations = reference[:, :, None, :, :2] + offsets * scale * reference[:, :, None, :, 2:] * module.offset_scale
+        seen.append((locations[0].detach(), output[1][0].detach()))
+
+    layer = evaluation_layer(model)
+    handles = [
+        d.encoder_attn.register_forward_hook(own, with_kwargs=True) for d in model.model.decoder.layers[: layer + 1]
+    ]
+    try:
+        trace = traced_forward(model, pixels)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert len(trace.sampling) == len(seen) == layer + 1
+    for (locations, weights), (mine, theirs) in zip(trace.sampling, seen, strict=True):
+        torch.testing.assert_close(locations, mine.reshape(locations.shape))
+        torch.testing.assert_close(weights, theirs)
+    query = int(trace.outputs.logits[0].sigmoid().amax(-1).argmax())
+    size = (96, 96)
+    grid = (96, 96)
+    m = sampling_map(trace, [query], size, grid=grid, sigma=0.5)
+    near = torch.zeros(size, dtype=torch.bool)
+    for locations, _ in trace.sampling:
+        xy = locations[query].reshape(-1, 2)
+        for x, y in (xy * torch.tensor([96, 96])).floor().long().tolist():
+            if 0 <= x < 96 and 0 <= y < 96:
+                near[max(0, y - 2) : y + 3, max(0, x - 2) : x + 3] = True
+    assert m.sum() > 0 and float(m[near].sum() / m.sum()) > 0.9
+    assert float(near.float().mean()) < 0.5  # the points do not cover the whole image: the check means something

@@ -140,3 +140,57 @@ def test_explain_needs_a_fused_pytorch_model(kit, tmp_path):
     with pytest.raises(ConfigError, match=r"threshold must be in \[0, 1\]"):
         explain(kit.fused, path, tmp_path / "x", threshold=2.0)
     assert not (tmp_path / "x").exists()
+
+
+def test_the_text_term_map_is_what_the_head_adds_with_the_gates_sign(kit):
+    """``text_term = g * (exp(s) * cosine + beta)`` place by place: with a negative gate its ranking of places is the
+    cosine's reversed. Fails if the gate's sign, the scale or the bias were left out (the map would equal, or be a
+    positive multiple of, the similarity map)."""
+    model = load_detector(kit.fused)
+    path, _ = _image_with_two_classes(kit)
+    head = model.model.enc_score_head.fusion if hasattr(model.model.enc_score_head, "fusion") else None
+    head = head or model.model.decoder.class_embed[-1].fusion
+    with torch.no_grad():
+        for h in model.fusion_heads():
+            h.gate.fill_(-0.5)
+    expl = explain_image(model, path, threshold=0.0, max_detections=1, attribution=False)
+    scale = head.logit_scale.detach().exp()
+    expected = -0.5 * (scale * expl.maps + head.logit_bias.detach())
+    torch.testing.assert_close(expl.class_maps["text_term"], expected)
+    for c in range(len(model.class_names)):
+        assert int(expl.class_maps["text_term"][c].argmax()) == int(expl.maps[c].argmin())
+    selection = hasattr(model.model.enc_score_head, "fusion")  # which head computed it decides what it explains
+    assert ("an explanation of query selection" in expl.map_kinds["text_term"]) == selection
+    assert ("descriptive, not an explanation" in expl.map_kinds["text_term"]) != selection
+
+
+def test_the_boxes_control_is_the_class_queries_boxes_as_score_weighted_gaussians(kit):
+    """The control, recomputed here from the model's own outputs: per class its best queries (those scoring at
+    least the threshold, at most five, else the best one), each box a Gaussian of sd a quarter of its sides, peak
+    its score. Fails if the control drew other queries, other boxes or unweighted blobs."""
+    from defectfusion.models.inference import prepare_images
+
+    model = load_detector(kit.fused).eval()
+    path, _ = _image_with_two_classes(kit)
+    threshold = 0.05
+    expl = explain_image(model, path, threshold=threshold, max_detections=3)
+    pixels, _ = prepare_images(
+        [load_image(path).as_subclass(torch.Tensor)],
+        model.meta.image_size,
+        model.meta.image_mean,
+        model.meta.image_std,
+        model.meta.resize,
+    )
+    with torch.no_grad():
+        out = model(pixel_values=pixels)
+    scores, boxes = out.logits[0].sigmoid().double(), out.pred_boxes[0].double()
+    ys, xs = np.mgrid[0:96, 0:96] + 0.5
+    for c in range(scores.shape[1]):
+        order = torch.argsort(scores[:, c], descending=True)
+        chosen = [int(q) for q in order[:5] if scores[q, c] >= threshold] or [int(order[0])]
+        reference = np.zeros((96, 96))
+        for q in chosen:
+            cx, cy, w, h = (boxes[q] * torch.tensor([96, 96, 96, 96])).tolist()
+            sx, sy = max(w / 4, 0.5), max(h / 4, 0.5)
+            reference += float(scores[q, c]) * np.exp(-0.5 * (((xs - cx) / sx) ** 2 + ((ys - cy) / sy) ** 2))
+        np.testing.assert_allclose(expl.class_maps["boxes"][c].numpy(), reference, rtol=1e-4, atol=1e-5)

@@ -12,7 +12,7 @@ import torch
 
 from defectfusion.engine.map_comparison import compare_kinds
 from defectfusion.engine.map_quality import CONTROL_KIND, image_pairs, summarize_quality
-from defectfusion.report.explain_summary import Example, quality_rows, write_summary
+from defectfusion.report.explain_summary import Example, control_rows, write_summary
 from defectfusion.report.map_readings import NONE_BEATS, NOT_MEASURED, choose_default_kind, reading
 
 SIZE = (48, 64)
@@ -62,9 +62,9 @@ def test_readings_say_points_at_the_objects_only_for_a_kind_that_beats_the_contr
     assert "lights up objects of any class" in words["any"] and "class-specific" not in words["any"]
     assert "detections-only control" in words[CONTROL_KIND]
     assert all(POINTS not in reading(q.overall) for q in quality.values())  # no control given: no such claim
-    rows = quality_rows(quality, "better", {}, comparisons)
+    rows = control_rows(comparisons)
     wrong = {r["map kind"]: r["PG where the detection is wrong"] for r in rows}
-    assert wrong[CONTROL_KIND].startswith("0.00 (n=8") and wrong["**better** (default)"].startswith("1.00 (n=8")
+    assert wrong[CONTROL_KIND].startswith("0.00 (n=8") and wrong["better"].startswith("1.00 (n=8")
 
 
 def test_the_page_names_the_control_speaks_of_no_bar_and_says_faithfulness_was_not_measured(scored, tmp_path):

@@ -20,7 +20,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "sampling points), the text similarity per pixel; each detection's logit split into the detector's own term, "
         "the text term and the LQE term, its best text matches and, for the confusable pair, the margin and how "
         "much of it came from the text. With --annotations, every map kind is scored against the boxes (pointing "
-        "game, AUROC) and OUT/report.html shows the quality table and the best and worst examples.",
+        "game, AUROC) beside a control that knows only the detections (their boxes as blobs), each class's map "
+        "against the other classes' boxes, and with --faithfulness N the deletion/insertion test on N images "
+        "(does removing what a map ranks first lower the detection's score faster than removing its box?); "
+        "OUT/report.html shows the tables and the best and worst examples.",
     )
     p.add_argument("images", nargs="*", metavar="IMAGE", help="image files, folders or glob patterns")
     p.add_argument("--checkpoint", type=Path, required=True, help="a fused detector folder")
@@ -44,6 +47,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--all-figures", action="store_true", help="several images: also the similarity-map and text-match figures"
     )
     p.add_argument("--save-maps", action="store_true", help="several images: also every map as .npz (MBs per image)")
+    p.add_argument(
+        "--faithfulness",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --annotations: the deletion/insertion test on the first N images' detailed detections "
+        "(a few hundred forward passes each; default 0: not run, and the report says so)",
+    )
+    p.add_argument("--steps", type=int, default=8, help="pixel-fraction steps of the faithfulness test (default: 8)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     add_tile_flags(p)
     p.set_defaults(handler=run)
@@ -60,6 +72,8 @@ def _check(args: argparse.Namespace) -> None:
         raise ConfigError(f"--limit must be at least 1, got {args.limit}")
     if args.tolerance < 0:
         raise ConfigError(f"--tolerance must be >= 0 pixels, got {args.tolerance}")
+    if args.faithfulness < 0 or args.steps < 1:
+        raise ConfigError(f"--faithfulness must be >= 0 and --steps >= 1, got {args.faithfulness} and {args.steps}")
     if args.annotations is not None:
         if args.images:
             raise ConfigError("give either IMAGE arguments or --annotations (whose images are explained), not both")
@@ -119,6 +133,8 @@ def run(args: argparse.Namespace) -> int:
         save_maps=args.save_maps,
         tiles=tiles["tiles"],
         overlap=tiles["overlap"],
+        faithfulness=args.faithfulness,
+        steps=args.steps,
     )
     console = wide_console()
     for item in result.images[:DETAIL_IMAGES]:
@@ -147,11 +163,19 @@ def run(args: argparse.Namespace) -> int:
         from ..report.explain_summary import quality_rows
 
         kinds = result.images[0].explanation.map_kinds if result.images else {}
+        shown = ("map kind", "pointing game", "AUROC (0.5: none)", "faithfulness", "reads as")  # the page: the rest
         rows = [
-            {k: v for k, v in r.items() if k != "what it shows"}
-            for r in quality_rows(result.quality, result.default_kind, kinds)
+            {k: v.replace("**", "") for k, v in r.items() if k in shown}
+            for r in quality_rows(
+                result.quality,
+                result.chosen_kind,
+                kinds,
+                result.comparisons,
+                result.faithfulness.to_dict()["kinds"] if result.faithfulness else None,
+            )
         ]
         console.print(rows_table(rows, title=f"how well the maps point at the boxes ({len(result.images)} images)"))
+        console.print(f"default map kind: {result.chosen_why}" if result.chosen_kind else result.chosen_why)
     print_written(console, result.files(), out)
     if result.summary:
         console.print(f"summary: {result.summary.html}")

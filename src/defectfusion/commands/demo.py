@@ -157,8 +157,11 @@ def _train_baseline(overrides: list[str], out: Path, progress: bool, workers: in
 
 
 def _explanations(checkpoint: Path, test_annotations: Path, folder: Path, count: int) -> ExplainResult:
-    """Explain the first ``count`` test images and score every map kind against their boxes."""
-    return explain(checkpoint, None, folder, annotations=test_annotations, limit=count, max_detections=6)
+    """Explain the first ``count`` test images, score every map kind against their boxes and the
+    detections-only control, and run the deletion test on every one of them."""
+    return explain(
+        checkpoint, None, folder, annotations=test_annotations, limit=count, max_detections=6, faithfulness=count
+    )
 
 
 def _explained_run(study: dict[str, Any]) -> tuple[Path, str]:
@@ -251,6 +254,8 @@ def run_demo(
     }
     atomic_write_json(out / "summary.json", summary)
     summary["map_quality"] = {k: q.to_dict() for k, q in explained.quality.items()}
+    summary["map_comparisons"] = {k: c.to_dict() for k, c in explained.comparisons.items()}
+    summary["map_faithfulness"] = explained.faithfulness.to_dict() if explained.faithfulness else None
     atomic_write_json(out / "summary.json", summary)
     md, html = demo_sections(out, study, list(val.class_names), verdict, explained, why)
     say(f"report: {html}")

@@ -39,22 +39,27 @@ def demo_sections(
             "test images that selected nothing.",
         )
     ]
+    faithfulness = explained.faithfulness.to_dict()["kinds"] if explained.faithfulness else None
+    chosen, why = explained.chosen_kind, explained.chosen_why
+    tested = explained.faithfulness.to_dict()["detections"] if explained.faithfulness else 0
     explain = [
         Section(
-            "Explanations: why each box got its class, and whether the maps point at the defects",
+            "Explanations: which maps show more than where the detections are",
             f"Explained on {len(explained.images)} test images: the text arm's {explained_why}. Every map kind "
-            "is scored "
-            "against the boxes: the pointing game (the class map's maximum inside a box of that class) and the "
-            "AUROC of map values on the objects against the background, beside chance, with 95% intervals "
-            "over images.",
-            table=quality_rows(explained.quality, explained.default_kind, kinds),
+            "is scored against the boxes (the pointing game: the class map's maximum inside a box of that class; "
+            "the AUROC of map values on the objects against the background) beside the same numbers for a control "
+            "that knows only the detections (their boxes drawn as blobs), and by the deletion test on "
+            f"{tested} detections (remove the pixels a map ranks first: does the detection's score fall faster "
+            "than when its box is removed first?). 95% intervals over images. "
+            + (f"Default map kind: {why}." if chosen else f"No map kind is the default: {why}."),
+            table=quality_rows(explained.quality, chosen, kinds, explained.comparisons, faithfulness),
             images=[(p, "") for p in (explained.summary.pngs if explained.summary else [])],
         ),
         Section(
             "Per detection",
-            "For the first test images: per box, where the evidence for its class was, what decided it against "
-            "the look-alike class, and how its score was made (the detector's own term, the descriptions' term, "
-            "the box-quality term).",
+            "For the first test images: per box, an explanation map over the image (titled with what it computes), "
+            "what decided it against the look-alike class, and how its score was made (the detector's own term, the "
+            "descriptions' term, the box-quality term: an exact split).",
             images=[(f, f.parent.name) for f in figures],
             level=3,
         ),

@@ -25,7 +25,24 @@ from ..data.descriptions import resolve_pair
 from ..data.images import collect_images, load_image
 from ..engine.explain_tiles import explain_tiled
 from ..engine.explainer import DEFAULT_MAP_KIND, explain_image, require_fused
-from ..engine.map_quality import DEFAULT_TOLERANCE, PairQuality, QualitySummary, explanation_pairs, summarize_quality
+from ..engine.faithfulness import (
+    DEFAULT_STEPS,
+    DetectionFaithfulness,
+    FaithfulnessSummary,
+    deletion_insertion,
+    summarize_faithfulness,
+)
+from ..engine.map_comparison import MapComparison, compare_kinds
+from ..engine.map_quality import (
+    CONTROL_KIND,
+    DEFAULT_TOLERANCE,
+    ImagePairs,
+    PairQuality,
+    QualitySummary,
+    best_box_on_object,
+    image_pairs,
+    summarize_quality,
+)
 from ..engine.onnx_backend import is_onnx_checkpoint
 from ..engine.phase_records import find_run_folder
 from ..errors import CheckpointError, ConfigError
@@ -33,6 +50,7 @@ from ..io import unique_names
 from ..models.checkpoint import load_detector
 from ..report.explain import ExplainFiles, write_explanation
 from ..report.explain_summary import Example, SummaryFiles, write_summary
+from ..report.map_readings import choose_default_kind
 from ..structures import Explanation
 from .evaluate import configured_pair
 
@@ -41,22 +59,32 @@ THUMBNAIL = 160  # pixels on the long side of the example thumbnails the summary
 
 @dataclass
 class ExplainedImage:
-    """One explained image: its explanation without the maps (they are in its files), and its pairs."""
+    """One explained image: its explanation without the maps (they are in its files), its (image, class)
+    pairs per map kind (``wrong``: each class's map against another class's boxes), and the deletion and
+    insertion curves of its detailed detections when faithfulness was measured on it."""
 
     explanation: Explanation
     files: ExplainFiles
     pairs: dict[str, list[PairQuality]] = field(default_factory=dict)
+    wrong: dict[str, list[PairQuality]] = field(default_factory=dict)
+    faithfulness: list[DetectionFaithfulness] = field(default_factory=list)
 
 
 @dataclass
 class ExplainResult:
-    """Every explained image, the quality per map kind (with annotations) and the summary files."""
+    """Every explained image; with annotations, the quality per map kind, each kind against the
+    detections-only control (``comparisons``), the faithfulness test (when run) and the summary files."""
 
     images: list[ExplainedImage]
     out: Path
     quality: dict[str, QualitySummary] = field(default_factory=dict)
     default_kind: str = DEFAULT_MAP_KIND
     summary: SummaryFiles | None = None
+    comparisons: dict[str, MapComparison] = field(default_factory=dict)
+    faithfulness: FaithfulnessSummary | None = None
+    # the kind that beats the detections-only control on faithfulness (None: none does, or not measured), and why
+    chosen_kind: str | None = None
+    chosen_why: str = ""
 
     def files(self) -> list[Path]:
         paths = [p for item in self.images for p in item.files.all()]
@@ -107,6 +135,8 @@ def explain(
     progress: bool | None = None,
     tiles: int | None = None,
     overlap: float = 0.2,
+    faithfulness: int = 0,
+    steps: int = DEFAULT_STEPS,
 ) -> ExplainResult:
     """Explain images (files, folders, patterns) or the images of a COCO file, and score the maps on its boxes.
 
@@ -120,6 +150,9 @@ def explain(
             figures and the maps (``.npz``, a few MB per image); a single image always gets them.
         tiles, overlap: explain each image tile by tile at native resolution (``tiles`` px,
             ``overlap`` shared), maps stitched and detections merged (:mod:`~defectfusion.engine.explain_tiles`).
+        faithfulness: run the deletion / insertion test (:mod:`~defectfusion.engine.faithfulness`) on the
+            detailed detections of the first this many images (each costs a few hundred forward passes);
+            ``steps``: its schedule of pixel fractions.
     """
     path = Path(checkpoint).expanduser()
     if is_onnx_checkpoint(path):
@@ -131,6 +164,12 @@ def explain(
         raise ConfigError(f"the score threshold must be in [0, 1], got {threshold}")
     if limit is not None and limit < 1:
         raise ConfigError(f"explain: limit must be at least 1, got {limit}")
+    if faithfulness < 0 or steps < 1:
+        raise ConfigError(f"explain: faithfulness images must be >= 0 and steps >= 1, got {faithfulness} and {steps}")
+    if faithfulness and tiles is not None:
+        raise ConfigError(
+            "explain: the faithfulness test masks whole images, not tiles; drop --faithfulness or --tiles"
+        )
     paths, image_ids, index = _inputs(images, annotations, images_dir)
     paths, image_ids = paths[:limit], image_ids[:limit]
     model = load_detector(path, device=device)
@@ -160,23 +199,35 @@ def explain(
         else:
             expl = explain_image(model, pixels, **options)
         expl.source = str(image_path)
-        pairs: dict[str, list[PairQuality]] = {}
+        scored, faithful = ImagePairs(), []
         if index is not None:
-            boxes, labels = index.training_targets(image_ids[i])
-            pairs = explanation_pairs(expl.class_maps, image_ids[i], boxes.numpy(), labels.numpy(), tolerance=tolerance)
+            boxes, labels = (t.numpy() for t in index.training_targets(image_ids[i]))
+            scored = _score_maps(expl, image_ids[i], boxes, labels, tolerance, chosen_pair)
             if len(labels):
                 small, small_maps, scale = _thumbnail(expl, sorted(set(labels.tolist())), DEFAULT_MAP_KIND)
-                for q in pairs.get(DEFAULT_MAP_KIND, []):
-                    gallery.append(
-                        Example(q, small, small_maps[q.label], (boxes[labels == q.label] * scale).numpy(), folder)
-                    )
+                for q in scored.right.get(DEFAULT_MAP_KIND, []):
+                    gallery.append(Example(q, small, small_maps[q.label], boxes[labels == q.label] * scale, folder))
+        if i < faithfulness:
+            detailed = [d for d in expl.detections if d.maps]
+            faithful = deletion_insertion(
+                model, pixels, [(d.box, d.label) for d in detailed], [d.maps for d in detailed], steps=steps
+            )
         written = write_explanation(expl, folder, all_figures=single or all_figures, save_maps=single or save_maps)
-        results.append(ExplainedImage(_without_maps(expl), written, pairs))
+        results.append(ExplainedImage(_without_maps(expl), written, scored.right, scored.wrong, faithful))
     result = ExplainResult(results, out)
+    faithful = {
+        image_ids[i] if image_ids else i: item.faithfulness for i, item in enumerate(results) if item.faithfulness
+    }
+    if faithful:
+        result.faithfulness = summarize_faithfulness(faithful)
     if index is not None:
         kinds = list(results[0].pairs) if results else []
-        all_pairs = {k: [q for item in results for q in item.pairs.get(k, [])] for k in kinds}
-        result.quality = {k: summarize_quality(k, all_pairs[k], names) for k in kinds}
+        right = {k: [q for item in results for q in item.pairs.get(k, [])] for k in kinds}
+        wrong = {k: [q for item in results for q in item.wrong.get(k, [])] for k in kinds}
+        result.quality = {k: summarize_quality(k, right[k], names) for k in kinds}
+        result.comparisons = compare_kinds(right, wrong, control=CONTROL_KIND)
+        faithful = result.faithfulness.to_dict()["kinds"] if result.faithfulness else None
+        result.chosen_kind, result.chosen_why = choose_default_kind(result.quality, result.comparisons, faithful)
         result.summary = write_summary(
             out,
             result.quality,
@@ -187,5 +238,29 @@ def explain(
             examples=examples,
             source=str(annotations),
             tolerance=tolerance,
+            comparisons=result.comparisons,
+            faithfulness=faithful,
         )
     return result
+
+
+def _score_maps(
+    expl: Explanation, image_id: int, boxes: np.ndarray, labels: np.ndarray, tolerance: float, pair
+) -> ImagePairs:
+    """Every map kind against the image's boxes (and each class's map against the other classes' boxes), with
+    whether the detector's best box of each class lay on an object of that class; the ``contrast`` kind only
+    for the confusable pair's classes, the only ones it is made for."""
+    dets = expl.detections
+    detected = best_box_on_object(
+        np.array([d.box for d in dets], dtype=np.float64).reshape(-1, 4),
+        np.array([d.score for d in dets], dtype=np.float64),
+        np.array([d.label for d in dets], dtype=np.int64),
+        boxes,
+        labels,
+    )
+    scored = image_pairs(expl.class_maps, image_id, boxes, labels, detected=detected, tolerance=tolerance)
+    if "contrast" in scored.right:
+        members = {expl.class_names.index(name) for name in pair} if pair else set()
+        scored.right["contrast"] = [q for q in scored.right["contrast"] if q.label in members]
+        scored.wrong["contrast"] = [q for q in scored.wrong["contrast"] if q.label in members]
+    return scored

@@ -36,7 +36,7 @@ from ..engine.evaluator import write_metrics
 from ..engine.predictor import Predictor, detections_to_coco
 from ..engine.results_file import read_results_file
 from ..engine.study_analysis import RunInfo, analyse_fraction
-from ..engine.study_stats import RunScores
+from ..engine.study_stats import TEXT, RunScores
 from ..engine.tracking import StudyTracker
 from ..engine.validation import evaluate_on_index
 from ..engine.verdict import rule_text
@@ -200,7 +200,7 @@ def model_to_explain(runs: Sequence[dict[str, Any]]) -> tuple[Path, str] | None:
 
 def _map_quality(per_fraction: dict, index, folder: Path, images: int, progress: bool) -> dict[str, Any]:
     """Per fused arm (:func:`model_to_explain` of the full training set's runs): each map kind's overall
-    quality on ``index``."""
+    quality on ``index``, against the detections-only control; the text arm's also by the deletion test."""
     entry = per_fraction[max(per_fraction, key=lambda k: per_fraction[k]["fraction"])]
     quality: dict[str, Any] = {}
     for arm, infos in entry["runs"].items():
@@ -211,9 +211,24 @@ def _map_quality(per_fraction: dict, index, folder: Path, images: int, progress:
         if progress:
             print(f"study: explaining {images} images with {arm}: {why}")
         result = explain(
-            model, None, folder / arm, annotations=index.annotations_file, images_dir=index.images_dir, limit=images
+            model,
+            None,
+            folder / arm,
+            annotations=index.annotations_file,
+            images_dir=index.images_dir,
+            limit=images,
+            faithfulness=images if arm == TEXT else 0,  # a few hundred forward passes an image: the text arm's only
         )
-        quality[arm] = {kind: q.overall for kind, q in result.quality.items()}
+        faithful = result.faithfulness.to_dict()["kinds"] if result.faithfulness else {}
+        quality[arm] = {
+            kind: {
+                **q.overall,
+                "vs_control": result.comparisons[kind].to_dict()["vs_control"],
+                "class_specificity": result.comparisons[kind].to_dict()["class_specificity"],
+                "faithfulness": faithful.get(kind),
+            }
+            for kind, q in result.quality.items()
+        }
     return quality
 
 

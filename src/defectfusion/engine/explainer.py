@@ -15,12 +15,19 @@ For one image and a fused detector:
   evaluation decoder layer's class head scored) is projected by that head, and its cosine
   similarity with every class's text embedding is reported: what the box matched in text.
 
+- **The text term per place** (``text_term``): what the fusion head adds at each place, ``g * (exp(s)
+  * cos + beta)`` with the gate's sign (the cosine alone, ``similarity``, ignores gate, scale and
+  sign). An explanation only when the query-selection head computes it (it scores exactly these
+  places); through the decoder head it is descriptive, and the map's description says so.
 - **Attribution** (:mod:`.attribution`, the model's own computation, no approximation): per class
   and per detection, ``gradcam`` (gradient x feature of the logit on the decoder's memory),
   ``text_gradcam`` (the same for the text term alone), ``sampling`` (where the queries' deformable
-  attention read the features) and, for the confusable pair, ``pair`` (the signed map of
-  logit(class) - logit(other class)). Each detection's logit is split into the detector's own
-  term, the text term and the LQE term.
+  attention read the features) and, for the confusable pair, ``contrast`` per class and ``pair``
+  per detection (logit(class) - logit(other class)). Each detection's logit is split into the
+  detector's own term, the text term and the LQE term.
+- **The control** (``boxes``): the same queries' predicted boxes as score-weighted blobs, no
+  gradient and no attention. A map kind that scores no better than it restates where the
+  detections are (:mod:`.map_quality`, :mod:`.faithfulness`).
 
 The figures and files are drawn and written by :mod:`defectfusion.report.explain`.
 """
@@ -37,6 +44,7 @@ import torch.nn.functional as F
 from ..data.images import load_image
 from ..data.transforms import content_size
 from ..errors import ConfigError
+from ..models.fusion import MAX_LOGIT_SCALE
 from ..models.inference import prepare_images
 from ..models.postprocess import clip_to_image, query_boxes_in_pixels, top_k_queries
 from ..structures import DetectionMatch, Explanation
@@ -50,6 +58,8 @@ from .attribution import (
     sampling_map,
     traced_forward,
 )
+from .faithfulness import box_blob_map
+from .map_quality import CONTROL_KIND
 
 # What each map kind shows, in the words the figures and tables use.
 MAP_KINDS: dict[str, str] = {
@@ -57,12 +67,25 @@ MAP_KINDS: dict[str, str] = {
     "pixel": "which pixels raised the class score: gradient x (pixel - blank pixel), slightly blurred",
     "text_gradcam": "what raised the text term (gate x text logit) of those logits: the descriptions' part",
     "sampling": "where its detections looked: the decoder's sampling points weighted by their attention",
+    "contrast": "what raised the class's logit over its look-alike's (the confusable pair only): gradient x feature "
+    "of logit(class) - logit(other)",
+    "text_term": "the text term the fusion head adds at each place: gate x (scale x cosine + bias), signed",
     "similarity": "cosine similarity of each place's projected feature with the class text",
+    "boxes": "the control: the same detections' predicted boxes as score-weighted blobs (no gradient, no attention)",
 }
+
 # Measured on the demo's text model, 160 test images (benchmarks/README.md): sampling points at the
 # boxes (pointing game 0.93, AUROC 0.94); gradcam 0.91 / 0.74, pixel 0.90 / 0.62, similarity through
 # the decoder head 0.11 / 0.39 (lower on the objects than on the background).
 DEFAULT_MAP_KIND = "sampling"
+QUERY_SELECTION_HEAD = "model.model.enc_score_head.fusion"
+# Whether the per-place text term explains anything depends on which head computes it.
+TEXT_TERM_NOTE = {
+    True: "computed by the query-selection head's fusion, which scores exactly these places: the text's share of "
+    "which places become queries (an explanation of query selection)",
+    False: "computed by the decoder class head's fusion on encoder features it was never trained on: no objective "
+    "aligns per-place features with the text, so this map is descriptive, not an explanation",
+}
 CLASS_QUERIES = 5  # detections of a class that make its class map
 DETAILED_DETECTIONS = 3  # detections that get their own maps (the figure shows this many)
 
@@ -84,7 +107,7 @@ def _heads(model: Any) -> tuple[Any, str, str, Any, str]:
     if enc is not None:
         return (
             enc,
-            "model.model.enc_score_head.fusion",
+            QUERY_SELECTION_HEAD,
             "the query-selection head's fusion, trained on these encoder features",
             query_head,
             query_path,
@@ -133,9 +156,22 @@ def _class_queries(scores: torch.Tensor, label: int, threshold: float) -> tuple[
 
 
 def _class_maps(
-    trace: TracedForward, parts: LogitParts, scores: torch.Tensor, threshold: float, size: tuple[int, int]
+    trace: TracedForward,
+    parts: LogitParts,
+    scores: torch.Tensor,
+    threshold: float,
+    size: tuple[int, int],
+    query_boxes: torch.Tensor,
+    pair_labels: tuple[int, int] | None,
 ) -> dict[str, torch.Tensor]:
-    maps: dict[str, list[torch.Tensor]] = {"gradcam": [], "pixel": [], "text_gradcam": [], "sampling": []}
+    """Per kind, ``[C, H, W]``: each class's map from its best queries (:func:`_class_queries`).
+
+    ``query_boxes``: ``[Q, 4]`` every query's box in canvas pixels (the ``boxes`` control draws the
+    chosen queries' ones). ``contrast`` is made for the two classes of ``pair_labels`` only (the
+    others get an all-zero map, not scored).
+    """
+    kinds = ["gradcam", "pixel", "text_gradcam", "sampling", CONTROL_KIND] + (["contrast"] if pair_labels else [])
+    maps: dict[str, list[torch.Tensor]] = {kind: [] for kind in kinds}
     for label in range(scores.shape[1]):
         queries, weights = _class_queries(scores, label, threshold)
         logit = gradient_maps(trace, parts.logit[queries, label].sum(), size)
@@ -143,7 +179,22 @@ def _class_maps(
         maps["pixel"].append(logit["pixel"])
         maps["text_gradcam"].append(gradient_maps(trace, parts.text[queries, label].sum(), size)["gradcam"])
         maps["sampling"].append(sampling_map(trace, queries, size, weights))
+        maps[CONTROL_KIND].append(box_blob_map(query_boxes[queries], torch.tensor(weights), size))
+        if pair_labels:
+            if label in pair_labels:
+                other = pair_labels[1] if label == pair_labels[0] else pair_labels[0]
+                margin = (parts.logit[queries, label] - parts.logit[queries, other]).sum()
+                maps["contrast"].append(gradient_maps(trace, margin, size)["gradcam"])
+            else:
+                maps["contrast"].append(torch.zeros(size))
     return {kind: torch.stack(values) for kind, values in maps.items()}
+
+
+def _text_term_maps(head: Any, cosine: torch.Tensor) -> torch.Tensor:
+    """The signed text term ``g * (exp(s) * cos + beta)`` a fusion head adds at each place, from the cosines
+    ``[C, ...]`` of the places' projected features: what the model adds, with the gate's sign."""
+    scale = head.logit_scale.detach().clamp(max=MAX_LOGIT_SCALE).exp()
+    return head.gate.detach() * (scale * cosine + head.logit_bias.detach())
 
 
 def _detection_maps(
@@ -219,6 +270,7 @@ def explain_image(
             level_maps.append(sim.cpu())
             upsampled.append(F.interpolate(sim[None], size=(H, W), mode="bilinear", align_corners=False)[0])
     maps = torch.stack(upsampled).mean(0).cpu()
+    text_term = _text_term_maps(map_head, maps)
 
     # detections, with the query each came from (the post-processor's top-k over queries x classes)
     logits, boxes = outputs.logits.detach().float(), outputs.pred_boxes.detach().float()
@@ -233,9 +285,11 @@ def explain_image(
 
     parts = logit_parts(model, trace)
     scores = torch.sigmoid(logits[0])
-    class_maps = {"similarity": maps}
+    class_maps = {"similarity": maps, "text_term": text_term}
     if attribution:
-        class_maps.update(_class_maps(trace, parts, scores, threshold, (H, W)))
+        every_query = torch.arange(boxes.shape[1], device=boxes.device)[None]
+        query_boxes = query_boxes_in_pixels(boxes, every_query, torch.tensor([canvas], device=boxes.device))[0]
+        class_maps.update(_class_maps(trace, parts, scores, threshold, (H, W), query_boxes.cpu(), pair_labels))
     detections = []
     for i in range(len(top)):
         query, label = int(queries[i]), int(labels[i])
@@ -270,6 +324,7 @@ def explain_image(
     text = {"descriptions": fusion.descriptions, "encoder": fusion.encoder, "kind": fusion.text}
     kinds = {kind: MAP_KINDS[kind] for kind in class_maps}
     kinds["similarity"] = f"{MAP_KINDS['similarity']}, by {map_note}"
+    kinds["text_term"] = f"{MAP_KINDS['text_term']}; {TEXT_TERM_NOTE[map_path == QUERY_SELECTION_HEAD]}"
     return Explanation(
         pixels_u8.permute(1, 2, 0).cpu().numpy(),
         names,

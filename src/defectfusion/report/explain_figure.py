@@ -1,10 +1,12 @@
 """One figure per image that says, in plain words, why each box got its class.
 
-``explanation.png``: a row per detection (the best few): where the detector read the image to
-classify it (the explanation's default map kind, over the image, its box drawn), what pushed it towards its class
-rather than the look-alike (for a detection of the confusable pair), and a bar chart of its score's
-parts (the detector's own evidence, the descriptions' part, the box-quality term) with its best
-text matches written under it.
+``explanation.png``: a row per detection (the best few): a map of the explanation's default kind
+over the image with the box drawn (titled with what the map computes, not with what it is hoped to
+show: whether a kind shows where the class decision came from is measured, against a control that
+knows only the detections, by ``explain --annotations --faithfulness``), what pushed it towards its
+class rather than the look-alike (for a detection of the confusable pair), and a bar chart of its
+score's parts (the detector's own evidence, the descriptions' part, the box-quality term): an exact
+split, not an estimate.
 """
 
 from __future__ import annotations
@@ -27,11 +29,11 @@ def _box(ax, d: DetectionMatch, color: str) -> None:
     ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, lw=1.8, edgecolor=color))
 
 
-TITLES = {  # what a panel of each map kind shows, for a detection of class {name}
-    "sampling": "where the detector looked\nto call it {name}",
-    "gradcam": "where the evidence for\n{name} was",
-    "pixel": "which pixels raised\nits {name} score",
-    "text_gradcam": "where the text term for\n{name} came from",
+TITLES = {  # what a panel of each map kind computes, for a detection of class {name}
+    "sampling": "where its queries sampled\nthe features ({name})",
+    "gradcam": "gradient x feature of\nits {name} logit",
+    "pixel": "gradient x pixel of\nits {name} score",
+    "text_gradcam": "gradient x feature of\nits {name} text term",
 }
 
 
@@ -115,9 +117,9 @@ def plot_explanation(expl: Explanation, path: str | os.PathLike, kind: str = "sa
             0.0,
             0.5,
             "Each row below is one box.\n"
-            "Left: where the detector read the image\nto classify the box (bright = more).\n"
-            "Middle: what decided it against the look-alike\nclass, or what raised its score.\n"
-            "Right: how its score was made.",
+            "Left: an explanation map (bright = more); how\nfar each kind is faithful: its map_quality.json.\n"
+            "Middle: logit(class) - logit(look-alike), or\ngradient x feature of its logit.\n"
+            "Right: how its score was made (exact).",
             fontsize=8.5,
             va="center",
         )

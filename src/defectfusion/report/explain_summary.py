@@ -76,10 +76,13 @@ def quality_rows(
     comparisons: Mapping[str, Any] | None = None,
     faithfulness: Mapping[str, Any] | None = None,
 ) -> list[dict[str, str]]:
+    """The compact table: per kind where it peaks, its faithfulness reading and what it reads as
+    (:func:`control_rows` and :func:`faithfulness_rows` hold the differences behind the readings)."""
     rows = []
     for kind, summary in quality.items():
         o = summary.overall
         pg, auc = o.get("pointing_game"), o.get("auroc")
+        comparison = as_dict(comparisons.get(kind)) if comparisons is not None else None
         row = {
             "map kind": f"**{kind}** (default)" if kind == default_kind else kind,
             "pointing game": "–" if pg is None else f"{pg:.2f}{interval_text(o.get('pointing_game_interval'))}",
@@ -87,24 +90,52 @@ def quality_rows(
             "AUROC (0.5: none)": "–" if auc is None else f"{auc:.2f}{interval_text(o.get('auroc_interval'))}",
             "pairs": str(o.get("pairs", 0)),
         }
-        comparison = None
-        if comparisons is not None:
-            comparison = as_dict(comparisons.get(kind))
-            vs, spec = comparison.get("vs_control") or {}, comparison.get("class_specificity") or {}
-            row["PG − control"] = difference_text(vs.get("pointing_game"))
-            row["AUROC − control"] = difference_text(vs.get("auroc"))
-            row["PG right − wrong class"] = difference_text(spec.get("pointing_game"))
-            row["AUROC right − wrong class"] = difference_text(spec.get("auroc"))
-            row["PG where the detection is wrong"] = _wrong_detections(comparison.get("wrong_detections") or {})
         if faithfulness is not None:
             f = faithfulness.get(kind) or {}
-            row["deletion AUC"] = "–" if f.get("deletion_auc") is None else f"{f['deletion_auc']:.3f}"
-            iv = faithfulness_vs_control(f)[0]
-            row["deletion − control"] = f"[{iv[0]:+.3f}, {iv[1]:+.3f}]" if iv else "–"
-            row["faithfulness"] = f.get("meaning") or f.get("reading") or "–"
+            row["faithfulness"] = f.get("meaning") or f.get("reading") or "not measured"
         row["reads as"] = reading(o, comparison)
-        row["what it shows"] = kinds.get(kind, "")
         rows.append(row)
+    return rows
+
+
+def control_rows(comparisons: Mapping[str, Any]) -> list[dict[str, str]]:
+    """Per kind, its differences from the detections-only control and from the wrong class (paired, 95%)."""
+    rows = []
+    for kind, comparison in comparisons.items():
+        c = as_dict(comparison)
+        vs, spec = c.get("vs_control") or {}, c.get("class_specificity") or {}
+        rows.append(
+            {
+                "map kind": kind,
+                "PG − control": difference_text(vs.get("pointing_game")),
+                "AUROC − control": difference_text(vs.get("auroc")),
+                "PG right − wrong class": difference_text(spec.get("pointing_game")),
+                "AUROC right − wrong class": difference_text(spec.get("auroc")),
+                "PG where the detection is wrong": _wrong_detections(c.get("wrong_detections") or {}),
+            }
+        )
+    return rows
+
+
+def faithfulness_rows(faithfulness: Mapping[str, Any]) -> list[dict[str, str]]:
+    """Per kind, its deletion and insertion AUCs and their differences from the control (paired, 95%)."""
+    rows = []
+    for kind, f in faithfulness.items():
+        deletion, insertion = faithfulness_vs_control(f)
+        rows.append(
+            {
+                "map kind": kind,
+                "deletion AUC (lower: more faithful)": "–"
+                if f.get("deletion_auc") is None
+                else f"{f['deletion_auc']:.3f}",
+                "− control": f"[{deletion[0]:+.3f}, {deletion[1]:+.3f}]" if deletion else "–",
+                "insertion AUC (higher: more faithful)": "–"
+                if f.get("insertion_auc") is None
+                else f"{f['insertion_auc']:.3f}",
+                "− control ": f"[{insertion[0]:+.3f}, {insertion[1]:+.3f}]" if insertion else "–",
+                "reading": f.get("meaning") or f.get("reading") or "–",
+            }
+        )
     return rows
 
 
@@ -116,8 +147,8 @@ def per_class_rows(quality: Mapping[str, Any]) -> list[dict[str, str]]:
         for kind, summary in quality.items():
             c = summary.per_class.get(name, {})
             pg, auc = c.get("pointing_game"), c.get("auroc")
-            row[f"{kind} PG"] = "–" if pg is None else f"{pg:.2f}"
-            row[f"{kind} AUROC"] = "–" if auc is None else f"{auc:.2f}"
+            # one cell a kind (PG / AUROC): a column per number made the table wider than a page
+            row[kind] = f"{'–' if pg is None else f'{pg:.2f}'} / {'–' if auc is None else f'{auc:.2f}'}"
         row["pairs"] = str(next(iter(quality.values())).per_class.get(name, {}).get("pairs", 0))
         rows.append(row)
     return rows
@@ -211,13 +242,31 @@ def write_summary(
         Section(
             "Where the maps peak, beside the detections-only control",
             method + "\n\n" + _controls_text(control, quality, kinds),
-            table=quality_rows(quality, default_kind, kinds, comparisons, faithfulness),
+            table=quality_rows(quality, chosen, kinds, comparisons, faithfulness),
             images=[(pngs[0], "the control's value and interval drawn across each panel")] if pngs else [],
         )
     ]
     if comparisons:
         sentences = "\n".join(f"- {kind_sentence(k, quality[k].overall, comparisons.get(k))}" for k in quality)
-        sections.append(Section("What the numbers say", sentences, images=[(pngs[1], "")], level=3))
+        sections.append(
+            Section("What the numbers say", sentences, table=control_rows(comparisons), images=[(pngs[1], "")], level=3)
+        )
+    if faithfulness:
+        sections.append(
+            Section(
+                "The deletion test",
+                "Per explained detection, the pixels a map ranks first are replaced by the image's median colour in "
+                "steps, and the detection's score is followed (deletion); or put back into a blank image (insertion). "
+                "Paired differences from the control (the detection's own box as a blob) over images, 95%.",
+                table=faithfulness_rows(faithfulness),
+                level=3,
+            )
+        )
+    sections.append(
+        Section(
+            "What each map kind computes", "\n".join(f"- `{k}`: {kinds[k]}" for k in quality if k in kinds), level=3
+        )
+    )
     if chosen == default_kind:
         shown = f"The examples show `{default_kind}`, the chosen kind."
     elif chosen is None:
@@ -232,7 +281,7 @@ def write_summary(
     else:
         faithful = f"{NOT_MEASURED[0].upper()}{NOT_MEASURED[1:]}. The rule, once it is measured: {DEFAULT_RULE}."
     sections.append(Section("Faithfulness and the default kind", f"{faithful} {shown}", level=3))
-    sections.append(Section("Per class", "PG: pointing game.", table=per_class_rows(quality), level=3))
+    sections.append(Section("Per class", "Each cell: pointing game / AUROC.", table=per_class_rows(quality), level=3))
     if best:
         sections.append(
             Section(

@@ -160,6 +160,7 @@ def _map_quality_rows(quality: Mapping[str, Mapping[str, Any]]) -> list[dict[str
     for arm, kinds in quality.items():
         for kind, o in kinds.items():
             chance = MISSING if o.get("chance") is None else f"{o['chance']:.2f}"
+            faithful = o.get("faithfulness") or {}
             rows.append(
                 {
                     "arm": arm,
@@ -168,6 +169,9 @@ def _map_quality_rows(quality: Mapping[str, Mapping[str, Any]]) -> list[dict[str
                     "chance": chance,
                     "AUROC": cell(o, "auroc"),
                     "pairs": str(o.get("pairs", 0)),
+                    "against the detections-only control": (o.get("vs_control") or {}).get("reading") or MISSING,
+                    "class-specific?": (o.get("class_specificity") or {}).get("reading") or MISSING,
+                    "deletion test": faithful.get("reading") or "not run",
                 }
             )
     return rows
@@ -299,10 +303,13 @@ def write_study_report(
     if summary.get("map_quality"):
         sections.append(
             Section(
-                "Explanation maps: do they point at the defects?",
-                "Each fused arm's first seed, on the scoring images: pointing game (the class map's maximum "
-                "inside one of that class's boxes) beside chance, and the AUROC of map values on the objects "
-                "against the background (0.5: no information), with 95% intervals over images.",
+                "Explanation maps against the boxes and a detections-only control",
+                "Each fused arm's first seed with a fused model, on the scoring images: pointing game (the class map's "
+                "maximum inside one of that class's boxes) beside chance, and the AUROC of map values on the objects "
+                "against the background (0.5: no information), with 95% intervals over images; then each kind "
+                "against a control that knows only the detections (their boxes as blobs), each class's map against "
+                "the other classes' boxes, and, for the text arm, the deletion test (does removing what the map ranks "
+                "first lower the detection's score faster than removing its box?).",
                 table=_map_quality_rows(summary["map_quality"]),
             )
         )
