@@ -189,6 +189,7 @@ def explain(
     show = progress if progress is not None else len(paths) > 1
     results: list[ExplainedImage] = []
     gallery: list[Example] = []
+    contrast: list[Example] = []  # the confusable pair's contrast maps, for their own examples
     for i, (image_path, folder) in enumerate(
         tqdm(list(zip(paths, folders, strict=True)), desc="explain", unit="img", disable=not show, leave=False)
     ):
@@ -207,6 +208,11 @@ def explain(
                 small, small_maps, scale = _thumbnail(expl, sorted(set(labels.tolist())), DEFAULT_MAP_KIND)
                 for q in scored.right.get(DEFAULT_MAP_KIND, []):
                     gallery.append(Example(q, small, small_maps[q.label], boxes[labels == q.label] * scale, folder))
+                pair_labels = sorted({q.label for q in scored.right.get("contrast", [])})
+                if pair_labels:
+                    _, pair_maps, _ = _thumbnail(expl, pair_labels, "contrast")
+                    for q in scored.right["contrast"]:
+                        contrast.append(Example(q, small, pair_maps[q.label], boxes[labels == q.label] * scale, folder))
         if i < faithfulness:
             detailed = [d for d in expl.detections if d.maps]
             faithful = deletion_insertion(
@@ -240,6 +246,8 @@ def explain(
             tolerance=tolerance,
             comparisons=result.comparisons,
             faithfulness=faithful,
+            pair_gallery=contrast,
+            pair=chosen_pair,
         )
     return result
 

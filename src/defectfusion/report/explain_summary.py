@@ -208,6 +208,8 @@ def write_summary(
     tolerance: float = 15.0,
     comparisons: Mapping[str, Any] | None = None,
     faithfulness: Mapping[str, Mapping[str, Any]] | None = None,
+    pair_gallery: Sequence[Example] = (),
+    pair: Sequence[str] | None = None,
 ) -> SummaryFiles:
     """The summary page, its figures and ``map_quality.json``.
 
@@ -217,6 +219,8 @@ def write_summary(
         comparisons: per kind, a ``MapComparison`` or its dict (``engine.map_comparison.compare_kinds``).
         faithfulness: per kind ``{"deletion_auc", "deletion_vs_boxes": [low, high], "reading"}``; None:
             not measured, and the page says so.
+        pair_gallery, pair: the ``contrast`` maps of the confusable ``pair``'s classes (what raised a class's
+            logit over its look-alike's), shown as examples of their own.
     """
     out = Path(out)
     plots = out / "plots"
@@ -289,6 +293,23 @@ def write_summary(
                 "Cyan: the class's boxes; the cross marks the map's maximum (green: a hit, red: a miss). Each "
                 "image's own figures are in its folder.",
                 images=[(pngs[-2], "best"), (pngs[-1], "worst")],
+            )
+        )
+    if pair_gallery and pair:
+        picked = _ranked(pair_gallery, examples, best=True) + _ranked(pair_gallery, examples, best=False)
+        shown_pair = list({id(ex): ex for ex in picked}.values())  # an example both best and worst: once
+        png = plot_examples(
+            shown_pair, class_names, plots / "contrast_examples.png", f"contrast maps: {pair[0]} vs {pair[1]}"
+        )
+        pngs.append(png)
+        sections.append(
+            Section(
+                f"The confusable pair: {pair[0]} vs {pair[1]}",
+                f"The `contrast` map of a {pair[0]} box is what raised its {pair[0]} logit over its {pair[1]} logit "
+                "(and the other way round): the best and worst of these pairs. Its numbers are in the tables above "
+                "(row `contrast`).",
+                images=[(png, "")],
+                level=3,
             )
         )
     md, html = write_report(out, "Explanation maps against the boxes and a detections-only control", sections)
