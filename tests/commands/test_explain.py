@@ -47,7 +47,13 @@ def test_a_coco_file_is_explained_scored_against_the_control_and_summarised(kit,
     assert saved["faithfulness_measured"] and "deletion_auc" in saved["quality"]["gradcam"]["faithfulness"]
     html = (tmp_path / "ex" / "report.html").read_text()
     assert "pointing game" in html and "Best and worst examples" in html and "the bar" not in html
-    for name in ("map_quality.png", "best_examples.png", "worst_examples.png", "contrast_examples.png"):
+    for name in (
+        "map_quality.png",
+        "best_examples.png",
+        "worst_examples.png",
+        "contrast_best.png",
+        "contrast_worst.png",
+    ):
         assert (tmp_path / "ex" / "plots" / name).stat().st_size > 10_000
 
 

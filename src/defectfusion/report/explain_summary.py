@@ -296,19 +296,19 @@ def write_summary(
             )
         )
     if pair_gallery and pair:
-        picked = _ranked(pair_gallery, examples, best=True) + _ranked(pair_gallery, examples, best=False)
-        shown_pair = list({id(ex): ex for ex in picked}.values())  # an example both best and worst: once
-        png = plot_examples(
-            shown_pair, class_names, plots / "contrast_examples.png", f"contrast maps: {pair[0]} vs {pair[1]}"
-        )
-        pngs.append(png)
+        title = f"contrast maps, {pair[0]} vs {pair[1]}"
+        pair_pngs = [
+            plot_examples(_ranked(pair_gallery, examples, best=b), class_names, plots / name, f"{word} {title}")
+            for b, name, word in ((True, "contrast_best.png", "best"), (False, "contrast_worst.png", "worst"))
+        ]
+        pngs.extend(pair_pngs)
         sections.append(
             Section(
                 f"The confusable pair: {pair[0]} vs {pair[1]}",
                 f"The `contrast` map of a {pair[0]} box is what raised its {pair[0]} logit over its {pair[1]} logit "
                 "(and the other way round): the best and worst of these pairs. Its numbers are in the tables above "
                 "(row `contrast`).",
-                images=[(png, "")],
+                images=[(pair_pngs[0], "best"), (pair_pngs[1], "worst")],
                 level=3,
             )
         )
