@@ -100,3 +100,17 @@ def test_the_packaged_progressive_configs_offer_absolute_and_relative_gates():
         assert gate.relative_to_baseline and gate.value == "last" and gate.min == -0.02
     # the plan's "stop at 0.82" for a 0.785 baseline, as a gain
     assert relative.gates["phase2"].max == 0.035
+
+
+def test_a_packaged_config_can_be_included_by_name_and_a_file_beside_wins(tmp_path):
+    (tmp_path / "mine.yml").write_text("include: [progressive_relative]\nname: mine\n")
+    cfg = load_config(tmp_path / "mine.yml")
+    assert cfg.name == "mine" and cfg.gates["phase1"].relative_to_baseline
+    (tmp_path / "also.yml").write_text("include: [progressive_relative.yml]\n")
+    assert load_config(tmp_path / "also.yml").gates["phase1"].relative_to_baseline
+    # a file of that very name beside the config is what it means
+    (tmp_path / "progressive_relative.yml").write_text("name: local\n")
+    assert load_config(tmp_path / "also.yml").gates == {}
+    (tmp_path / "typo.yml").write_text("include: [progresive_relative]\n")
+    with pytest.raises(ConfigError, match="not found .*did you mean the packaged progressive_relative"):
+        load_config(tmp_path / "typo.yml")

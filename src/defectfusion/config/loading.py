@@ -1,6 +1,7 @@
 """The YAML loader: ``include:`` chains, ``-o key=value`` overrides, relative paths, validation.
 
-A config file is YAML. ``include:`` lists other files (paths relative to the including file)
+A config file is YAML. ``include:`` lists other files (paths relative to the including file, or
+the name of a packaged config such as ``progressive_relative`` when no such file is there)
 merged in order, later wins, the including file last; ``null`` over a mapping removes it (an
 included phase or gate). ``-o key.sub=value`` overrides apply on top. Unknown keys are rejected
 with a did-you-mean suggestion. Relative paths inside a file are resolved against that file's
@@ -25,15 +26,29 @@ from .schema import Config
 PACKAGED_CONFIGS = "configs"
 
 
+def _packaged(filename: str) -> Path:
+    return Path(str(resources.files("defectfusion").joinpath(PACKAGED_CONFIGS, filename)))
+
+
+def packaged_config_names() -> list[str]:
+    """The names of the configs shipped with the package."""
+    return sorted(p.stem for p in _packaged("baseline.yml").parent.glob("*.yml"))
+
+
+def _close_names(name: str) -> list[str]:
+    return difflib.get_close_matches(Path(name).stem, packaged_config_names(), n=3)
+
+
 def packaged_config_path(name: str) -> Path:
     """Path of a config shipped with the package, by name (``baseline`` or ``baseline.yml``)."""
     filename = name if name.endswith((".yml", ".yaml")) else f"{name}.yml"
-    path = Path(str(resources.files("defectfusion").joinpath(PACKAGED_CONFIGS, filename)))
+    path = _packaged(filename)
     if not path.is_file():
-        available = sorted(p.stem for p in path.parent.glob("*.yml"))
-        close = difflib.get_close_matches(Path(filename).stem, available, n=3)
+        close = _close_names(filename)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise ConfigError(f"no packaged config named {name!r}.{hint} Packaged configs: {', '.join(available)}.")
+        raise ConfigError(
+            f"no packaged config named {name!r}.{hint} Packaged configs: {', '.join(packaged_config_names())}."
+        )
     return path
 
 
@@ -132,6 +147,19 @@ def _resolve_relative_paths(data: dict[str, Any], base_dir: Path, prefix: tuple[
             data[key] = _resolve_encoder_spec(value, base_dir)
 
 
+def _included(path: Path, include: str) -> Path:
+    """The file ``include`` names from the config ``path``: beside it, or else a packaged config by name."""
+    included = Path(include)
+    target = included if included.is_absolute() else path.parent / included
+    if target.is_file():
+        return target
+    if not included.is_absolute() and len(included.parts) == 1 and included.stem in packaged_config_names():
+        return packaged_config_path(included.stem)
+    close = _close_names(include)
+    hint = f"; did you mean the packaged {', '.join(close)}?" if close else ""
+    raise ConfigError(f"{path}: included file {include!r} not found (looked for {target}){hint}")
+
+
 def load_raw(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Read a config file and its ``include:`` chain into one merged dict (not yet validated)."""
     path = resolve_config_path(path).resolve()
@@ -147,11 +175,7 @@ def load_raw(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     _resolve_relative_paths(data, path.parent)
     merged: dict[str, Any] = {}
     for include in includes:
-        included = Path(include)
-        target = included if included.is_absolute() else path.parent / included
-        if not target.is_file():
-            raise ConfigError(f"{path}: included file {include!r} not found (looked for {target})")
-        merged = deep_merge(merged, load_raw(target, (*_seen, path)))
+        merged = deep_merge(merged, load_raw(_included(path, include), (*_seen, path)))
     return deep_merge(merged, data)
 
 
