@@ -104,3 +104,17 @@ def test_output_inside_the_source_is_refused(tmp_path, capsys):
     yolo_case(src)
     line = one_line_error(["data", "import", "yolo", src, src / "coco"], capsys)
     assert "inside the source" in line
+
+
+def test_cli_imports_voc_xml_apart_from_their_images_folder(tmp_path, capsys):
+    coco = voc_case(tmp_path / "src", images_folder="IMAGES", xml_folder="ANNOTATIONS")
+    images = tmp_path / "pictures"
+    (tmp_path / "src" / "IMAGES").rename(images)  # outside SRC: found with --images
+    code, printed, _ = run_cli(
+        ["data", "import", "voc", tmp_path / "src", tmp_path / "out", "--images", images], capsys
+    )
+    assert code == 0 and "3 images" in printed
+    index = load_coco(tmp_path / "out" / "annotations.json")
+    assert len(index.images) == len(coco["images"]) and all(r.path.is_file() for r in index.images)
+    code, _, err = run_cli(["data", "import", "yolo", tmp_path / "src", tmp_path / "o2", "--images", images], capsys)
+    assert code != 0 and "--images is for VOC datasets" in err

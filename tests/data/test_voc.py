@@ -110,3 +110,64 @@ def test_malformed_xml_is_one_line_naming_file_and_element(tmp_path, broken, exp
     with pytest.raises(DataError, match=expected) as err:
         read_voc(tmp_path)
     assert "\n" not in str(err.value) and str(xml) in str(err.value)
+
+
+def _same_dataset(a: dict, b: dict) -> bool:
+    return boxes_by_name(a) == boxes_by_name(b) and len(a["images"]) == len(b["images"])
+
+
+def test_any_layout_gives_the_same_images_and_boxes(tmp_path):
+    """NEU-DET's ANNOTATIONS/ + IMAGES/, per-class image folders, a tree of links to images elsewhere and an
+    images folder given apart: the same images and boxes. Fails if images were looked for in JPEGImages/ or
+    beside the XML only, or if a link's path were resolved against the source."""
+    reference = voc_case(tmp_path / "voc")
+    neu = tmp_path / "neu"
+    voc_case(neu, images_folder="IMAGES", xml_folder="ANNOTATIONS")
+    assert _same_dataset(read_voc(neu).coco, reference)
+
+    per_class = tmp_path / "per_class"
+    voc_case(per_class, images_folder="IMAGES", xml_folder="ANNOTATIONS")
+    for image in sorted((per_class / "IMAGES").glob("*.png")):
+        folder = per_class / "IMAGES" / ("a" if image.stem.endswith("0") else "b")
+        folder.mkdir(exist_ok=True)
+        image.rename(folder / image.name)
+    data = read_voc(per_class)
+    assert _same_dataset(data.coco, reference)
+    assert {im["file_name"].split("/")[0] for im in data.coco["images"]} == {"a", "b"}  # kept as found
+
+    elsewhere = tmp_path / "elsewhere"
+    voc_case(elsewhere)  # the real images, outside the linked tree
+    linked = tmp_path / "linked"
+    (linked / "Annotations").mkdir(parents=True)
+    (linked / "images").mkdir()
+    for xml in (elsewhere / "Annotations").glob("*.xml"):
+        (linked / "Annotations" / xml.name).write_text(xml.read_text())
+    for image in (elsewhere / "JPEGImages").glob("*.png"):
+        (linked / "images" / image.name).symlink_to(image)
+    data = read_voc(linked)
+    assert _same_dataset(data.coco, reference)
+    assert all(p.is_symlink() and p.parent == linked / "images" for p in data.sources)  # links stay links
+
+    apart = tmp_path / "apart"
+    (apart / "xml").mkdir(parents=True)
+    for xml in (elsewhere / "Annotations").glob("*.xml"):
+        (apart / "xml" / xml.name).write_text(xml.read_text())
+    assert _same_dataset(read_voc(apart, images=elsewhere / "JPEGImages").coco, reference)
+
+
+def test_two_images_of_one_name_are_one_error_naming_both(tmp_path):
+    voc_case(tmp_path, images_folder="IMAGES", xml_folder="ANNOTATIONS")
+    (tmp_path / "IMAGES" / "copy").mkdir()
+    (tmp_path / "IMAGES" / "img1.png").rename(tmp_path / "IMAGES" / "copy" / "img1.png")
+    (tmp_path / "other").mkdir()
+    Image.new("RGB", (50, 20)).save(tmp_path / "other" / "img1.png")
+    with pytest.raises(DataError, match=r"img1.xml: its image 'img1.png' matches 2 files: .*copy/img1.png and .*"):
+        read_voc(tmp_path)
+
+
+def test_an_image_nowhere_says_where_it_looked_and_a_link_loop_ends(tmp_path):
+    voc_case(tmp_path)
+    (tmp_path / "JPEGImages" / "img2.png").unlink()
+    (tmp_path / "JPEGImages" / "loop").symlink_to(tmp_path)  # a folder link back up: walked once
+    with pytest.raises(DataError, match=f"img2.xml: its image 'img2.png' is nowhere under {tmp_path}"):
+        read_voc(tmp_path)

@@ -12,7 +12,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "import",
         help="convert a Pascal VOC (XML) or YOLO (txt) dataset to COCO",
-        description="Read a Pascal VOC dataset (Annotations/*.xml + JPEGImages/, or XML beside images) or a YOLO "
+        description="Read a Pascal VOC dataset (XML files in Annotations/ or anywhere; each image found by its name "
+        "anywhere under SRC or --images: JPEGImages/, IMAGES/, per-class folders, beside the XML) or a YOLO "
         "dataset (images/ + labels/*.txt, names in data.yaml or classes.txt) and write OUT/images (links to the "
         "source images, or copies) and OUT/annotations.json. VOC's 1-based pixel boxes become 0-based as in "
         "detectron2 (xmin - 1, ymin - 1). With --split, also writes OUT/{train,val,test}/annotations.json.",
@@ -26,6 +27,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         metavar="FILE",
         help="class names, one per line, in category order (VOC default: sorted names; YOLO: data.yaml/classes.txt)",
+    )
+    p.add_argument(
+        "--images",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="VOC: the folder that holds the images, searched by file name (default: anywhere under SRC)",
     )
     p.add_argument("--copy", action="store_true", help="copy the images instead of linking them")
     p.add_argument(
@@ -68,7 +76,14 @@ def run_import(args: argparse.Namespace) -> int:
     from ..commands.data_import import import_dataset
 
     summary = import_dataset(
-        args.format, args.src, args.out, classes=args.classes, copy=args.copy, split=args.split, seed=args.seed
+        args.format,
+        args.src,
+        args.out,
+        classes=args.classes,
+        copy=args.copy,
+        split=args.split,
+        seed=args.seed,
+        images=args.images,
     )
     counts = ", ".join(f"{k} {v}" for k, v in summary.instances.items())
     print(f"{summary.num_images} images ({summary.num_background} without objects): {counts}")

@@ -62,8 +62,11 @@ def import_dataset(
     copy: bool = False,
     split: list[float] | None = None,
     seed: int = 0,
+    images: str | os.PathLike | None = None,
 ) -> ImportSummary:
     """Read a VOC or YOLO dataset and write ``out/images`` (links, or copies) + ``out/annotations.json``.
+
+    ``images``: VOC only, where the images are (default: anywhere under ``src``).
 
     With ``split`` (2 or 3 fractions) also writes ``out/{train,val[,test]}/annotations.json``
     (see :func:`defectfusion.data.split.write_split`).
@@ -77,7 +80,9 @@ def import_dataset(
     src, out = Path(src), Path(out)
     if out.resolve().is_relative_to(src.resolve()):
         raise DataError(f"output folder {out} is inside the source {src}; choose an output folder outside it")
-    data = read_voc(src, classes) if fmt == "voc" else read_yolo(src, classes)
+    if images is not None and fmt != "voc":
+        raise DataError("--images is for VOC datasets; a YOLO dataset's images are its images/ folder (or SRC itself)")
+    data = read_voc(src, classes, images) if fmt == "voc" else read_yolo(src, classes)
     if split is not None:
         check_fractions(split)  # before writing anything
     images_dir = out / "images"

@@ -1,7 +1,12 @@
 """Pascal VOC XML annotations to a COCO dict (and back, for round trips).
 
-Layouts read: ``SRC/Annotations/*.xml`` with ``SRC/JPEGImages/``, XML files beside their images, or
-one flat folder of both. VOC boxes are 1-based inclusive pixel indexes; they are converted as
+Layouts read: any. The XML files are ``SRC/Annotations/`` (any capitalisation) or every ``.xml``
+under ``SRC``; each one's image is found by its file name (``<filename>``, else the XML's stem with
+an image extension) anywhere under ``SRC`` or under ``images`` when given: ``JPEGImages/``,
+``IMAGES/``, per-class subfolders, beside the XML. Folder links are followed, image paths are kept
+as found (a link stays a link), and two images of one name are one error naming both.
+
+VOC boxes are 1-based inclusive pixel indexes; they are converted as
 detectron2's ``pascal_voc`` loader does ("make pixel indexes 0-based"): ``x1 = xmin - 1``,
 ``y1 = ymin - 1``, ``x2 = xmax``, ``y2 = ymax``. :func:`write_voc` inverts that exactly.
 
@@ -16,6 +21,7 @@ values. So ``xml.etree.ElementTree`` and ``yaml`` do the parsing here, with one-
 from __future__ import annotations
 
 import math
+import os
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -186,69 +192,137 @@ def _parse_xml(path: Path) -> tuple[str | None, tuple[int, int] | None, list[_Vo
     return _text(root, "filename"), size, objects
 
 
-def _find_image(xml: Path, filename: str | None, images_dir: Path) -> Path | None:
-    candidates = []
+def _walk_images(root: Path) -> list[Path]:
+    """Image files under ``root``, following folder links (each real folder once), hidden ones skipped."""
+    found, seen = [], set()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found += [
+            Path(folder) / f
+            for f in sorted(files)
+            if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_EXTENSIONS
+        ]
+    return found
+
+
+class _ImageIndex:
+    """Every image under the search roots, by file name and by stem (case kept, then case-folded)."""
+
+    def __init__(self, roots: list[Path]):
+        self.by_name: dict[str, list[Path]] = {}
+        self.by_stem: dict[str, list[Path]] = {}
+        for root in roots:
+            for path in _walk_images(root):
+                self.by_name.setdefault(path.name.lower(), []).append(path)
+                self.by_stem.setdefault(path.stem.lower(), []).append(path)
+
+    def find(self, xml: Path, filename: str | None) -> list[Path]:
+        """The candidates for ``xml``'s image: its ``<filename>``'s name, else its stem with any image extension."""
+        if filename:
+            named = self.by_name.get(Path(filename.replace("\\", "/")).name.lower(), [])
+            if named:
+                return named
+        return self.by_stem.get(xml.stem.lower(), [])
+
+
+def _pick(xml: Path, filename: str | None, candidates: list[Path]) -> Path:
+    """One image of several with the same name: the one beside the XML, or whose path ends with ``<filename>``."""
+    unique = list(dict.fromkeys(candidates))
+    if len(unique) == 1:
+        return unique[0]
+    beside = [c for c in unique if c.parent == xml.parent]
+    if len(beside) == 1:
+        return beside[0]
     if filename:
-        candidates += [images_dir / filename, xml.parent / filename, images_dir / Path(filename).name]
-    for folder in (images_dir, xml.parent):
-        candidates += [folder / (xml.stem + ext) for ext in (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")]
-        candidates += [folder / (xml.stem + ext.upper()) for ext in (".jpg", ".jpeg", ".png")]
-    return next((c for c in candidates if c.is_file()), None)
+        tail = Path(filename.replace("\\", "/")).parts
+        ending = [c for c in unique if c.parts[-len(tail) :] == tail]
+        if len(ending) == 1:
+            return ending[0]
+    shown = " and ".join(str(c) for c in unique[:2]) + (f" (and {len(unique) - 2} more)" if len(unique) > 2 else "")
+    raise DataError(
+        f"{xml}: its image {filename or xml.stem!r} matches {len(unique)} files: {shown}; keep one, or give the "
+        f"images folder with --images"
+    )
 
 
-def read_voc(src: str | Path, classes: str | Path | None = None) -> ImportedDataset:
+def _common_root(paths: list[Path]) -> Path:
+    """The deepest folder holding every path, as the paths are written (links not resolved)."""
+    return Path(os.path.commonpath([str(p.parent.absolute()) for p in paths]))
+
+
+def _annotation_files(src: Path) -> list[Path]:
+    folder = next((d for d in sorted(src.iterdir()) if d.is_dir() and d.name.lower() == "annotations"), src)
+    return sorted(p for p in folder.rglob("*.xml") if not any(s.startswith(".") for s in p.relative_to(src).parts))
+
+
+def read_voc(src: str | Path, classes: str | Path | None = None, images: str | Path | None = None) -> ImportedDataset:
     """Read a Pascal VOC dataset as COCO.
 
     Args:
-        src: ``SRC`` with ``Annotations/`` (+ ``JPEGImages/``), or a folder of XML files beside images.
+        src: the dataset folder: ``Annotations/`` (any capitalisation) or XML files anywhere under it.
         classes: a file with one class name per line: category order (default: sorted class names);
             an object whose name is not listed is an error.
+        images: where the images are (default: anywhere under ``src``); may lie outside ``src``.
 
     Images without an XML file are left out and listed in ``unlabeled``; an XML without objects
-    is a background image (kept).
+    is a background image (kept). The ``file_name`` of each image is relative to the deepest folder holding
+    every image, as found (a linked image keeps its link path).
 
     Raises:
         DataError: one line naming the XML file and element for a malformed file, an unknown
-            class, or an XML whose image cannot be found.
+            class, an XML whose image cannot be found, or two images of one name.
     """
     src = Path(src)
     if not src.is_dir():
         raise DataError(f"VOC source {src} is not a folder; pass the dataset folder (with Annotations/ or XML files)")
-    ann_dir = src / "Annotations" if (src / "Annotations").is_dir() else src
-    images_dir = src / "JPEGImages" if (src / "JPEGImages").is_dir() else src
-    xmls = sorted(p for p in ann_dir.rglob("*.xml") if not any(s.startswith(".") for s in p.relative_to(src).parts))
+    images_root = Path(images) if images is not None else src
+    if not images_root.is_dir():
+        raise DataError(f"images folder {images_root} does not exist; pass the folder that holds the images")
+    xmls = _annotation_files(src)
     if not xmls:
-        raise DataError(f"no .xml annotation files under {ann_dir}; is {src} a Pascal VOC dataset?")
+        raise DataError(f"no .xml annotation files under {src}; is it a Pascal VOC dataset?")
+    index = _ImageIndex([images_root])
     parsed = []
     for xml in xmls:
         filename, size, objects = _parse_xml(xml)
-        image = _find_image(xml, filename, images_dir)
-        if image is None:
+        candidates = index.find(xml, filename)
+        if not candidates:
             raise DataError(
-                f"{xml}: its image <filename> {filename!r} is neither in {images_dir} nor beside the XML (nor "
-                f"{xml.stem}.jpg/.png); add the image or fix <filename>"
+                f"{xml}: its image {filename or xml.stem + '.*'!r} is nowhere under {images_root}; add the image, fix "
+                f"<filename>, or give the images folder with --images"
             )
-        parsed.append((xml, image, size, objects))
+        parsed.append((xml, _pick(xml, filename, candidates), size, objects))
 
     found = sorted({o.name for _, _, _, objs in parsed for o in objs})
     names = read_class_file(Path(classes)) if classes is not None else found
-    index = {name: i for i, name in enumerate(names)}
-    root = images_dir if all(p[1].resolve().is_relative_to(images_dir.resolve()) for p in parsed) else src
-    images, boxes, sources = [], [], []
+    class_index = {name: i for i, name in enumerate(names)}
+    root = _common_root([image for _, image, _, _ in parsed])
+    rows, boxes, sources = [], [], []
     for xml, image, size, objects in parsed:
         for k, o in enumerate(objects, 1):
-            if o.name not in index:
+            if o.name not in class_index:
                 raise DataError(
                     f"{xml}: <object> #{k} has class {o.name!r}, which is not in {classes} ({', '.join(names)}); "
                     f"add it to the classes file or fix the name"
                 )
         width, height = size if size is not None else displayed_size(image)
-        images.append((image.resolve().relative_to(root.resolve()).as_posix(), width, height))
-        boxes.append([(index[o.name], o.box[0], o.box[1], o.box[2] - o.box[0], o.box[3] - o.box[1]) for o in objects])
+        rows.append((os.path.relpath(image.absolute(), root).replace(os.sep, "/"), width, height))
+        boxes.append(
+            [(class_index[o.name], o.box[0], o.box[1], o.box[2] - o.box[0], o.box[3] - o.box[1]) for o in objects]
+        )
         sources.append(image)
-    used = {s.resolve() for s in sources}
-    unlabeled = [p.relative_to(images_dir).as_posix() for p in image_files(images_dir) if p.resolve() not in used]
-    return ImportedDataset(build_coco(names, images, boxes), sources, root, unlabeled=unlabeled)
+    used = {s.absolute() for s in sources}
+    unlabeled = [
+        os.path.relpath(p.absolute(), images_root.absolute()).replace(os.sep, "/")
+        for p in _walk_images(images_root)
+        if p.absolute() not in used
+    ]
+    return ImportedDataset(build_coco(names, rows, boxes), sources, root, unlabeled=unlabeled)
 
 
 # --------------------------------------------------------------------------- writing
