@@ -153,7 +153,7 @@ def test_within_split_duplicates_and_tiling_advice(tmp_path):
     assert not [p for p in check.problems if p.kind.startswith("leak_") or p.kind == "near_duplicate"]
     assert len([p for p in check.problems if p.kind == "tiny_box"]) == 4
     assert check.tiling_advised and check.recommended_size == 1280
-    assert check.p10_short_px[1280] < HARD_PX
+    assert check.p10_side_px[1280] < HARD_PX
 
 
 def test_split_names_from_folders_or_stems(tmp_path):
@@ -189,3 +189,21 @@ def test_no_boxes_keeps_the_requested_size(tmp_path):
     assert check.splits[0].num_empty_images == 2
     assert {p.kind for p in check.problems} == {"empty_class"}
     json.dumps(check.to_dict(), allow_nan=False)  # strict json: no NaN for the missing percentiles
+
+
+def test_long_thin_scratches_are_not_tiny_and_upscaling_small_images_says_what_it_costs(tmp_path):
+    """NEU-DET's case: 200 px images whose scratches are 15 x 255 px at 320 px (thin but long). Fails if the shorter
+    side decided "tiny" (every scratch would be reported) or if the advice gave no reason or cost."""
+    images = [(f"g{i}.png", Image.new("RGB", (200, 200), (90 + i, 90, 90))) for i in range(12)]
+    scratches = [{"image": i, "cat": 1, "bbox": [20, 10, 9.4, 160]} for i in range(10)]  # 15 x 256 px at 320
+    lines = [{"image": 10, "cat": 2, "bbox": [20, 10, 1.5, 150]}]  # 2.4 px across at 320: thin, not tiny
+    specks = [{"image": 11, "cat": 3, "bbox": [50 + 10 * k, 50, 6, 6]} for k in range(3)]  # 9.6 px at 320: tiny
+    check = check_dataset(load_splits([write_split(tmp_path / "train", images, scratches + lines + specks)]), 320)
+    kinds = [p.kind for p in check.problems if p.kind in {"tiny_box", "thin_box"}]
+    assert sorted(kinds) == ["thin_box", "tiny_box", "tiny_box", "tiny_box"]
+    (thin,) = [p for p in check.problems if p.kind == "thin_box"]
+    assert "2.4x240.0 px" in thin.message and "detected by its length" in thin.message
+    # the 10th-percentile box is a speck: a larger input is advised, with its cost, and the note that 200 px
+    # images gain no detail by it
+    assert check.recommended_size > 320 and "x the compute per image of 320 px" in check.tiling_reason
+    assert "upscales them: no new detail" in check.tiling_reason

@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     for s in check.splits:
         print(
             f"{s.name}: {s.num_images} images ({s.num_empty_images} empty), {s.num_boxes} boxes, "
-            f"{s.share_under_hard:.1%} under 16 px at {check.image_size} px"
+            f"{s.share_under_hard:.1%} tiny (area under 16² px²) at {check.image_size} px"
         )
     print(f"recommended input size: {check.recommended_size} px")
     print(f"tiling: {'advised' if check.tiling_advised else 'not needed'} ({check.tiling_reason})")

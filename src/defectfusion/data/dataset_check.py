@@ -7,13 +7,19 @@ It writes nothing; :mod:`defectfusion.report.dataset_report` turns the result in
 
 Box sizes are measured *at the model's input size*: a box ``w x h`` in an image ``W x H`` is
 ``w * N / W`` by ``h * N / H`` after the plain resize to ``N x N``. COCO size classes apply to
-that resized area (small < 32², medium < 96², large otherwise).
+that resized area (small < 32², medium < 96², large otherwise). A box's *side* is the square
+root of its area there (a 15 x 255 px scratch has side 62: long thin objects are found by their
+length, so the shorter side alone would call them tiny): a box is ``tiny`` when its side is
+under :data:`HARD_PX` (area under 16², a quarter of COCO's small), and ``thin`` (a note, not a
+problem) when its shorter side is under :data:`THIN_PX` while its area is not tiny.
 
 Recommended input size: the smallest of :data:`CANDIDATE_SIZES` at which the 10th percentile of
-the box shorter side (at that size, all splits together) is at least :data:`HARD_PX` pixels;
-the largest candidate if none reaches it. Tiling is advised when, at the largest candidate, more
-than :data:`TILING_SHARE` of the boxes stay under :data:`HARD_PX` px, or when the median image's
-longer side is over twice the largest candidate (a plain resize throws most pixels away).
+the box side (at that size, all splits together) is at least :data:`HARD_PX` pixels; the largest
+candidate if none reaches it. The advice gives its cost (compute per image grows as the square
+of the input side) and says when a size beyond the images' own resolution adds no detail. Tiling
+is advised when, at the largest candidate, more than :data:`TILING_SHARE` of the boxes stay
+under :data:`HARD_PX` px, or when the median image's longer side is over twice the largest
+candidate (a plain resize throws most pixels away).
 """
 
 from __future__ import annotations
@@ -31,7 +37,8 @@ import numpy as np
 
 from .coco import CocoIndex, CocoWarning, load_coco
 
-HARD_PX = 16  # box shorter side (px at the model size) under which detection gets hard
+HARD_PX = 16  # box side (square root of its area, px at the model size) under which detection gets hard
+THIN_PX = 4  # shorter side under which a box that is not tiny is noted as thin
 SMALL_AREA, MEDIUM_AREA = 32**2, 96**2  # COCO size classes, at the model size
 CANDIDATE_SIZES = (320, 416, 512, 640, 800, 960, 1024, 1280)
 TILING_SHARE = 0.10
@@ -49,7 +56,8 @@ PROBLEM_KINDS = {
     "class_imbalance": f"most / least frequent class >= {IMBALANCE_RATIO:g}x",
     "degenerate_box": "box with width or height under 1 px",
     "out_of_image": "box reaching beyond its image",
-    "tiny_box": f"box under {HARD_PX} px (shorter side) at the model input size",
+    "tiny_box": f"box of area under {HARD_PX}² px² at the model input size",
+    "thin_box": f"box under {THIN_PX} px across but long enough not to be tiny (a note: found by its length)",
 }
 
 
@@ -80,7 +88,7 @@ class SplitStats:
     imbalance_ratio: float | None  # most / least frequent class among classes with boxes
     image_widths: list[int] = field(default_factory=list)
     image_heights: list[int] = field(default_factory=list)
-    box_short_px: list[float] = field(default_factory=list)  # shorter side at the model size
+    box_side_px: list[float] = field(default_factory=list)  # square root of the area at the model size
     size_classes: dict[str, int] = field(default_factory=dict)  # small / medium / large at the model size
     share_under_hard: float = 0.0
 
@@ -98,7 +106,7 @@ class SplitStats:
             "image_width": _quantiles(self.image_widths),
             "image_height": _quantiles(self.image_heights),
             "aspect_ratio": _quantiles(aspect),
-            "box_short_side_at_model_size": _quantiles(self.box_short_px),
+            "box_side_at_model_size": _quantiles(self.box_side_px),  # square root of the area
             "size_classes_at_model_size": self.size_classes,
             "share_under_16px": self.share_under_hard,
         }
@@ -112,7 +120,7 @@ class DatasetCheck:
     splits: list[SplitStats]
     class_names: list[str]
     recommended_size: int
-    p10_short_px: dict[int, float | None]  # candidate size -> 10th-percentile box shorter side there
+    p10_side_px: dict[int, float | None]  # candidate size -> 10th-percentile box side (sqrt of area) there
     tiling_advised: bool
     tiling_reason: str
     problems: list[Problem]
@@ -126,7 +134,7 @@ class DatasetCheck:
             "image_size": self.image_size,
             "class_names": self.class_names,
             "recommended_size": self.recommended_size,
-            "p10_short_side_px": {str(k): v for k, v in self.p10_short_px.items()},
+            "p10_box_side_px": {str(k): v for k, v in self.p10_side_px.items()},
             "tiling_advised": self.tiling_advised,
             "tiling_reason": self.tiling_reason,
             "rule": {
@@ -182,27 +190,32 @@ def check_dataset(splits: list[LoadedSplit], image_size: int = 640) -> DatasetCh
     """Statistics and problems of ``splits`` at model input size ``image_size`` (square resize)."""
     problems: list[Problem] = []
     stats: list[SplitStats] = []
-    rel_short: list[float] = []  # box shorter side as a fraction of its image side, all splits
+    rel_side: list[float] = []  # box side as a fraction of its image's (square roots of the areas), all splits
     long_sides: list[int] = []
     for split in splits:
         s, rel = _split_stats(split, image_size, problems)
         stats.append(s)
-        rel_short += rel
+        rel_side += rel
         long_sides += [max(r.width, r.height) for r in split.index.images]
     problems += _duplicates(splits)
 
-    recommended, p10, tiling, reason = _size_advice(np.asarray(rel_short, dtype=np.float64), long_sides, image_size)
+    recommended, p10, tiling, reason = _size_advice(np.asarray(rel_side, dtype=np.float64), long_sides, image_size)
     order = list(PROBLEM_KINDS)
     problems.sort(key=lambda p: order.index(p.kind))
     names = list(splits[0].index.class_names) if splits else []
     return DatasetCheck(image_size, stats, names, recommended, p10, tiling, reason, problems)
 
 
-def _size_advice(rel: np.ndarray, long_sides: list[int], image_size: int) -> tuple[int, dict, bool, str]:
-    """Recommended size, p10 shorter side per candidate, tiling advice and why (the rule of the module doc).
+def _cost(size: int, image_size: int) -> str:
+    factor = (size / image_size) ** 2
+    return f"about {factor:.1f}x the compute per image of {image_size} px" if size != image_size else "as checked"
 
-    ``rel``: box shorter side as a fraction of the image side it lies along, ``[num_boxes]``; at
-    input size ``n`` the box is ``rel * n`` px on its shorter side.
+
+def _size_advice(rel: np.ndarray, long_sides: list[int], image_size: int) -> tuple[int, dict, bool, str]:
+    """Recommended size, p10 box side per candidate, tiling advice and why (the rule of the module doc).
+
+    ``rel``: box side (square root of its area) as a fraction of its image's, ``[num_boxes]``; at
+    input size ``n`` the box side is ``rel * n`` px.
     """
     if not rel.size:
         return image_size, dict.fromkeys(CANDIDATE_SIZES), False, f"no boxes to size the model by: keeping {image_size}"
@@ -222,7 +235,17 @@ def _size_advice(rel: np.ndarray, long_sides: list[int], image_size: int) -> tup
         return recommended, p10, True, why
     if not reaching:
         return recommended, p10, False, f"no candidate size brings the 10th-percentile box to {HARD_PX} px"
-    return recommended, p10, False, f"{recommended} px keeps 90% of the boxes at or above {HARD_PX} px"
+    why = (
+        f"{recommended} px keeps 90% of the boxes at or above {HARD_PX} px on a side (area {HARD_PX}²), "
+        f"{_cost(recommended, image_size)}"
+    )
+    if recommended > median_long:
+        why += (
+            f"; the images are {median_long:.0f} px on their longer side (median), so {recommended} px upscales them: "
+            f"no new detail, only larger boxes for the detector's coarse strides; worth it only if the small defects "
+            f"are missed at {image_size} px"
+        )
+    return recommended, p10, False, why
 
 
 def _split_stats(split: LoadedSplit, n: int, problems: list[Problem]) -> tuple[SplitStats, list[float]]:
@@ -232,7 +255,7 @@ def _split_stats(split: LoadedSplit, n: int, problems: list[Problem]) -> tuple[S
     problems += _raw_box_problems(split)
 
     counts = dict.fromkeys(index.class_names, 0)
-    short_px: list[float] = []
+    side_px: list[float] = []
     rel: list[float] = []
     sizes = {"small": 0, "medium": 0, "large": 0}
     empty = 0
@@ -243,22 +266,18 @@ def _split_stats(split: LoadedSplit, n: int, problems: list[Problem]) -> tuple[S
             counts[index.class_names[a.label]] += 1
             x1, y1, x2, y2 = a.bbox
             w, h = (x2 - x1) * n / rec.width, (y2 - y1) * n / rec.height
-            short = min(w, h)
-            short_px.append(short)
-            rel.append(min((x2 - x1) / rec.width, (y2 - y1) / rec.height))
             area = w * h
+            side_px.append(float(np.sqrt(area)))
+            rel.append(float(np.sqrt((x2 - x1) / rec.width * (y2 - y1) / rec.height)))
             sizes["small" if area < SMALL_AREA else "medium" if area < MEDIUM_AREA else "large"] += 1
-            if short < HARD_PX and (x2 - x1) >= 1 and (y2 - y1) >= 1:  # sub-pixel ones are degenerate already
-                problems.append(
-                    Problem(
-                        "tiny_box",
-                        name,
-                        str(rec.path),
-                        f"annotation {a.id}",
-                        f"{index.class_names[a.label]} box is {w:.1f}x{h:.1f} px at {n}x{n} "
-                        f"(shorter side under {HARD_PX} px: hard to detect)",
-                    )
-                )
+            if (x2 - x1) < 1 or (y2 - y1) < 1:  # sub-pixel ones are degenerate already
+                continue
+            where = (name, str(rec.path), f"annotation {a.id}")
+            box = f"{index.class_names[a.label]} box is {w:.1f}x{h:.1f} px at {n}x{n}"
+            if area < HARD_PX**2:
+                problems.append(Problem("tiny_box", *where, f"{box} (area under {HARD_PX}²: hard to detect)"))
+            elif min(w, h) < THIN_PX:
+                problems.append(Problem("thin_box", *where, f"{box}: thin but long (detected by its length)"))
     for label, cname in enumerate(index.class_names):
         if counts[cname] == 0:
             cid = index.label_to_category_id[label]
@@ -296,9 +315,9 @@ def _split_stats(split: LoadedSplit, n: int, problems: list[Problem]) -> tuple[S
         imbalance_ratio=ratio,
         image_widths=[files[i].width for i in files],
         image_heights=[files[i].height for i in files],
-        box_short_px=short_px,
+        box_side_px=side_px,
         size_classes=sizes,
-        share_under_hard=float(np.mean(np.asarray(short_px) < HARD_PX)) if short_px else 0.0,
+        share_under_hard=float(np.mean(np.asarray(side_px) < HARD_PX)) if side_px else 0.0,
     )
     return stats, rel
 

@@ -54,8 +54,9 @@ def _sections(check: DatasetCheck, figs: dict[str, Path], examples: Path | None)
     overview = (
         f"{verdict}\n\n- recommended input size: **{check.recommended_size} px** (checked at {n} px)\n"
         f"- tiling: {tiling}: {check.tiling_reason}\n"
-        f"- rule: the smallest candidate size at which the 10th-percentile box shorter side is at least "
-        f"{HARD_PX} px; tiling when more than 10% of boxes stay under {HARD_PX} px at the largest candidate, "
+        f"- rule: the smallest candidate size at which the 10th-percentile box side (the square root of its "
+        f"area: a long thin scratch is not tiny) is at least {HARD_PX} px; compute per image grows as the square "
+        f"of the input side; tiling when more than 10% of boxes stay under {HARD_PX} px at the largest candidate, "
         f"or the median image is over twice that size."
     )
     split_rows = [
@@ -75,7 +76,7 @@ def _sections(check: DatasetCheck, figs: dict[str, Path], examples: Path | None)
     class_rows = [
         {"class": c, **{s.name: s.boxes_per_class.get(c, 0) for s in check.splits}} for c in check.class_names
     ]
-    size_rows = [{"input size": k, "p10 box shorter side (px)": v} for k, v in check.p10_short_px.items()]
+    size_rows = [{"input size": k, "p10 box side, √area (px)": v} for k, v in check.p10_side_px.items()]
     sections = [
         Section("Overview", overview, table=split_rows),
         Section(
@@ -86,10 +87,10 @@ def _sections(check: DatasetCheck, figs: dict[str, Path], examples: Path | None)
         ),
         Section(
             "Box sizes at the model input size",
-            f"Boxes scaled by the plain resize to {n}x{n}; COCO small < 32², medium < 96². Boxes under "
-            f"{HARD_PX} px (shorter side) will be hard to detect.",
+            f"Boxes scaled by the plain resize to {n}x{n}; COCO small < 32², medium < 96². Boxes of area under "
+            f"{HARD_PX}² will be hard to detect; a box's side here is the square root of its area.",
             table=size_rows,
-            images=[(figs["boxes"], f"box shorter side at {n} px")],
+            images=[(figs["boxes"], f"box side (√area) at {n} px")],
         ),
         Section(
             "Images",
@@ -162,10 +163,10 @@ def plot_aspect_ratios(check: DatasetCheck, path: Path) -> Path:
 
 
 def plot_box_sizes(check: DatasetCheck, path: Path) -> Path:
-    """Histogram (log x) of the box shorter side at the model size, the hard threshold marked."""
+    """Histogram (log x) of the box side (square root of the area) at the model size, the hard threshold marked."""
     with figure(6.5, 3.4) as fig:
         ax = fig.add_subplot()
-        values = [np.asarray(s.box_short_px, dtype=float) for s in check.splits]
+        values = [np.asarray(s.box_side_px, dtype=float) for s in check.splits]
         flat = np.concatenate([v[v > 0] for v in values] + [np.zeros(0)])
         if flat.size:
             lo, hi = float(flat.min()), float(flat.max())
@@ -180,7 +181,7 @@ def plot_box_sizes(check: DatasetCheck, path: Path) -> Path:
             ax.set_xticks(ticks, [str(t) for t in ticks])
             ax.legend()
         ax.axvline(HARD_PX, color="#B2182B", linestyle="--", linewidth=1.2)
-        ax.set_xlabel(f"box shorter side at {check.image_size}x{check.image_size} (px)")
+        ax.set_xlabel(f"box side (√area) at {check.image_size}x{check.image_size} (px)")
         ax.set_ylabel("boxes")
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(f"Box sizes at the model input size (dashed: {HARD_PX} px)")
