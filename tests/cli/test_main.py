@@ -41,3 +41,20 @@ def test_user_errors_are_one_line_without_traceback(tmp_path, capsys):
     assert err.startswith("error: ") and "missing.yml" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "e.safetensors").exists()
+
+
+def test_threads_hold_a_computing_command_to_n_cores(tmp_path, monkeypatch, capsys):
+    import torch
+
+    from defectfusion.cli import main
+
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    for command in (["predict", "--checkpoint", str(tmp_path / "none"), str(tmp_path / "a.png")],
+                    ["data", "check", str(tmp_path / "none.json")],
+                    ["explain", "--checkpoint", str(tmp_path / "none"), str(tmp_path / "a.png")],
+                    ["evaluate", "--checkpoint", str(tmp_path / "none"), "--data", str(tmp_path / "none.json")]):  # fmt: skip
+        main([*command, "--threads", "1"])  # the inputs are bad: the command stops, its threads were set
+    assert calls == [1, 1, 1, 1]
+    assert main(["predict", "--checkpoint", str(tmp_path / "none"), str(tmp_path / "a.png"), "--threads", "0"]) == 2
+    assert "--threads must be at least 1, got 0" in capsys.readouterr().err

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 
 from ..errors import DefectFusionError
 from ..version import __version__
+from ._common import apply_threads
 
 Handler = Callable[[argparse.Namespace], int | None]
 
@@ -63,6 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         warnings.showwarning = _show_warning
     handler: Handler = args.handler
     try:
+        apply_threads(getattr(args, "compute_threads", None))
         return int(handler(args) or 0)
     except DefectFusionError as exc:
         if args.debug or os.environ.get("DEFECTFUSION_DEBUG"):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ._common import add_threads_flag
+
 SHOWN_PROBLEMS = 20
 
 
@@ -21,6 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("annotations", nargs="+", type=Path, metavar="ANNOTATIONS", help="COCO json files (splits)")
     p.add_argument("--image-size", type=int, default=640, help="model input side N (plain N x N resize; 640)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: <first json's folder>/data_check)")
+    add_threads_flag(p)
     p.set_defaults(handler=run)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ._common import add_threads_flag
 from ._tables import check_device, default_out, print_written, rows_table, wide_console
 from ._tiles import add_tile_flags, tile_options
 
@@ -57,6 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--steps", type=int, default=8, help="pixel-fraction steps of the faithfulness test (default: 8)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    add_threads_flag(p)
     add_tile_flags(p)
     p.set_defaults(handler=run)
 

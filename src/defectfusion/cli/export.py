@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import console_out
+from ._common import add_threads_flag, console_out
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -42,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=DEFAULT_TOP_K,
         help=f"detections per image in the outputs (default: {DEFAULT_TOP_K})",
     )
-    p.add_argument("--threads", type=int, default=None, help="onnxruntime threads for the parity check")
+    add_threads_flag(p)  # also the onnxruntime threads of the parity check
     p.add_argument(
         "--half", action="store_true", help="float16 weights (half the file; float32 inputs, outputs and arithmetic)"
     )
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         batch=args.batch,
         opset=args.opset,
         top_k=args.top_k,
-        threads=args.threads,
+        threads=args.compute_threads,
         half=args.half,
         check_data=args.check_data,
         max_map_drop=args.max_map_drop,

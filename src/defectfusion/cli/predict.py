@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ._common import add_threads_flag
 from ._tables import check_device, default_out, print_written, rows_table, wide_console
 from ._tiles import add_tile_flags, tile_options
 
@@ -39,6 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--workers", type=int, default=0, help="image-loading worker processes")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    add_threads_flag(p)
     p.add_argument("--no-draw", action="store_true", help="do not write the images with boxes")
     p.add_argument(
         "--nms",
