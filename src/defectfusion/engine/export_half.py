@@ -9,7 +9,8 @@ without that runtime; this module does not write one.
 
 :func:`check_half` measures what the rounding costs against the float32 PyTorch model: label
 agreement and score differences on the export's own sample batches and, with a COCO file, mAP on
-its images; the export fails when the mAP drops by more than the stated bound.
+its images, both runs preparing them alike (:func:`checking_predictors`: the graph's size, the model's
+resize); the export fails when the mAP drops by more than the stated bound.
 """
 
 from __future__ import annotations
@@ -17,13 +18,17 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torchvision.ops import box_iou
 
 from ..structures import Detections
+
+if TYPE_CHECKING:
+    from .onnx_backend import OnnxDetector
+    from .predictor import Predictor
 
 MIN_ELEMENTS = 16  # smaller tensors (shapes, scalars, indices) stay float32
 MATCH_IOU = 0.9  # a float16 detection is the float32 one when their boxes overlap this much
@@ -135,7 +140,6 @@ def half_report(
     """Check the float16-weight graph at ``path`` against ``model``: ``samples`` are ``(images, sizes)``
     batches, ``reference(model, images, sizes, top_k)`` the float32 detections; ``index`` a COCO index."""
     from .onnx_backend import OnnxDetector
-    from .predictor import Predictor
     from .validation import evaluate_on_index
 
     detector = OnnxDetector(path)
@@ -143,8 +147,28 @@ def half_report(
     for images, sizes in samples:
         agreement(reference(model, images, sizes, top_k), detector(images, sizes), report)
     if index is not None:
-        graph = Predictor(detector, detector.class_names, detector.image_size, detector.image_mean, detector.image_std)
-        fp16, _ = evaluate_on_index(graph, index, progress=False, desc="float16")
-        fp32, _ = evaluate_on_index(Predictor.from_model(model, top_k=top_k), index, progress=False, desc="float32")
-        check_half(report, fp32, fp16)
+        fp32, fp16 = checking_predictors(model, detector, top_k)
+        metrics_fp16, _ = evaluate_on_index(fp16, index, progress=False, desc="float16")
+        metrics_fp32, _ = evaluate_on_index(fp32, index, progress=False, desc="float32")
+        check_half(report, metrics_fp32, metrics_fp16)
     return report
+
+
+def checking_predictors(model: torch.nn.Module, detector: OnnxDetector, top_k: int) -> tuple[Predictor, Predictor]:
+    """The float32 model and the float16-weight graph (``detector``, an :class:`~.onnx_backend.OnnxDetector`)
+    as predictors that prepare every image alike: the graph's input size and the model's own resize
+    (``model.meta.resize``: a letterbox model is scored on letterboxed images by both), so the two mAPs
+    differ by the weights' rounding alone."""
+    from .predictor import Predictor, TorchBackend
+
+    meta = model.meta
+    settings = {
+        "image_size": detector.image_size,  # the size the graph was exported at (``--size``)
+        "image_mean": meta.image_mean,
+        "image_std": meta.image_std,
+        "category_ids": meta.category_ids,
+        "resize": meta.resize,
+    }
+    fp32 = Predictor(TorchBackend(model, "cpu", top_k), model.class_names, **settings)
+    fp16 = Predictor(detector, detector.class_names, **settings)
+    return fp32, fp16
