@@ -31,7 +31,7 @@ def test_run_report_evaluates_missing_metrics_once_and_shows_phases_gates_and_cu
         "Evaluated now",
         "Training curves",
         "Comparison with the baseline",
-        "Predictions on validation images",
+        "Predictions on the validation images",
     ):
         assert heading in md
     assert md.index("Training phases") < md.index("Per-class metrics")  # the run comes first

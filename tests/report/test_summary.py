@@ -199,3 +199,23 @@ def test_build_report_without_pair_or_baseline(tmp_path):
     assert "called" not in text and "Training curves" in text and "Not drawn" in text
     assert len(md_links(md)) == 2  # the two confusion matrices
     check_html(html_path)
+
+
+def test_a_pair_that_was_never_predicted_says_so_and_the_grid_is_titled_by_its_split(tmp_path):
+    """Zeros from a model that predicts neither class read as "neither detected", not as "0 -> 0"; the image grid
+    is named after the split evaluated. Fails if the counts were printed regardless."""
+    silent = fake_metrics([0.9, 0.5, 0.8, 0.7], crack_as_scratch=0)
+    for name in ("ROTURA_FRACTURA", "RAYONES_ARANAZOS"):
+        silent["per_class"][name]["num_pred"] = 0
+    title = "a title long enough to need wrapping in a cell of this grid, twice over, at least"
+    images = [{"image": np.zeros((32, 40, 3), dtype=np.uint8), "detections": None, "gt": ([[2, 2, 9, 9]], [1]),
+               "title": title}]  # fmt: skip
+    md, _ = build_report(
+        tmp_path, silent, baseline=silent, pair=("ROTURA_FRACTURA", "RAYONES_ARANAZOS"), images=images, split="test"
+    )
+    text = md.read_text()
+    assert "detected neither ROTURA_FRACTURA nor RAYONES_ARANAZOS" in text and "0 -> 0" not in text
+    assert "Predictions on the test images" in text and "validation images" not in text
+    talking = fake_metrics([0.9, 0.5, 0.8, 0.7], crack_as_scratch=0)
+    md, _ = build_report(tmp_path / "b", talking, baseline=talking, pair=("ROTURA_FRACTURA", "RAYONES_ARANAZOS"))
+    assert "ROTURA_FRACTURA called RAYONES_ARANAZOS: 0 -> 0 (0)" in md.read_text()

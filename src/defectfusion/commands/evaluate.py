@@ -25,6 +25,7 @@ from typing import Any
 
 from ..config import load_config
 from ..data.coco import CocoIndex, load_coco
+from ..data.dataset_check import split_names
 from ..data.descriptions import descriptions_near, resolve_pair
 from ..engine.evaluator import write_metrics
 from ..engine.phase_records import find_run_folder
@@ -110,6 +111,11 @@ def _check_classes(names: Sequence[str], index: CocoIndex, source: str) -> None:
             f"{list(index.class_names)}; evaluate on data of the classes the model was trained for (same names, "
             f"same order)"
         )
+
+
+def split_name(annotations: str | os.PathLike) -> str:
+    """What the evaluated images are called in titles: ``test`` for ``test/annotations.json`` or ``test.json``."""
+    return split_names([Path(annotations)])[0]
 
 
 def selected_on(checkpoint: str | os.PathLike, annotations: str | os.PathLike) -> bool:
@@ -242,7 +248,11 @@ def evaluate_checkpoint(
             training = find_run_folder(checkpoint)
         items = grid_items(index, kept, chosen, reasons) if chosen else None
         write_report(
-            result, training or None, items, title or f"Evaluation of {_short(checkpoint)} on {_short(annotations)}"
+            result,
+            training or None,
+            items,
+            title or f"Evaluation of {_short(checkpoint)} on {_short(annotations)}",
+            split=split_name(annotations),
         )
     return result
 
@@ -284,7 +294,9 @@ def write_outputs(result: EvaluationResult, out: Path) -> None:
         result.files.append(out / "what_if.json")
 
 
-def write_report(result: EvaluationResult, training: Any, grid_items: list | None, title: str, intro=()) -> None:
+def write_report(
+    result: EvaluationResult, training: Any, grid_items: list | None, title: str, intro=(), split: str = "validation"
+) -> None:
     """``report.md`` and ``report.html`` (and plots) of an evaluation into ``result.out``."""
     what_if = None
     extra = [Section("Notes", "\n".join(f"- {n}" for n in result.notes))] if result.notes else []
@@ -301,6 +313,7 @@ def write_report(result: EvaluationResult, training: Any, grid_items: list | Non
         class_names=result.class_names,
         what_if=what_if,
         title=title,
+        split=split,
         intro_sections=intro,
         extra_sections=extra,
     )
@@ -343,5 +356,6 @@ def evaluate_predictions(
             found = results_detections(results_json, index, {r.id for r in index.images})
             reasons = dict(choose_grid(index, found, grid, conf=conf_threshold, iou=iou_threshold))
             items = grid_items(index, found, list(reasons), reasons)
-        write_report(result, None, items, title or f"Evaluation of {_short(results_json)} on {_short(annotations)}")
+        title = title or f"Evaluation of {_short(results_json)} on {_short(annotations)}"
+        write_report(result, None, items, title, split=split_name(annotations))
     return result

@@ -295,5 +295,5 @@ def report_run(
         intro.append(Section("Validation images", grid_note, level=3))
     if base_note:
         intro.append(Section("Baseline", base_note, level=3))
-    write_report(result, run, items, f"Training run {summary.get('name', run.name)}", intro=intro)
+    write_report(result, run, items, f"Training run {summary.get('name', run.name)}", intro=intro, split="validation")
     return RunReport(run, summary, phase_rows, gate_rows, final_text, result, evaluated)

@@ -244,6 +244,21 @@ class ConfusionPair:
         return rows
 
 
+def neither_detected(metrics: Metrics, a: str, b: str) -> bool:
+    """Whether the model predicted neither class at all (then a pair's zero counts say nothing)."""
+    per_class = metrics.get("per_class") or {}
+    return all(int((per_class.get(n) or {}).get("num_pred") or 0) == 0 for n in (a, b))
+
+
+def pair_sentences(before: Metrics, after: Metrics | None, a: str, b: str) -> list[str]:
+    """The confusable pair's counts in words; "neither detected" where zeros would read as a success."""
+    cp = confusion_pair(before, after, a, b)
+    if neither_detected(after if after is not None else before, a, b):
+        who = "the model" if after is None else "the evaluated model"
+        return [f"{who} detected neither {a} nor {b} (no prediction of either): the pair's counts say nothing"]
+    return [cp.sentence(), cp.reverse_sentence()]
+
+
 def confusion_pair(before: Metrics, after: Metrics | None, a: str, b: str) -> ConfusionPair:
     """Counts of ground-truth ``a`` predicted as ``b`` and ``b`` as ``a``, before and after."""
     ab0, ba0 = pair_counts(before, a, b)

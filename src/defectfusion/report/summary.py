@@ -13,7 +13,7 @@ from typing import Any
 
 from ..errors import DefectFusionError
 from . import plots
-from .compare import compare_many, compare_metrics, confusion_pair, pair_table, per_class_rows
+from .compare import compare_many, compare_metrics, confusion_pair, pair_sentences, pair_table, per_class_rows
 from .markdown import Section, write_report
 from .values import as_number, check_metrics, fmt_delta, fmt_value
 
@@ -43,6 +43,7 @@ def build_report(
     class_names: Sequence[str] | None = None,
     what_if: Sequence[tuple[str, Mapping[str, Any]]] | None = None,
     title: str = "Evaluation report",
+    split: str = "validation",
     extra_sections: Sequence[Section] = (),
     intro_sections: Sequence[Section] = (),
 ) -> tuple[Path, Path]:
@@ -60,6 +61,7 @@ def build_report(
         images: items for :func:`plots.plot_image_grid` (validation images with boxes).
         class_names: contiguous class names (for the image grid and row order).
         what_if: ``(label, metrics)`` of the same model with other description files.
+        split: what the images evaluated are called in titles (``test``, ``val``, ...).
         extra_sections: appended at the end.
         intro_sections: inserted right after the summary (e.g. a training run's phases and gates).
     """
@@ -93,13 +95,12 @@ def build_report(
     if counts:
         lines.append("- evaluated on " + ", ".join(counts))
     if pair_names is not None:
-        cp = (
-            confusion_pair(baseline, metrics, *pair_names)
+        pair_lines = (
+            pair_sentences(baseline, metrics, *pair_names)
             if baseline is not None
-            else confusion_pair(metrics, None, *pair_names)
+            else pair_sentences(metrics, None, *pair_names)
         )
-        lines.append(f"- {cp.sentence()}")
-        lines.append(f"- {cp.reverse_sentence()}")
+        lines += [f"- {line}" for line in pair_lines]
     undefined = [n for n in names if as_number((metrics["per_class"].get(n) or {}).get("ap50")) is None]
     if undefined:
         lines.append(f"- undefined (no ground truth in this data, shown as –): {', '.join(undefined)}")
@@ -128,11 +129,12 @@ def build_report(
         )
         if pair_names is not None:
             cp = confusion_pair(baseline, metrics, *pair_names)
+            said = "\n\n".join(pair_sentences(baseline, metrics, *pair_names))
             sections.append(
                 Section(
                     f"Confusion pair: {pair_names[0]} / {pair_names[1]}",
-                    f"{cp.sentence()}\n\n{cp.reverse_sentence()}\n\nCounts of ground-truth boxes matched "
-                    "(IoU ≥ threshold) by a prediction of the other class.",
+                    f"{said}\n\nCounts of ground-truth boxes matched (IoU ≥ threshold) by a prediction of the other "
+                    "class.",
                     table=cp.to_rows(labels),
                     level=3,
                 )
@@ -222,10 +224,11 @@ def build_report(
             )
 
     if images:
-        grid = plots.plot_image_grid(images, plot_dir / "predictions.png", names)
+        heading = f"Predictions on the {split} images"
+        grid = plots.plot_image_grid(images, plot_dir / "predictions.png", names, title=f"{heading} and ground truth")
         sections.append(
             Section(
-                "Predictions on validation images",
+                heading,
                 images=[(grid, "Solid boxes: predictions with scores; dashed: ground truth")],
             )
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -249,6 +250,19 @@ def _grid_item(item: Any) -> GridItem:
     return GridItem(item)
 
 
+def _caption(it: Any, k: int, score_threshold: float, max_detections: int) -> str:
+    """A grid cell's title: the item's own (or ``image k``) and how many predictions and boxes it shows."""
+    caption = it.title or f"image {k + 1}"
+    counts = []
+    if it.detections is not None:
+        b, _, s = _boxes(it.detections)
+        shown = len(b) if s is None else int(np.sum(s >= score_threshold))
+        counts.append(f"{shown} pred" + (f" (top {max_detections} drawn)" if shown > max_detections else ""))
+    if it.gt is not None:
+        counts.append(f"{len(_boxes(it.gt)[0])} GT")
+    return caption + ("  ·  " + " / ".join(counts) if counts else "")
+
+
 def plot_image_grid(
     items: Sequence[Any],
     path: str | os.PathLike,
@@ -290,7 +304,11 @@ def plot_image_grid(
     # cells as tall as the tallest image: no empty bands for wide images
     cell_w = cell_px / DPI
     cell_h = max(im.height / im.width for im in drawn) * cell_w
-    title_h, head_h, foot_h = 0.32, 0.55, 0.45
+    captions = [_caption(it, k, score_threshold, max_detections) for k, it in enumerate(items[: len(drawn)])]
+    # captions wrapped to the cell's width (about 6.5 px a character at 9 pt): long ones never run into the next
+    wrapped = [textwrap.fill(c, width=max(20, int(cell_px / 6.5))) for c in captions]
+    lines = max((w.count("\n") + 1 for w in wrapped), default=1)
+    title_h, head_h, foot_h = 0.2 + 0.16 * lines, 0.55, 0.45
     height = rows * (cell_h + title_h) + head_h + foot_h
     with figure(cols * cell_w, height) as fig:
         axes = fig.subplots(rows, cols, squeeze=False)
@@ -307,18 +325,7 @@ def plot_image_grid(
             if k >= len(drawn):
                 continue
             ax.imshow(np.asarray(drawn[k]), interpolation="none")
-            it = items[k]
-            caption = it.title or f"image {k + 1}"
-            counts = []
-            if it.detections is not None:
-                b, _, s = _boxes(it.detections)
-                shown = len(b) if s is None else int(np.sum(s >= score_threshold))
-                counts.append(f"{shown} pred" + (f" (top {max_detections} drawn)" if shown > max_detections else ""))
-            if it.gt is not None:
-                counts.append(f"{len(_boxes(it.gt)[0])} GT")
-            if counts:
-                caption += "  ·  " + " / ".join(counts)
-            ax.set_title(caption, fontsize=9)
+            ax.set_title(wrapped[k], fontsize=9)
         used = sorted(
             {int(x) for it in items for obj in (it.detections, it.gt) if obj is not None for x in _boxes(obj)[1]}
         )
