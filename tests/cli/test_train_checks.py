@@ -70,3 +70,15 @@ def test_a_resume_may_change_threads_and_workers_and_keeps_them(tmp_path, synth_
     TrainingRun(faster, run, resume=True, progress=False)._prepare_folder()
     saved = load_config(run / "config.yaml")
     assert saved.train.threads == 2 and saved.data.num_workers == 1
+
+
+def test_a_wrong_annotations_path_then_the_corrected_command_into_the_same_out_runs(tmp_path, synth_data, capsys):
+    out = str(tmp_path / "run")
+    wrong = write_train_config(
+        tmp_path / "wrong.yml", synth_data, order=["baseline"], data={"val": {"annotations": str(tmp_path / "no.json")}}
+    )
+    assert main(["train", str(wrong), "--out", out, "--quiet"]) == 2
+    assert "no.json" in capsys.readouterr().err
+    right = write_train_config(tmp_path / "right.yml", synth_data, order=["baseline"])
+    assert main(["train", str(right), "--out", out, "--quiet"]) == 0
+    assert (tmp_path / "run" / "final" / "config.json").is_file()

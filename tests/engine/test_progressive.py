@@ -157,8 +157,9 @@ def test_phase_selection_and_existing_run_folder(tmp_path, synth_data):
     assert select_phases(cfg, "2") == ["phase2"] and select_phases(cfg, "baseline") == ["baseline"]
     with pytest.raises(ConfigError, match="no phase '7'"):
         select_phases(cfg, "7")
-    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "start").mkdir(parents=True)
     (tmp_path / "run" / "config.yaml").write_text("name: x\n")
+    (tmp_path / "run" / "start" / "metrics.json").write_text("{}")  # it evaluated its start: it started
     with pytest.raises(ConfigError, match="already holds a run: resume it"):
         run_training(cfg, tmp_path / "run", phase="baseline", progress=False)
     with pytest.raises(ConfigError, match="starts from a trained model"):
@@ -377,3 +378,15 @@ def test_records_carry_each_phase_configured_lr_not_its_decayed_value(run):
         records = [r for r in read_jsonl(out / phase / "metrics.jsonl") if r["epoch"]]
         assert records and all(r["base_lr"] == pytest.approx(configured) for r in records)
         assert records[-1]["lr"] < configured  # what the legend used to print
+
+
+def test_a_run_that_never_started_gives_its_folder_to_the_corrected_command(tmp_path, synth_data, capsys):
+    """A folder holding only the config of a run that failed before anything trained (a bad input found at run
+    time, a kill) does not block the corrected command: it is replaced, and said so. Fails if any config.yaml
+    were taken for a run to resume."""
+    cfg = load_config(write_train_config(tmp_path / "cfg.yml", synth_data, order=["baseline"]))
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text("name: the failed one\n")
+    summary = run_training(cfg, tmp_path / "run", progress=False)
+    assert "replacing a run that never started" in capsys.readouterr().out
+    assert summary["final"] is not None and "the failed one" not in (tmp_path / "run" / "config.yaml").read_text()

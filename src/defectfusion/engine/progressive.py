@@ -96,7 +96,10 @@ class TrainingRun:
     def _prepare_folder(self) -> None:
         config_path = self.out / "config.yaml"
         if self.info.is_main:
-            if config_path.exists():
+            if config_path.exists() and not self.resume and not _started(self.out):
+                # a run whose inputs failed before anything trained: the corrected command takes its folder
+                print(f"{self.out}: replacing a run that never started (no phase trained, nothing evaluated)")
+            elif config_path.exists():
                 if not self.resume:
                     raise ConfigError(
                         f"run folder {self.out} already holds a run: resume it to continue, or choose "
@@ -375,6 +378,12 @@ class TrainingRun:
         if self.progress:
             value = _fmt(final["map50"])
             print(f"final: {final['phase']} (val mAP@0.5 {value}) -> {final['checkpoint']}: {final['reason']}")
+
+
+def _started(out: Path) -> bool:
+    """Whether a run folder holds anything a run made after its config: an evaluation or a phase's state."""
+    made = ("start/metrics.json", "*/last/trainer.json", "*/result.json", "*/best/config.json")
+    return any(next(out.glob(pattern), None) is not None for pattern in made)
 
 
 def _test_entry(metrics: dict[str, Any], checkpoint: str, results: Path) -> dict[str, Any]:
