@@ -12,13 +12,20 @@ from ..models.groups import parameter_group
 
 
 def flat_cosine_factor(step: int, total: int, warmup: int, flat_fraction: float, min_factor: float) -> float:
-    """Multiplier of the base lr at ``step`` of ``total`` optimisation steps."""
+    """Multiplier of the base lr at optimisation step ``step`` (0-based) of ``total``.
+
+    Linear warm-up from ``1 / warmup`` (step 0) to 1 (step ``warmup - 1``); 1 until step
+    ``flat_end = max(warmup, int(total * flat_fraction))``; then a half cosine from 1 at ``flat_end``
+    to exactly ``min_factor`` at the last step, ``total - 1`` (the config's ``min_lr_factor``, "the
+    final lr"). A phase whose flat part covers it (``total <= flat_end``) never decays.
+    """
     if warmup > 0 and step < warmup:
         return (step + 1) / warmup
     flat_end = max(warmup, int(total * flat_fraction))
     if step < flat_end or total <= flat_end:
         return 1.0
-    progress = min(1.0, (step - flat_end) / max(1, total - flat_end))
+    span = total - 1 - flat_end  # the last step is flat_end + span; a single decayed step is the last one
+    progress = 1.0 if span <= 0 else min(1.0, (step - flat_end) / span)
     return min_factor + (1.0 - min_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
@@ -29,6 +36,8 @@ def build_scheduler(
     flat_fraction: float = 0.5,
     min_factor: float = 0.05,
 ) -> torch.optim.lr_scheduler.LambdaLR:
+    """:func:`flat_cosine_factor` of every group's lr: the optimiser's step ``k`` runs at the factor of
+    ``k`` when ``scheduler.step()`` follows each ``optimizer.step()``."""
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: flat_cosine_factor(step, total_steps, warmup, flat_fraction, min_factor)
     )
