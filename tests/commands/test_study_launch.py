@@ -1,9 +1,11 @@
-"""The local launcher: failures printed when they happen, threads as the config sets them (no training here)."""
+"""The launchers: local failures printed when they happen, threads as the config sets them; Slurm jobs
+that reach their time limit requeue themselves and resume their run."""
 
 from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -125,3 +127,144 @@ def test_a_failed_slurm_job_is_printed_with_its_error(tmp_path, synth_data, caps
         run_slurm(runs, tmp_path / "slurm", SlurmOptions(cluster="local", poll_seconds=0.5), progress=False)
     out = capsys.readouterr().out
     assert "study: text/100pct/seed0 FAILED (job " in out and "absent.yml" in out and "(log: " in out
+
+
+# ----------------------------------------------------------------------------- slurm: time limits
+
+
+def _job_environment():
+    """submitit's environment inside a job, its requeue recorded instead of asking Slurm."""
+    from submitit.local.local import LocalJobEnvironment
+
+    class Recorded(LocalJobEnvironment):
+        def __init__(self) -> None:
+            super().__init__()
+            self.requeued: list[int] = []
+
+        def _requeue(self, countdown: int) -> None:
+            self.requeued.append(countdown)
+
+    return Recorded()
+
+
+def _signal(paths, environment, monkeypatch):
+    """What submitit does in a job on the time-limit signal: load the job's submission, call its handler."""
+    import signal
+
+    from submitit.core import job_environment, utils
+
+    def leave():  # the handler's sys.exit once requeued
+        raise SystemExit(-1)
+
+    delayed = utils.DelayedSubmission.load(paths.submitted_pickle)
+    handler = job_environment.SignalHandler(environment, paths, delayed)
+    monkeypatch.setattr(handler, "_exit", leave)
+    handler.checkpoint_and_try_requeue(signal.SIGUSR2)
+
+
+def test_a_job_at_its_time_limit_requeues_itself_and_the_requeued_job_resumes_its_run(tmp_path, monkeypatch):
+    """Checked to fail with the plain function the launcher submitted before: submitit then answers
+    the signal with 'timed-out and not checkpointable' and the run is lost."""
+    pytest.importorskip("submitit")
+    from submitit.core import utils
+
+    from defectfusion.commands import train as train_command
+    from defectfusion.commands.study_launch import TrainJob
+
+    calls = []
+    monkeypatch.setattr(train_command, "train", lambda config, out, **kw: calls.append((config, out, kw["resume"])))
+    out = tmp_path / "runs" / "text0"
+    delayed = utils.DelayedSubmission(TrainJob("cfg.yml", str(out)))
+    # timeout_min 5 (< 50): submitit counts any signal as the time limit (it allows 10 minutes of margin)
+    delayed.set_timeout(timeout_min=5, max_num_timeout=1)
+    paths = utils.JobPaths(tmp_path / "jobs", job_id="7", task_id=0)
+    paths.folder.mkdir()
+    delayed.dump(paths.submitted_pickle)
+
+    assert delayed.result() == str(out) and calls == [("cfg.yml", str(out), False)]  # first attempt: a new run
+    (out / "config.yaml").parent.mkdir(parents=True)
+    (out / "config.yaml").write_text("name: test\n")  # ... which the first attempt started
+    environment = _job_environment()
+    with pytest.raises(SystemExit):
+        _signal(paths, environment, monkeypatch)
+    assert environment.requeued == [0]  # requeued, with no time-limit requeue left (max_num_timeout 1)
+    requeued = utils.DelayedSubmission.load(paths.submitted_pickle)  # what the requeued job runs
+    assert isinstance(requeued.function, TrainJob) and (requeued.function.config, requeued.function.out) == (
+        "cfg.yml",
+        str(out),
+    )
+    assert requeued.result() == str(out) and calls[-1] == ("cfg.yml", str(out), True)  # it resumes the run
+    # a second time limit is one too many: the job ends (submitit records it failed) instead of looping
+    with pytest.raises(utils.UncompletedJobError, match="timed-out too many times"):
+        _signal(paths, environment, monkeypatch)
+    assert environment.requeued == [0]
+
+
+def _task_of(folder) -> int:
+    """The pid of the process running a submitit job whose files are in ``folder`` (started by this test)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"submitit.core._submit" in command and str(folder).encode() in command:
+            return int(entry.name)
+    raise AssertionError(f"no submitit job process for {folder}")
+
+
+@pytest.mark.slow
+def test_a_slurm_job_signalled_mid_phase_is_requeued_and_finishes_its_run(tmp_path, synth_data):
+    """submitit's local executor runs the job as Slurm would: the job gets the time-limit signal after its
+    first epochs, requeues itself, and the second attempt resumes the phase from `last` and finishes it."""
+    submitit = pytest.importorskip("submitit")
+    if not Path("/proc/self/cmdline").is_file():
+        pytest.skip("finds the job's process in /proc (Linux)")
+    import json
+    import os
+    import threading
+
+    from defectfusion.commands.study_launch import SlurmOptions, run_slurm
+
+    runs = _runs(tmp_path, synth_data, [("plain", 0)], order=["baseline"], phases={"baseline": {"epochs": 4}})
+    run = Path(runs[0].folder)
+    folder = tmp_path / "slurm"
+    outcome: dict = {}
+
+    def launch():
+        try:  # timeout_min 5: submitit reads any signal as the time limit; the local one comes after 4.5 min
+            outcome["jobs"] = run_slurm(runs, folder, SlurmOptions(cluster="local", timeout_min=5, poll_seconds=0.2))
+        except BaseException as exc:  # noqa: BLE001 (re-raised below, in the test's thread)
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=launch)
+    thread.start()
+    state = run / "baseline" / "last" / "trainer.json"
+    deadline = time.monotonic() + 240
+    while thread.is_alive() and time.monotonic() < deadline:
+        if state.is_file() and json.loads(state.read_text())["epoch"] >= 1:
+            break
+        time.sleep(0.05)
+    saved = json.loads(state.read_text())["epoch"]
+    logged = [json.loads(line) for line in (run / "baseline" / "metrics.jsonl").read_text().splitlines()]
+    before = [r for r in logged if r["epoch"] <= saved]
+    assert 1 <= saved < 4 and thread.is_alive()
+    os.kill(_task_of(folder), submitit.JobEnvironment._usr_sig())  # what the controller (Slurm) sends
+    thread.join(timeout=400)
+    assert not thread.is_alive()
+    if "error" in outcome:
+        raise outcome["error"]
+
+    [job] = outcome["jobs"]
+    log = job.stdout() + job.stderr()
+    assert log.count(f"starting the run in {run}") == 1 and log.count(f"resuming the run in {run}") == 1, log
+    assert "Requeued job" in log
+    summary = json.loads((run / "summary.json").read_text())
+    phase = summary["phases"]["baseline"]
+    assert phase["epochs_run"] == 4 and phase["stop_reason"] == "completed 4 epochs"
+    assert summary["final"] is not None and (run / "final").is_dir()
+    records = [json.loads(line) for line in (run / "baseline" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [0, 1, 2, 3, 4]  # every evaluation once
+    # resumed, not restarted: the epochs saved before the signal are the first attempt's records
+    assert records[: len(before)] == before

@@ -9,6 +9,8 @@ its own: a killed study, re-run, trains only what is missing and resumes what wa
 - A run that fails is printed when it fails, with the last error line of its log; the others go on.
 - ``slurm``: one job per run through ``submitit`` (the launcher DINOv2 and detectron2 use);
   ``cluster="local"`` runs the same jobs with submitit's local executor (tests, a workstation).
+  A job signalled before its time limit, or preempted, requeues itself and the requeued job resumes
+  its run (:class:`TrainJob`).
 """
 
 from __future__ import annotations
@@ -22,10 +24,13 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import DefectFusionError
 from .study_plan import StudyRun
+
+if TYPE_CHECKING:
+    from submitit.helpers import DelayedSubmission
 
 
 class StudyError(DefectFusionError):
@@ -40,6 +45,7 @@ class SlurmOptions:
     cpus_per_task: int = 8
     cluster: str | None = None  # None: submitit decides (Slurm when sbatch exists); "local": no cluster
     poll_seconds: float = 5.0  # how often finished jobs are looked for
+    max_timeouts: int = 3  # time-limit requeues of one job (preemptions do not count); then it fails
 
 
 def _cores() -> int:
@@ -182,27 +188,55 @@ def run_local(
         raise StudyError(f"{len(failed)} of {len(runs)} study run(s) failed: {detail}. {_resume_advice(resume)}")
 
 
-def train_job(config: str, out: str) -> str:
-    """What a Slurm job runs: one ordinary training run (resumed when its folder holds one)."""
-    from .train import train
+class TrainJob:
+    """What a Slurm job runs: one ordinary training run, resumed when its folder holds one.
 
-    resume = (Path(out) / "config.yaml").is_file()
-    train(config, out, resume=resume, progress=False)
-    return out
+    Before a job's time limit Slurm sends it ``USR2`` (submitit's ``--signal``, 90 s ahead), and so
+    does a preemption with a grace time (after a ``SIGTERM`` submitit ignores); submitit then calls
+    :meth:`checkpoint`, saves the submission it returns and requeues the job. The requeued job runs
+    that submission: this run again, which finds its folder and resumes as ``train --resume`` does,
+    each phase from its ``last`` state. ``last`` is saved after every epoch (after its evaluation), so
+    what an interrupted epoch had trained is lost and is trained again from the previous epoch's
+    state (weights, optimiser, schedule, EMA, random state).
+    """
+
+    def __init__(self, config: str, out: str) -> None:
+        self.config, self.out = str(config), str(out)
+
+    def __call__(self) -> str:
+        from .train import train
+
+        resume = (Path(self.out) / "config.yaml").is_file()
+        print(f"defectfusion study job: {'resuming' if resume else 'starting'} the run in {self.out}", flush=True)
+        train(self.config, self.out, resume=resume, progress=False)
+        return self.out
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> DelayedSubmission:
+        """The submission the requeued job runs: the same run (its state is already in its folder)."""
+        from submitit.helpers import DelayedSubmission
+
+        return DelayedSubmission(TrainJob(self.config, self.out), *args, **kwargs)
 
 
 def run_slurm(
     runs: Sequence[StudyRun], folder: Path, options: SlurmOptions, progress: bool = True, resume: str | None = None
 ) -> list[Any]:
     """Submit one job per run and wait for them; a job that fails is printed when it is seen failed,
-    and the failures are one :class:`StudyError` at the end."""
+    and the failures are one :class:`StudyError` at the end. A job that reaches its time limit (or is
+    preempted) requeues itself and resumes its run (:class:`TrainJob`), up to ``options.max_timeouts``
+    times for the limit."""
     try:
         import submitit
     except ImportError:
         raise StudyError(
             "the slurm launcher needs submitit, which is not installed: pip install 'defectfusion[cluster]'"
         ) from None
-    executor = submitit.AutoExecutor(folder=str(folder), cluster=options.cluster)
+    executor = submitit.AutoExecutor(
+        folder=str(folder),
+        cluster=options.cluster,
+        slurm_max_num_timeout=options.max_timeouts,
+        local_max_num_timeout=options.max_timeouts,
+    )
     params: dict[str, Any] = {"timeout_min": options.timeout_min, "name": "defectfusion-study"}
     if executor.cluster == "slurm":
         params.update(
@@ -210,7 +244,7 @@ def run_slurm(
         )
         params = {k: v for k, v in params.items() if v is not None}
     executor.update_parameters(**params)
-    jobs = [executor.submit(train_job, run.config, run.folder) for run in runs]
+    jobs = [executor.submit(TrainJob(run.config, run.folder)) for run in runs]
     if progress:
         print(f"study: {len(jobs)} job(s) submitted ({executor.cluster}): {', '.join(j.job_id for j in jobs)}")
     failed = []
