@@ -206,7 +206,7 @@ def mosaic4(samples: Sequence[Sample], size: int, fill: int = 0) -> Sample:
     if len(samples) != 4:
         raise ValueError(f"mosaic4 needs 4 samples, got {len(samples)}")
     half = size // 2
-    canvas = torch.full((3, size, size), fill, dtype=torch.uint8)
+    canvas = torch.full((3, size, size), fill, dtype=torch.uint8, device=samples[0][0].device)
     boxes, labels = [], []
     for q, (image, target) in enumerate(samples):
         h, w = image.shape[-2:]
@@ -217,7 +217,7 @@ def mosaic4(samples: Sequence[Sample], size: int, fill: int = 0) -> Sample:
         x0 = half - nw if q in (0, 2) else half  # left column sits left of the centre
         y0 = half - nh if q in (0, 1) else half  # top row sits above it
         canvas[:, y0 : y0 + nh, x0 : x0 + nw] = tile
-        offset = torch.tensor([x0, y0, x0, y0], dtype=torch.float32)
+        offset = torch.tensor([x0, y0, x0, y0], dtype=torch.float32, device=canvas.device)
         boxes.append(tile_boxes.as_subclass(torch.Tensor).float() + offset)
         labels.append(target["labels"])
     merged = dict(samples[0][1])
@@ -353,7 +353,7 @@ class DetectionCollator:
                 f"images in a batch must share one size, got {sorted(sizes)}; resize them in the transform"
             )
         pixels = torch.stack([image.as_subclass(torch.Tensor) for image, _ in batch]).float().div_(255.0)
-        pixels = (pixels - self.image_mean) / self.image_std
+        pixels = (pixels - self.image_mean.to(pixels.device)) / self.image_std.to(pixels.device)
         return {"pixel_values": pixels, **collate_targets([target for _, target in batch])}
 
 
@@ -398,5 +398,6 @@ def _normalized_cxcywh(boxes: tv_tensors.BoundingBoxes) -> torch.Tensor:
     h, w = boxes.canvas_size
     xyxy = F.convert_bounding_box_format(boxes, new_format=tv_tensors.BoundingBoxFormat.XYXY)
     xyxy = xyxy.as_subclass(torch.Tensor).float().reshape(-1, 4)
-    cxcywh = box_convert(xyxy, "xyxy", "cxcywh") / torch.tensor([w, h, w, h], dtype=torch.float32)
+    scale = torch.tensor([w, h, w, h], dtype=torch.float32, device=xyxy.device)
+    cxcywh = box_convert(xyxy, "xyxy", "cxcywh") / scale
     return cxcywh.clamp_(0.0, 1.0)

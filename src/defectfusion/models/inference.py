@@ -25,9 +25,9 @@ from .postprocess import clip_to_image, postprocess
 def normalize(
     uint8_batch: torch.Tensor, mean: Sequence[float] | torch.Tensor, std: Sequence[float] | torch.Tensor
 ) -> torch.Tensor:
-    """uint8 ``[B, 3, H, W]`` -> float ``(x / 255 - mean) / std`` per channel."""
-    mean = torch.as_tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.as_tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    """uint8 ``[B, 3, H, W]`` -> float ``(x / 255 - mean) / std`` per channel, on the batch's device."""
+    mean = torch.as_tensor(mean, dtype=torch.float32, device=uint8_batch.device).view(1, 3, 1, 1)
+    std = torch.as_tensor(std, dtype=torch.float32, device=uint8_batch.device).view(1, 3, 1, 1)
     return (uint8_batch.float().div_(255.0) - mean) / std
 
 
@@ -53,11 +53,12 @@ def postprocess_sizes(orig_sizes: torch.Tensor, image_size: Sequence[int], resiz
     """``[B, 2]`` sizes the post-processor scales normalised boxes to: the originals' for the plain
     resize (boxes land in original pixels), the model input's for letterbox (then :func:`to_original`).
 
-    Integer sizes either way, so exported graphs (``orig_target_sizes`` int64) take them unchanged.
+    Integer sizes either way, so exported graphs (``orig_target_sizes`` int64) take them unchanged; on
+    ``orig_sizes``' device.
     """
     if resize == "plain":
         return orig_sizes
-    model_size = torch.tensor([int(image_size[0]), int(image_size[1])], dtype=torch.int64)
+    model_size = torch.tensor([int(image_size[0]), int(image_size[1])], dtype=torch.int64, device=orig_sizes.device)
     return model_size.expand(len(orig_sizes), 2).clone()
 
 

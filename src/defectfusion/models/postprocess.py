@@ -34,12 +34,12 @@ def query_boxes_in_pixels(pred_boxes: torch.Tensor, queries: torch.Tensor, sizes
     Args:
         pred_boxes: ``[B, Q, 4]`` normalised ``cx, cy, w, h``.
         queries: ``[B, k]`` query indexes (from :func:`top_k_queries`).
-        sizes: ``[B, 2]`` image sizes ``(H, W)`` to scale to.
+        sizes: ``[B, 2]`` image sizes ``(H, W)`` to scale to, on any device (moved to the boxes').
     """
     cx, cy, w, h = pred_boxes.unbind(-1)
     boxes = torch.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], dim=-1)
     boxes = boxes.gather(1, queries.unsqueeze(-1).expand(-1, -1, 4))
-    sizes = sizes.to(boxes.dtype)
+    sizes = sizes.to(device=boxes.device, dtype=boxes.dtype)  # sizes often come from the CPU
     height, width = sizes[:, 0:1], sizes[:, 1:2]
     return boxes * torch.cat([width, height, width, height], dim=1).unsqueeze(1)
 
@@ -52,7 +52,7 @@ def postprocess(
     Args:
         logits: ``[B, Q, C]`` class logits.
         pred_boxes: ``[B, Q, 4]`` normalised ``cx, cy, w, h``.
-        orig_sizes: ``[B, 2]`` original image sizes ``(H, W)``.
+        orig_sizes: ``[B, 2]`` original image sizes ``(H, W)``, on any device.
         top_k: detections kept per image before the threshold (capped at ``Q * C``).
         threshold: minimum score.
 
