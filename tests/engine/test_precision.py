@@ -89,3 +89,26 @@ def test_bf16_training_is_finite_saves_float32_and_resumes_exactly(tmp_path, syn
         whole = load_file(str(tmp_path / "whole" / "phase2" / name))
         resumed = load_file(str(tmp_path / "resumed" / "phase2" / name))
         assert not [k for k in whole if not torch.equal(whole[k], resumed[k])], name
+
+
+@pytest.mark.parametrize(
+    ("capability", "auto"),
+    [((7, 0), "fp16"), ((7, 5), "fp16"), ((8, 0), "bf16"), ((8, 9), "bf16"), ((9, 0), "bf16"), ((12, 0), "bf16")],
+)
+def test_auto_picks_bf16_only_where_the_gpu_has_it_natively(monkeypatch, capability, auto):
+    """By compute capability: bf16 from Ampere (8.0) on, fp16 with the grad scaler below (V100 7.0,
+    T4 7.5). ``torch.cuda.is_bf16_supported()`` answers True on a V100 (it counts emulation): with
+    it in charge, as before, ``auto`` picked emulated bf16 there and this test failed for 7.x."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    monkeypatch.setattr(torch.version, "hip", None)
+    chosen = resolve_precision("auto", "cuda")
+    assert (chosen.mode, chosen.device_type, chosen.needs_scaler) == (auto, "cuda", auto == "fp16")
+    assert chosen.dtype == (torch.float16 if auto == "fp16" else torch.bfloat16)
+    assert resolve_precision("fp16", "cuda:0").needs_scaler
+    if auto == "fp16":
+        major, minor = capability
+        with pytest.raises(ConfigError, match=rf"bf16 is not native on cuda:0 \(compute capability {major}\.{minor};"):
+            resolve_precision("bf16", "cuda:0")
+    else:
+        assert resolve_precision("bf16", "cuda:0").mode == "bf16"

@@ -191,8 +191,8 @@ class TrainConfig(_Section):
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     amp: Literal["off", "bf16", "fp16", "auto"] = Field(
         "auto",
-        description="mixed precision: auto (bf16 where the GPU supports it, fp16 with a grad scaler on older "
-        "GPUs, off on CPU) | bf16 (also on CPU) | fp16 (CUDA, with a grad scaler) | off",
+        description="mixed precision: auto (bf16 on GPUs with native bf16, compute capability 8.0+; fp16 with a "
+        "grad scaler on older GPUs; off on CPU) | bf16 (also on CPU) | fp16 (CUDA, with a grad scaler) | off",
     )
     threads: int | None = Field(None, ge=1, description="torch CPU threads; default: torch's choice")
     dist_timeout_minutes: float = Field(

@@ -38,6 +38,7 @@ from ..io import atomic_write_json, read_json
 from ..models.checkpoint import detector_state, load_state_into, save_detector
 from ..models.detector import DefectDetector
 from ..models.groups import set_trainable
+from .amp_step import scaled_step
 from .distributed import DistInfo, barrier, broadcast_object
 from .early_stop import early_stop_reason
 from .ema import ModelEMA
@@ -113,6 +114,7 @@ class PhaseTrainer:
         self.later_epochs = later_epochs  # epochs of the run's later phases, for the whole-run estimate
         self.clock = StepClock()
         self.epoch, self.step = 0, 0  # epochs completed, optimisation steps taken
+        self.skipped_steps = 0  # steps the fp16 grad scaler skipped (this session)
         self.best: dict[str, Any] = {"map50": None, "map": None, "epoch": 0}
         self.initial: dict[str, Any] = {"map50": None, "map": None}
         self.bad_evals = 0
@@ -223,16 +225,13 @@ class PhaseTrainer:
                     break
                 continue
             nonfinite = 0
-            self.scaler.scale(loss).backward()
-            if self.cfg.train.grad_clip:
-                self.scaler.unscale_(self.optimizer)
-                torch.nn.utils.clip_grad_norm_(self.trainable, self.cfg.train.grad_clip)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.scheduler.step()
-            if self.ema is not None:
-                self.ema.update()
-            self.step += 1
+            if scaled_step(loss, self.scaler, self.optimizer, self.trainable, self.cfg.train.grad_clip):
+                self.scheduler.step()  # a step fp16's scaler skipped (inf/nan gradient) advances neither
+                if self.ema is not None:
+                    self.ema.update()
+                self.step += 1
+            else:
+                self.skipped_steps += 1
             loss_sum += loss.item()
             seen += 1
             lr = self.optimizer.param_groups[0]["lr"]
@@ -250,6 +249,7 @@ class PhaseTrainer:
             bar.update()
             if self.log is not None and self.step % self.cfg.train.log_every == 0:
                 self.log.scalar("train_loss", loss.item(), self.step)
+                self.log.scalar("amp_skipped_steps", self.skipped_steps, self.step)  # fp16's scaler (0 otherwise)
                 for group in self.optimizer.param_groups:
                     self.log.scalar(f"lr/{group['name']}", group["lr"], self.step)
         bar.close()
