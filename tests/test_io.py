@@ -1,10 +1,11 @@
 import json
 import os
+import sys
 
 import pytest
 
 from defectfusion.errors import DataError
-from defectfusion.io import atomic_write_json, read_json
+from defectfusion.io import atomic_path, atomic_write_bytes, atomic_write_json, read_json
 
 
 def test_atomic_write_json_round_trip_leaves_no_temporary(tmp_path):
@@ -55,3 +56,30 @@ def test_read_jsonl_skips_a_torn_last_line_and_names_a_corrupt_one(tmp_path):
         read_jsonl(path)
     path.write_text('{"epoch": 0}\n{"epoch": 1}')  # complete, only the newline missing
     assert read_jsonl(path) == [{"epoch": 0}, {"epoch": 1}]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="names an open file through /proc")
+def test_an_atomic_write_reaches_the_disk_before_its_rename_and_the_folder_after(tmp_path, monkeypatch):
+    events = []
+    fsync, replace = os.fsync, os.replace
+
+    def recording_fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        fsync(fd)
+
+    def recording_replace(src, dst):
+        events.append(("replace", str(dst)))
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    monkeypatch.setattr(os, "replace", recording_replace)
+    target = tmp_path / "sub" / "a.bin"
+    atomic_write_bytes(target, b"data")
+    assert [kind for kind, _ in events] == ["fsync", "replace", "fsync"]
+    assert os.path.dirname(events[0][1]) == str(target.parent) and events[0][1] != str(target)  # the temporary
+    assert events[1:] == [("replace", str(target)), ("fsync", str(target.parent))]
+
+    events.clear()  # a writer that only gets the path (safetensors, torch.save) is flushed all the same
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(b"other")
+    assert [kind for kind, _ in events] == ["fsync", "replace", "fsync"] and target.read_bytes() == b"other"

@@ -20,12 +20,33 @@ def _umask() -> int:
     return mask
 
 
+def fsync_path(path: str | os.PathLike) -> None:
+    """Flush a file's (or a folder's) contents and metadata to the disk. A folder that cannot be opened or
+    synced (Windows, some network file systems) is left to the system; a file that cannot is an OSError."""
+    folder = os.path.isdir(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if folder else 0))
+    except OSError:
+        if folder:
+            return
+        raise
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not folder:
+            raise
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename.
 
-    The temporary file lives in the same folder so that ``os.replace`` is atomic. On error the
-    temporary file is removed and ``path`` is left as it was.
+    The temporary file lives in the same folder so that ``os.replace`` is atomic. It is flushed to the
+    disk before the rename and the folder after it: a crash or power loss leaves the old file or the
+    whole new one, never an empty or partial one under the final name. On error the temporary file is
+    removed and ``path`` is left as it was.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -37,18 +58,18 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         # mkstemp makes owner-only files; give the result the permissions a plain open() would.
         if tmp.exists():
             os.chmod(tmp, 0o666 & ~_umask())
+            fsync_path(tmp)
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    fsync_path(target.parent)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

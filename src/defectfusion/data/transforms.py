@@ -361,12 +361,16 @@ class FeatureCollator:
     """Batch ``(feature maps, target)`` samples (a cached trunk's output in place of images).
 
     Returns :class:`DetectionCollator`'s dict with ``trunk_features`` (one ``[B, C, h, w]`` tensor per
-    level) in place of ``pixel_values``.
+    level) in place of ``pixel_values``; maps of None (unreadable files) leave them as ``trunk_maps`` with
+    ``damaged`` (row -> the target's ``damage``), for :class:`~.feature_store.MendingLoader` to fill.
     """
 
-    def __call__(self, batch: Sequence[tuple[Sequence[torch.Tensor], dict[str, Any]]]) -> dict[str, Any]:
-        levels = zip(*(maps for maps, _ in batch), strict=True)
-        return {"trunk_features": [torch.stack(level) for level in levels], **collate_targets([t for _, t in batch])}
+    def __call__(self, batch: Sequence[tuple[Sequence[torch.Tensor] | None, dict[str, Any]]]) -> dict[str, Any]:
+        maps, targets = [m for m, _ in batch], collate_targets([t for _, t in batch])
+        damaged = {row: t["damage"] for row, (m, t) in enumerate(batch) if m is None}
+        if damaged:
+            return {"trunk_maps": maps, "damaged": damaged, **targets}
+        return {"trunk_features": [torch.stack(level) for level in zip(*maps, strict=True)], **targets}
 
 
 def collate_targets(targets: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..data.feature_store import FeatureDataset
 from .distributed import DistInfo
 
 
@@ -19,15 +20,16 @@ def epoch_loader(
     info: DistInfo,
     batch_size: int,
     num_workers: int,
-) -> DataLoader:
+) -> DataLoader | Iterable:
     """This process's shard of a permutation drawn from ``(seed, epoch)``: a resumed run sees the epoch an
-    uninterrupted one would, and the processes of a data-parallel run see disjoint, equally long shards."""
+    uninterrupted one would, and the processes of a data-parallel run see disjoint, equally long shards.
+    A frozen trunk's stored maps come through their dataset's loader, which recomputes a damaged file."""
     n = len(dataset)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)).tolist()
     if info.world_size > 1:
         order += order[: (-n) % info.world_size]
         order = order[info.rank :: info.world_size]
-    return DataLoader(
+    loader = DataLoader(
         dataset,
         batch_size=batch_size,
         sampler=order,
@@ -37,3 +39,4 @@ def epoch_loader(
         generator=torch.Generator().manual_seed(seed + epoch),
         pin_memory=info.device.type == "cuda",
     )
+    return dataset.loader(loader) if isinstance(dataset, FeatureDataset) else loader

@@ -1,4 +1,4 @@
-"""A phase's frozen-trunk cache: decide whether it holds, fill it, serve it.
+"""A phase's frozen-trunk cache: decide whether it holds, fill it, serve it, mend it.
 
 A phase that freezes the backbone and the encoder and does not augment its images gets the same
 encoder output for an image in every epoch. Under ``train.cache_frozen: auto`` (the default) such a
@@ -9,10 +9,24 @@ the loss run every step as before. ``on`` makes a phase where it does not hold a
 never caches.
 
 The store's key hashes the trunk's weights and architecture, the input size and resize, the
-normalisation, the autocast dtype and the device type; files are named by the image's content
-hash. A changed checkpoint, image or size finds nothing stale; a resumed or repeated phase (and
-phase 2 after phase 1: the same frozen trunk) finds what was computed. Under data parallelism each
-process computes its share of the missing images; all of them read the shared folder.
+normalisation, the autocast dtype, the device type, the torch and transformers versions and the
+cache's :data:`FORMAT`; ``key.json`` in the folder lists them. Files are named by the image's content
+hash. A changed checkpoint, image, size or library finds nothing stale; a resumed or repeated phase
+(and phase 2 after phase 1: the same frozen trunk) finds what was computed. Under data parallelism
+each process computes its share of the missing images; all of them read the shared folder.
+
+A damaged file costs its recomputation, never the run (``auto`` and ``on`` alike), in two places:
+
+- when the phase prepares its cache, the main process checks every file's size and header (under
+  the store's lock): a missing file is computed, a truncated or unreadable one recomputed with the
+  rest;
+- every read checks the tensors against the digest in the file's metadata; a file that fails, or
+  went missing or damaged since, is recomputed where the batches are iterated (the process holding
+  the model, never a loader worker) from the image and the phase's model, written again, and served
+  in its batch: the step or the validation goes on with the maps a sound file would have given.
+
+Each recomputed file is one :class:`CacheRepairWarning` naming the file and why; the phase's cache
+line counts them by kind (the count of a process's own repairs: each process mends what it reads).
 """
 
 from __future__ import annotations
@@ -21,18 +35,21 @@ import contextlib
 import hashlib
 import json
 import shutil
-from collections.abc import Iterator, Sequence
+import warnings
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import transformers
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..config import Config, PhaseConfig, TrainAugmentConfig
 from ..data.coco import CocoDetection, CocoIndex
-from ..data.feature_store import FeatureDataset, FeatureStore, file_digest
+from ..data.feature_store import Damage, FeatureDataset, FeatureStore, MendingLoader, file_digest
 from ..data.transforms import DetectionCollator, FeatureCollator, build_eval_transform
 from ..errors import ConfigError
 from ..models.detector import DefectDetector
@@ -41,8 +58,12 @@ from .distributed import DistInfo, barrier, broadcast_object
 from .phase_records import PhaseData
 from .precision import Precision
 
-FORMAT = 1  # bump when what a stored file holds changes
+FORMAT = 2  # bump when what a stored file holds changes (2: a digest of the tensors in each file)
 SPARE_BYTES = 1 << 30  # left free on the cache's disk
+
+
+class CacheRepairWarning(UserWarning):
+    """A frozen-trunk cache file was missing, truncated, unreadable or corrupt, and was recomputed."""
 
 
 def config_obstacles(cfg: Config, phase: PhaseConfig) -> list[str]:
@@ -99,14 +120,18 @@ class PhaseCache:
 
     store: FeatureStore
     train_dataset: FeatureDataset
-    val_loader: DataLoader | None  # None: the model validated has another trunk (it computes its own)
+    val_loader: MendingLoader | None  # None: the model validated has another trunk (it computes its own)
     images: int  # distinct images stored
-    computed: int  # of them, computed by this phase
+    computed: int  # of them, computed by this phase (absent when it started)
+    repairs: Counter[str] = field(default_factory=Counter)  # files recomputed by this process, by kind of damage
 
     def describe(self) -> str:
         size = self.store.size_on_disk() / 1e6
-        now = f", {self.computed} computed now" if self.computed else ", all found"
-        return f"{self.images} images, {size:,.0f} MB in {self.store.folder}{now}"
+        now = f", {self.computed} computed now" if self.computed else ""
+        if self.repairs:
+            kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(self.repairs.items()))
+            now += f", {self.repairs.total()} recomputed ({kinds})"
+        return f"{self.images} images, {size:,.0f} MB in {self.store.folder}{now or ', all found'}"
 
 
 def cache_line(name: str, decision: CacheDecision, cache: PhaseCache | None) -> str:
@@ -123,6 +148,8 @@ def store_for(
     meta = model.meta
     description = {
         "format": FORMAT,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
         "trunk": fingerprint,
         "preset": meta.preset,
         "image_size": list(meta.image_size),
@@ -168,32 +195,80 @@ def prepare_phase_cache(
     for index, split in ((train_index, "train"), (val_index, "val")):
         for position, digest in enumerate(digests[split]):
             sources.setdefault(digest, (index, position))
+    repairs: Counter[str] = Counter()
     with store.filling() if info.is_main else contextlib.nullcontext():
-        # the main process lists what is missing (under the lock): every process then fills its share of one list
-        missing = broadcast_object(info, sorted(d for d in sources if not store.has(d)) if info.is_main else None)
+        # the main process lists what is missing or damaged (under the lock): every process then fills its share
+        listed, damaged = None, []
+        if info.is_main:
+            checking = dict(desc=f"{name} check cache", leave=False, disable=not show)
+            problems = [p for p in (store.check(d) for d in tqdm(sorted(sources), **checking)) if p is not None]
+            listed, damaged = [p.digest for p in problems], [p for p in problems if p.kind != "missing"]
+        missing = broadcast_object(info, listed)
         if missing:
             room = broadcast_object(info, _room(store, model, missing, precision, device) if info.is_main else None)
             if room is not None:
                 if cfg.train.cache_frozen == "on":
                     raise ConfigError(room)
                 return None, CacheDecision(False, room)
+            for damage in damaged:
+                _say_recomputed(name, store, damage)
+                repairs[damage.kind] += 1
             mine = missing[info.rank :: info.world_size]
             _fill(store, model, [sources[d] for d in mine], mine, cfg, precision, device, show, name)
             barrier(info)
 
+    mend = _mender(store, model, sources, cfg, precision, device, name, repairs)
     image_size, resize = model.meta.image_size, model.meta.resize
     sanitize = augment.sanitize_min_size if augment.sanitize else None
-    train_dataset = FeatureDataset(train_index, store, digests["train"], image_size, resize, sanitize)
+    train_dataset = FeatureDataset(train_index, store, digests["train"], image_size, resize, sanitize, mend=mend)
     val_loader = None
     if eval_model is model or trunk_fingerprint(eval_model) == fingerprint:
-        val_loader = DataLoader(
-            FeatureDataset(val_index, store, digests["val"], image_size, resize),
-            batch_size=cfg.data.eval_batch_size or cfg.data.batch_size,
-            shuffle=False,
-            num_workers=cfg.data.num_workers,
-            collate_fn=FeatureCollator(),
+        val_dataset = FeatureDataset(val_index, store, digests["val"], image_size, resize, mend=mend)
+        val_loader = val_dataset.loader(
+            DataLoader(
+                val_dataset,
+                batch_size=cfg.data.eval_batch_size or cfg.data.batch_size,
+                shuffle=False,
+                num_workers=cfg.data.num_workers,
+                collate_fn=FeatureCollator(),
+            )
         )
-    return PhaseCache(store, train_dataset, val_loader, len(sources), len(missing)), decision
+    computed = len(missing) - repairs.total()
+    return PhaseCache(store, train_dataset, val_loader, len(sources), computed, repairs), decision
+
+
+def _say_recomputed(name: str, store: FeatureStore, damage: Damage) -> None:
+    warnings.warn(
+        f"{name}: frozen-trunk cache file {store.path(damage.digest)} {damage.detail}: recomputed",
+        CacheRepairWarning,
+        stacklevel=3,
+    )
+
+
+def _mender(
+    store: FeatureStore,
+    model: DefectDetector,
+    sources: dict[str, tuple[CocoIndex, int]],
+    cfg: Config,
+    precision: Precision,
+    device: torch.device,
+    name: str,
+    repairs: Counter[str],
+) -> Callable[[Damage], list[torch.Tensor]]:
+    """What a loader calls on a file it could not read: the image's maps computed again, written, counted."""
+
+    def mend(damage: Damage) -> list[torch.Tensor]:
+        _say_recomputed(name, store, damage)
+        [(_, maps)] = _computed(model, [sources[damage.digest]], [damage.digest], cfg, precision, device)
+        maps = [t.detach().to("cpu").contiguous() for t in maps]
+        try:
+            store.write(damage.digest, maps)
+        except OSError as exc:  # the maps serve this batch all the same; the next read tries again
+            warnings.warn(f"{name}: cannot write {store.path(damage.digest)} ({exc})", CacheRepairWarning, stacklevel=2)
+        repairs[damage.kind] += 1
+        return maps
+
+    return mend
 
 
 def _room(
@@ -239,25 +314,37 @@ def _fill(
     show: bool,
     name: str,
 ) -> None:
+    bar = tqdm(total=len(digests), desc=f"{name} cache frozen trunk", disable=not show, dynamic_ncols=True)
+    for digest, maps in _computed(model, sources, digests, cfg, precision, device):
+        store.write(digest, maps)
+        bar.update()
+    bar.close()
+
+
+def _computed(
+    model: DefectDetector,
+    sources: Sequence[tuple[CocoIndex, int]],
+    digests: Sequence[str],
+    cfg: Config,
+    precision: Precision,
+    device: torch.device,
+) -> Iterator[tuple[str, list[torch.Tensor]]]:
+    """``(digest, maps)`` of each image ``sources[i]`` (a COCO index and a position in it), in batches."""
     meta = model.meta
     transform = build_eval_transform(meta.image_size, meta.resize)
     collate = DetectionCollator(meta.image_mean, meta.image_std)
     readers: dict[int, CocoDetection] = {}
     batch_size = cfg.data.eval_batch_size or cfg.data.batch_size
-    bar = tqdm(total=len(digests), desc=f"{name} cache frozen trunk", disable=not show, dynamic_ncols=True)
-    with _evaluating(model):
-        for start in range(0, len(digests), batch_size):
-            chunk = range(start, min(start + batch_size, len(digests)))
-            samples = []
-            for i in chunk:
-                index, position = sources[i]
-                if id(index) not in readers:
-                    readers[id(index)] = CocoDetection(index, transform)
-                samples.append(readers[id(index)][position])
-            pixels = collate(samples)["pixel_values"].to(device)
-            with torch.no_grad(), precision.autocast():
-                maps = trunk_features(model, pixels)
-            for row, i in enumerate(chunk):
-                store.write(digests[i], [level[row].clone() for level in maps])
-            bar.update(len(chunk))
-    bar.close()
+    for start in range(0, len(digests), batch_size):
+        chunk = range(start, min(start + batch_size, len(digests)))
+        samples = []
+        for i in chunk:
+            index, position = sources[i]
+            if id(index) not in readers:
+                readers[id(index)] = CocoDetection(index, transform)
+            samples.append(readers[id(index)][position])
+        pixels = collate(samples)["pixel_values"].to(device)
+        with _evaluating(model), torch.no_grad(), precision.autocast():
+            maps = trunk_features(model, pixels)
+        for row, i in enumerate(chunk):
+            yield digests[i], [level[row].clone() for level in maps]
