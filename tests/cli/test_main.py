@@ -50,10 +50,14 @@ def test_threads_hold_a_computing_command_to_n_cores(tmp_path, monkeypatch, caps
 
     calls = []
     monkeypatch.setattr(torch, "set_num_threads", calls.append)
-    for command in (["predict", "--checkpoint", str(tmp_path / "none"), str(tmp_path / "a.png")],
-                    ["data", "check", str(tmp_path / "none.json")],
-                    ["explain", "--checkpoint", str(tmp_path / "none"), str(tmp_path / "a.png")],
-                    ["evaluate", "--checkpoint", str(tmp_path / "none"), "--data", str(tmp_path / "none.json")]):  # fmt: skip
+    none, image = str(tmp_path / "none"), str(tmp_path / "a.png")
+    commands = (
+        ["predict", "--checkpoint", none, image],
+        ["data", "check", none + ".json"],
+        ["explain", "--checkpoint", none, image],
+        ["evaluate", "--checkpoint", none, "--data", none + ".json"],
+    )
+    for command in commands:
         main([*command, "--threads", "1"])  # the inputs are bad: the command stops, its threads were set
     assert calls == [1, 1, 1, 1]
     assert main(["predict", "--checkpoint", str(tmp_path / "none"), str(tmp_path / "a.png"), "--threads", "0"]) == 2

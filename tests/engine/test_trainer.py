@@ -89,8 +89,8 @@ def test_resume_after_a_kill_between_logging_and_saving_repeats_no_epoch(tmp_pat
 
 
 def test_a_last_state_saved_with_other_parameter_groups_is_refused_with_what_to_do(tmp_path, synth_data, monkeypatch):
+    from defectfusion.engine.phase_state import STATE_FILE
     from defectfusion.engine.progressive import run_training
-    from defectfusion.engine.trainer import STATE_FILE
     from defectfusion.errors import CheckpointError
 
     cfg = load_config(

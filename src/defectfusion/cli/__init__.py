@@ -13,6 +13,7 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 
+from ..engine.interrupts import TrainingInterrupted
 from ..errors import DefectFusionError
 from ..version import __version__
 from ._common import apply_threads
@@ -66,6 +67,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         apply_threads(getattr(args, "compute_threads", None))
         return int(handler(args) or 0)
+    except TrainingInterrupted as exc:  # saved, and its message says how to go on
+        print(f"interrupted: {exc}", file=sys.stderr)
+        return 130
     except DefectFusionError as exc:
         if args.debug or os.environ.get("DEFECTFUSION_DEBUG"):
             raise

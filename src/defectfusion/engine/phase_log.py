@@ -5,12 +5,42 @@ from __future__ import annotations
 import csv
 import io
 import json
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..io import append_line, atomic_write_text, read_jsonl, write_jsonl
 
+if TYPE_CHECKING:
+    import torch
+
 CSV_COLUMNS = ["phase", "epoch", "step", "map50", "map", "train_loss", "lr", "best", "time"]
+
+
+def evaluation_record(
+    phase: str,
+    epoch: int,
+    step: int,
+    metrics: dict[str, Any],
+    epoch_loss: float | None,
+    optimizer: torch.optim.Optimizer,
+    improved: bool,
+) -> dict[str, Any]:
+    """One line of ``metrics.jsonl``: an evaluation after ``epoch`` epochs (0: the phase's starting point)."""
+    group = optimizer.param_groups[0]
+    return {
+        "phase": phase,
+        "epoch": epoch,
+        "step": step,
+        "map50": metrics["map50"],
+        "map": metrics["map"],
+        "train_loss": epoch_loss if epoch else None,
+        "lr": group["lr"] if epoch else None,
+        "base_lr": group.get("initial_lr", group["lr"]),  # the configured lr, before warm-up and decay: legends
+        "best": improved,
+        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "per_class_ap50": {name: v["ap50"] for name, v in metrics["per_class"].items()},
+    }
 
 
 class PhaseLog:

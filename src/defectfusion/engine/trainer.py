@@ -15,27 +15,24 @@ keep batch-norm statistics and are not averaged; a frozen trunk may be computed 
 
 from __future__ import annotations
 
-import json
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file, save_file
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..config import Config, PhaseConfig
 from ..data.transforms import FeatureCollator, build_train_dataset
-from ..errors import CheckpointError, DataError
-from ..io import atomic_write_json, read_json
-from ..models.checkpoint import detector_state, load_state_into, save_detector
+from ..errors import CheckpointError
+from ..io import atomic_write_json
+from ..models.checkpoint import save_detector
 from ..models.detector import DefectDetector
 from ..models.groups import set_trainable
 from .amp_step import scaled_step
@@ -45,17 +42,16 @@ from .ema import ModelEMA
 from .epoch_loader import epoch_loader
 from .eta import StepClock, format_duration
 from .evaluator import write_metrics
+from .interrupts import StopRequest, TrainingInterrupted, interruption, stop_requested
 from .loss import install_deim_loss
-from .phase_log import PhaseLog
+from .phase_log import PhaseLog, evaluation_record
 from .phase_records import PhaseData, PhaseOutcome
+from .phase_state import STATE_FILE, load_optimizer_state, load_phase_state, save_phase_state
 from .precision import resolve_precision
 from .schedule import build_scheduler, optimizer_groups
 from .seeding import rng_state, set_rng_state
 from .trunk_cache import PhaseCache, cache_line, decide, prepare_phase_cache
 from .validation import batch_inputs, run_validation
-
-STATE_FILE = "trainer_state.pt"
-RAW_WEIGHTS = "raw.safetensors"
 
 
 class PhaseTrainer:
@@ -114,6 +110,8 @@ class PhaseTrainer:
         self.later_epochs = later_epochs  # epochs of the run's later phases, for the whole-run estimate
         self.clock = StepClock()
         self.epoch, self.step = 0, 0  # epochs completed, optimisation steps taken
+        self.epoch_batches, self.epoch_sums = 0, [0.0, 0]  # the epoch in progress: batches done, [loss sum, count]
+        self.stop = StopRequest()  # Ctrl-C / SIGTERM: stop after the current step, save, say how to resume
         self.skipped_steps = 0  # steps the fp16 grad scaler skipped (this session)
         self.best: dict[str, Any] = {"map50": None, "map": None, "epoch": 0}
         self.initial: dict[str, Any] = {"map50": None, "map": None}
@@ -127,7 +125,7 @@ class PhaseTrainer:
 
     # ------------------------------------------------------------------ data
 
-    def _train_loader(self, epoch: int) -> DataLoader:
+    def _train_loader(self, epoch: int, skip_batches: int = 0) -> DataLoader:
         cached = self.cache is not None
         return epoch_loader(
             self.cache.train_dataset if cached else self.train_dataset,
@@ -137,6 +135,7 @@ class PhaseTrainer:
             info=self.info,
             batch_size=self.cfg.data.batch_size,
             num_workers=self.cfg.data.num_workers,
+            skip_batches=skip_batches,
         )
 
     # ------------------------------------------------------------------ loop
@@ -148,23 +147,26 @@ class PhaseTrainer:
         if resumed:
             self._load_last()
         self.prepare_cache()
-        if not resumed:
-            self._evaluate_and_decide()  # epoch 0: the starting point
-            self._save_last()
-        barrier(self.info)
-
-        for epoch in range(self.epoch, self.phase.epochs):
-            if self.stop_reason:
-                break
-            self.train_epoch(epoch)
-            self.epoch = epoch + 1
-            if self.stop_reason:  # non-finite losses: keep `last`, stop cleanly
+        with self.stop:
+            if not resumed:
+                self._evaluate_and_decide()  # epoch 0: the starting point
                 self._save_last()
-                break
-            if self.epoch % self.cfg.train.eval_every == 0 or self.epoch == self.phase.epochs:
-                self._evaluate_and_decide()
-            self._save_last()
             barrier(self.info)
+            for epoch in range(self.epoch, self.phase.epochs):
+                if self.stop_reason:
+                    break
+                self._stop_if_asked()
+                if not self.train_epoch(epoch):
+                    self._save_last()  # mid-epoch: the batches of this epoch already trained
+                    self._stop_if_asked()
+                self.epoch, self.epoch_batches, self.epoch_sums = epoch + 1, 0, [0.0, 0]
+                if self.stop_reason:  # non-finite losses: keep `last`, stop cleanly
+                    self._save_last()
+                    break
+                if self.epoch % self.cfg.train.eval_every == 0 or self.epoch == self.phase.epochs:
+                    self._evaluate_and_decide()
+                self._save_last()
+                barrier(self.info)
         if not self.stop_reason:
             self.stop_reason = f"completed {self.phase.epochs} epochs"
         outcome = PhaseOutcome(
@@ -178,13 +180,14 @@ class PhaseTrainer:
             stop_reason=self.stop_reason,
             best_dir=str(self.folder / "best"),
             seconds=round(time.monotonic() - self.started, 1),
-            frozen_trunk=self.cache_line,
+            frozen_trunk=cache_line(self.name, self.cache_decision, self.cache),  # with repairs made on the way
             **self._last_evaluation(),
         )
         if self.info.is_main:
             atomic_write_json(self.folder / "result.json", asdict(outcome))
             self.log.close()
         barrier(self.info)
+        self._stop_if_asked()  # a signal during the last evaluation: the phase is done, the run stops here
         return outcome
 
     def _last_evaluation(self) -> dict[str, Any]:
@@ -194,20 +197,28 @@ class PhaseTrainer:
         last = records[-1]
         return {"last_epoch": last.get("epoch"), "last_map50": last.get("map50"), "last_map": last.get("map")}
 
-    def train_epoch(self, epoch: int) -> None:
+    def train_epoch(self, epoch: int) -> bool:
+        """Train one epoch (the rest of it, for a phase resumed mid-epoch); False when a stop was asked."""
         self.train_dataset.set_epoch(epoch)
-        loader = self._train_loader(epoch)
+        done = self.epoch_batches
+        loader = self._train_loader(epoch, skip_batches=done)
         self.net.train()
         bar = tqdm(
-            total=len(loader),
+            initial=done,
+            total=done + len(loader),
             desc=f"{self.name} {epoch + 1}/{self.phase.epochs}",
             disable=not self.progress,
             dynamic_ncols=True,
             leave=True,
         )
-        nonfinite, loss_sum, seen, tick = 0, 0.0, 0, time.monotonic()
+        nonfinite, tick = 0, time.monotonic()
+        loss_sum, seen = self.epoch_sums
         last = tick
         for batch in loader:
+            if self._asked_to_stop():
+                bar.close()
+                return False
+            self.epoch_batches += 1
             labels = [{k: v.to(self.device) for k, v in t.items()} for t in batch["labels"]]
             with self.precision.autocast():
                 loss = self.net(**batch_inputs(batch, self.device), labels=labels).loss
@@ -234,6 +245,7 @@ class PhaseTrainer:
                 self.skipped_steps += 1
             loss_sum += loss.item()
             seen += 1
+            self.epoch_sums = [loss_sum, seen]
             lr = self.optimizer.param_groups[0]["lr"]
             now = time.monotonic()
             rate = seen / max(1e-9, now - tick)
@@ -254,6 +266,18 @@ class PhaseTrainer:
                     self.log.scalar(f"lr/{group['name']}", group["lr"], self.step)
         bar.close()
         self.epoch_loss = loss_sum / seen if seen else None
+        return True
+
+    def _asked_to_stop(self) -> bool:
+        return stop_requested(self.stop, self.info)
+
+    def _stop_if_asked(self) -> None:
+        if not self._asked_to_stop():
+            return
+        epoch = self.phase.epochs if self.stop_reason else self.epoch
+        raise TrainingInterrupted(
+            interruption(self.name, self.stop, epoch, self.phase.epochs, self.epoch_batches, self.folder)
+        )
 
     def _all_finite(self, loss: torch.Tensor) -> bool:
         finite = torch.isfinite(loss.detach()).to(torch.float32).reshape(1)
@@ -323,20 +347,7 @@ class PhaseTrainer:
         return {"best": self.best, "bad_evals": self.bad_evals, "stop": stop, "initial": self.initial}
 
     def _log_evaluation(self, metrics: dict[str, Any], improved: bool) -> None:
-        record = {
-            "phase": self.name,
-            "epoch": self.epoch,
-            "step": self.step,
-            "map50": metrics["map50"],
-            "map": metrics["map"],
-            "train_loss": self.epoch_loss if self.epoch else None,
-            "lr": self.optimizer.param_groups[0]["lr"] if self.epoch else None,
-            # the configured lr before warm-up and decay (what legends name a phase by)
-            "base_lr": self.optimizer.param_groups[0].get("initial_lr", self.optimizer.param_groups[0]["lr"]),
-            "best": improved,
-            "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "per_class_ap50": {name: v["ap50"] for name, v in metrics["per_class"].items()},
-        }
+        record = evaluation_record(self.name, self.epoch, self.step, metrics, self.epoch_loss, self.optimizer, improved)
         self.records.append(record)
         self.log.append(record)
         if self.on_evaluation is not None:
@@ -371,36 +382,17 @@ class PhaseTrainer:
             "initial": self.initial,
             "bad_evals": self.bad_evals,
             "stop_reason": self.stop_reason,
+            # a phase stopped mid-epoch: the next epoch's batches already trained, and for how many processes
+            "epoch_batches": self.epoch_batches,
+            "epoch_loss": self.epoch_sums,
+            "world_size": self.info.world_size,
         }
-        raw = detector_state(self.model)
-        save_detector(
-            self._eval_model(),
-            self.folder / "last",
-            extra={
-                RAW_WEIGHTS: lambda p: save_file(raw, str(p)),
-                STATE_FILE: lambda p: torch.save(state, p),
-                "trainer.json": lambda p: p.write_text(json.dumps(summary, indent=2), encoding="utf-8"),
-            },
-        )
+        save_phase_state(self.folder, self.model, self._eval_model(), state, summary)
 
     def _load_last(self) -> None:
-        folder = self.folder / "last"
-        try:
-            load_state_into(self.model, load_file(str(folder / RAW_WEIGHTS)), str(folder / RAW_WEIGHTS))
-            if self.ema is not None:
-                load_state_into(self.ema.module, load_file(str(folder / "model.safetensors")), str(folder))
-            state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
-            summary = read_json(folder / "trainer.json", "trainer state")
-        except (OSError, RuntimeError, ValueError, DataError) as exc:
-            raise CheckpointError(f"cannot resume from {folder}: {exc}") from None
-        try:
-            self.optimizer.load_state_dict(state["optimizer"])
-        except ValueError as exc:  # another set of parameter groups than this version builds
-            raise CheckpointError(
-                f"cannot resume from {folder}: its optimizer state does not fit this phase's parameter groups "
-                f"({exc}); it was saved by another version of defectfusion or another config. Finish the phase "
-                f"with that version, or restart the phase: delete {self.folder} and train again"
-            ) from None
+        ema_model = self.ema.module if self.ema is not None else None
+        state, summary = load_phase_state(self.folder, self.model, ema_model)
+        load_optimizer_state(self.optimizer, state, self.folder)
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None and state["ema"] is not None:
@@ -409,9 +401,18 @@ class PhaseTrainer:
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.best, self.initial = summary["best"], summary["initial"]
         self.bad_evals, self.stop_reason = int(summary["bad_evals"]), summary["stop_reason"]
+        self.epoch_batches, self.epoch_sums = int(summary.get("epoch_batches", 0)), summary.get("epoch_loss", [0.0, 0])
         # Evaluations logged after the last save (a kill between the two) are redone: drop them,
         # and a torn last line with them, so that no epoch appears twice.
         if self.log is not None:
             self.records = self.log.keep_through(self.epoch)
+        of = f"{self.phase.epochs} (step {self.step})"
+        where = f"{self.epoch_batches} batches into epoch {self.epoch + 1}/{of}" if self.epoch_batches else ""
+        if self.epoch_batches and summary.get("world_size", 1) != self.info.world_size:
+            where = (
+                f"at the start of epoch {self.epoch + 1}/{of}: its first {self.epoch_batches} batches were drawn for "
+                f"{summary.get('world_size')} processes, this run has {self.info.world_size}"
+            )
+            self.epoch_batches, self.epoch_sums = 0, [0.0, 0]
         if self.progress:
-            tqdm.write(f"{self.name}: resumed after epoch {self.epoch}/{self.phase.epochs} (step {self.step})")
+            tqdm.write(f"{self.name}: resumed {where or f'after epoch {self.epoch}/{of}'}")
