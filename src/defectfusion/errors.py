@@ -27,3 +27,7 @@ class CheckpointError(DefectFusionError):
 
 class TextEncoderUnavailable(DefectFusionError):
     """A text encoder cannot be loaded here (e.g. offline without a local copy)."""
+
+
+class TrainingInterrupted(DefectFusionError):
+    """Training stopped on a signal after saving its state (the message says how to resume)."""

@@ -97,6 +97,7 @@ def test_the_verdict_follows_from_the_test_numbers_and_the_text_usage_of_every_r
     report = (demo / "report" / "report.md").read_text()
     assert report.index("The rule (written before the numbers)") < report.index("## Verdict")
     assert report.index("The rule") < report.index("### Arms")  # the rule stands above the numbers
+    assert report.index("### Runs") < report.index("## Verdict") and report.count("## Verdict") == 1  # then the verdict
     assert "Demo verdict" not in report and "What the demo does not show" in report
 
 

@@ -98,6 +98,12 @@ def test_the_report_states_the_rule_first_and_keeps_exploratory_numbers_apart(tm
     md, html = write_study_report(tmp_path / "report", summary, ["crack", "scratch"])
     text = md.read_text()
     assert text.index("The rule (written before the numbers)") < text.index("Verdict (25pct")
+    # the verdict once per fraction, after the numbers it follows from
+    for label in ("25pct", "100pct"):
+        verdict = text.index(f"Verdict ({label}")
+        assert text.index(f"The rule's comparisons ({label}") < text.index(f"Arms ({label}") < verdict
+        assert text.index(f"Runs ({label}") < verdict < text.index(f"What this study can see ({label}")
+        assert text.count(f"Verdict ({label}") == 1
     assert text.index("Verdict (25pct") < text.index(
         "Exploratory (25pct of the training images): not decided by the rule"
     )

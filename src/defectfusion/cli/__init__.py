@@ -13,8 +13,7 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 
-from ..engine.interrupts import TrainingInterrupted
-from ..errors import DefectFusionError
+from ..errors import DefectFusionError, TrainingInterrupted
 from ..version import __version__
 from ._common import apply_threads
 

@@ -1,7 +1,9 @@
 """`defectfusion demo`: the whole phase-2 question on a laptop CPU, answered by a study.
 
 1. synthetic six-class defect data with train / val / test splits (``data/synthetic``);
-2. a tiny DEIMv2 baseline trained from scratch (``<out>/baseline``), selected on validation;
+2. the baseline: the tiny DEIMv2 shipped with the package (:mod:`.demo_baseline`: trained by the
+   ``scratch_cpu`` recipe on these very images, its card says how), or with ``train_baseline`` one
+   trained from scratch here (``<out>/baseline``), selected on validation;
 3. a study (:mod:`.study`) from that baseline: the three progressive phases with the offline
    MiniLM descriptions (``text``), with the descriptions on the wrong classes (``shuffled``), with
    random vectors as text (``random``) and the same training without a fusion head
@@ -28,12 +30,14 @@ from ..data.synthetic import generate_synthetic_dataset
 from ..engine.progressive import run_training
 from ..errors import ConfigError, DefectFusionError
 from ..io import atomic_write_json, atomic_write_text, read_json
+from .demo_baseline import DATA, baseline_overrides, read_card, shipped_baseline
 from .demo_report import demo_sections
 from .explain import ExplainResult, explain
 from .study import model_to_explain, run_study
 from .study_plan import BASE_ARMS
 
 ARMS = BASE_ARMS
+BASELINE_RECIPE = "scratch_cpu"
 PHASES = ("phase1", "phase2", "phase3")
 
 
@@ -52,9 +56,9 @@ class DemoPlan:
     bootstrap_draws: int
 
 
-FULL = DemoPlan(400, 80, 160, 256, 12, (1, 1, 1), 3, 40, 2000)
+FULL = DemoPlan(DATA["train"], DATA["val"], DATA["test"], DATA["size"], 12, (1, 1, 1), 3, 24, 2000)
 # The same steps and files in a couple of minutes (the test suite runs it; two seeds, which its
-# report says cost it).
+# report says cost it); its 128 px baseline is trained here, in two epochs.
 QUICK = DemoPlan(32, 16, 16, 128, 2, (1, 1, 1), 2, 3, 2000)
 
 
@@ -77,28 +81,23 @@ class DemoResult:
     summary: dict[str, Any]
 
 
-def demo_overrides(data: Path, plan: DemoPlan, cache_dir: Path | None = None) -> dict[str, list[str]]:
-    """Overrides of the packaged ``demo`` config: the baseline run, and the study's base config
-    (its ``model.checkpoint``, the baseline, is added once that exists)."""
-    common = [
+def demo_overrides(data: Path, plan: DemoPlan, cache_dir: Path | None = None, workers: int = 1) -> dict[str, list[str]]:
+    """Overrides of the packaged configs: the baseline run's (``scratch_cpu``, over ``workers`` processes),
+    and the study's base config (``demo``; its ``model.checkpoint``, the baseline, is added later)."""
+    size = f"model.image_size=[{plan.image_size}, {plan.image_size}]"
+    study = [
         f"data.train.annotations={data / 'train' / 'annotations.json'}",
         f"data.val.annotations={data / 'val' / 'annotations.json'}",
-        f"model.image_size=[{plan.image_size}, {plan.image_size}]",
-        f"phases.baseline.epochs={plan.baseline_epochs}",
+        size,
         *(f"phases.{p}.epochs={e}" for p, e in zip(PHASES, plan.phase_epochs, strict=True)),
+        *([f"fusion.cache_dir={cache_dir}"] if cache_dir is not None else []),
+        "name=demo",
+        f"order=[{', '.join(PHASES)}]",
+        f"data.test.annotations={data / 'test' / 'annotations.json'}",
+        "train.tensorboard=false",
     ]
-    if cache_dir is not None:
-        common.append(f"fusion.cache_dir={cache_dir}")
-    return {
-        "baseline": [*common, "name=demo-baseline", "order=[baseline]"],
-        "study": [
-            *common,
-            "name=demo",
-            f"order=[{', '.join(PHASES)}]",
-            f"data.test.annotations={data / 'test' / 'annotations.json'}",
-            "train.tensorboard=false",
-        ],
-    }
+    baseline = [*baseline_overrides(data, workers), size, f"phases.baseline.epochs={plan.baseline_epochs}"]
+    return {"baseline": baseline, "study": study}
 
 
 def default_workers() -> int:
@@ -112,7 +111,8 @@ _CHILD_ENV = {"OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "TORCH_CPP_LOG
 
 
 def _train_baseline(overrides: list[str], out: Path, progress: bool, workers: int) -> dict[str, Any]:
-    """The baseline from scratch, data-parallel over ``workers`` single-threaded processes (torchrun).
+    """The baseline from scratch by the ``scratch_cpu`` recipe, data-parallel over ``workers``
+    single-threaded processes (torchrun); ``overrides`` already split the batch over them.
 
     On two cores, two processes on half a batch each train this model ~1.2x faster than one
     process with two threads (its many small operations do not split well over threads).
@@ -121,9 +121,7 @@ def _train_baseline(overrides: list[str], out: Path, progress: bool, workers: in
         return read_json(out / "summary.json", "the baseline run's summary")  # finished before
     resume = (out / "config.yaml").is_file()
     if workers <= 1:
-        return run_training(load_config("demo", overrides), out, resume=resume, progress=progress)
-    batch = load_config("demo", overrides).data.batch_size
-    per_process = [f"data.batch_size={max(1, batch // workers)}", "train.threads=1"]
+        return run_training(load_config(BASELINE_RECIPE, overrides), out, resume=resume, progress=progress)
     cmd = [
         sys.executable,
         "-m",
@@ -133,11 +131,11 @@ def _train_baseline(overrides: list[str], out: Path, progress: bool, workers: in
         "-m",
         "defectfusion",
         "train",
-        "demo",
+        BASELINE_RECIPE,
         "--out",
         str(out),
     ]
-    cmd += [arg for o in [*overrides, *per_process] for arg in ("-o", o)]
+    cmd += [arg for o in overrides for arg in ("-o", o)]
     cmd += (["--resume"] if resume else []) + ([] if progress else ["--quiet"])
     log = out.parent / "baseline.log"
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -180,12 +178,14 @@ def run_demo(
     progress: bool = True,
     cache_dir: str | Path | None = None,
     workers: int | None = None,
+    train_baseline: bool = False,
 ) -> DemoResult:
     """Run the demo into ``out`` and return where the report is.
 
     ``workers``: processes side by side (default :func:`default_workers`): the baseline's
     data-parallel ranks, then the study's runs; 1 trains everything in this process's children one
-    at a time.
+    at a time. ``train_baseline``: train the baseline here (12 epochs, minutes) instead of starting
+    from the one shipped with the package (the quick demo always trains its own).
     """
     out = Path(out).resolve()  # every config and run folder of the demo names absolute paths
     plan = QUICK if quick else FULL
@@ -207,15 +207,26 @@ def run_demo(
             val=plan.val_images,
             test=plan.test_images,
             size=plan.image_size,
-            seed=0,
+            seed=DATA["seed"],
             progress=progress,
         )
-    runs = demo_overrides(data, plan, Path(cache_dir) if cache_dir else None)
-    how = f"{workers} data-parallel processes" if workers > 1 else "one process"
-    say(f"[2/4] the baseline: a tiny DEIMv2 trained from scratch ({how}), selected on the validation images")
-    baseline = _train_baseline(runs["baseline"], out / "baseline", progress, workers)
-    baseline_dir = Path(baseline["phases"]["baseline"]["best_dir"]).resolve()
-
+    runs = demo_overrides(data, plan, Path(cache_dir) if cache_dir else None, workers)
+    if train_baseline or quick:  # the quick demo's 128 px images need their own baseline
+        how = f"{workers} data-parallel processes" if workers > 1 else "one process"
+        say(f"[2/4] the baseline: a tiny DEIMv2 trained from scratch ({how}), selected on the validation images")
+        baseline = _train_baseline(runs["baseline"], out / "baseline", progress, workers)
+        baseline_dir = Path(baseline["phases"]["baseline"]["best_dir"]).resolve()
+        baseline_said = f"a tiny DEIMv2 trained here from scratch by the `{BASELINE_RECIPE}` recipe"
+    else:
+        baseline_dir = shipped_baseline()
+        card = read_card(baseline_dir)
+        baseline = {"shipped": str(baseline_dir), "card": card}
+        baseline_said = (
+            f"the tiny DEIMv2 shipped with the package, trained from scratch by the `{card['recipe']}` recipe on "
+            f"these training images (validation mAP@0.5 {card['val']['map50']:.3f}; its model card, "
+            f"{baseline_dir / 'MODEL_CARD.md'}, gives the commands)"
+        )
+        say(f"[2/4] the baseline: {baseline_said}")
     say(
         f"[3/4] the study: arms {', '.join(ARMS)} x {plan.seeds} seeds, phases 1-3 from the baseline, "
         f"{workers} run(s) at a time (logs: {out / 'study' / 'logs'})"
@@ -257,6 +268,6 @@ def run_demo(
     summary["map_comparisons"] = {k: c.to_dict() for k, c in explained.comparisons.items()}
     summary["map_faithfulness"] = explained.faithfulness.to_dict() if explained.faithfulness else None
     atomic_write_json(out / "summary.json", summary)
-    md, html = demo_sections(out, study, list(val.class_names), verdict, explained, why)
+    md, html = demo_sections(out, study, list(val.class_names), verdict, explained, why, baseline_said)
     say(f"report: {html}")
     return DemoResult(out, md, html, summary)

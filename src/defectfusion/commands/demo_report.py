@@ -20,19 +20,21 @@ def demo_sections(
     verdict: Sequence[str],
     explained: Any,
     explained_why: str,
+    baseline: str,
 ) -> tuple[Path, Path]:
     """``out/report/report.md`` and ``.html``: what the demo did, then the study (the rule before its verdict),
     then the maps and their quality, then what the demo does not show.
 
-    ``explained``: the :class:`~defectfusion.commands.explain.ExplainResult` of the test images.
+    ``explained``: the :class:`~defectfusion.commands.explain.ExplainResult` of the test images;
+    ``baseline``: what the baseline was, in words.
     """
     kinds = explained.images[0].explanation.map_kinds if explained.images else {}
     figures = [i.files.explanation_png for i in explained.images if i.files.explanation_png][:FIGURES]
     intro = [
         Section(
             "What the demo did",
-            "Synthetic images with the six classes of the plan; a tiny DEIMv2 trained from scratch as the "
-            "baseline; then a study from that baseline: the three progressive phases with the class "
+            f"Synthetic images with the six classes of the plan; as the baseline, {baseline}; then a study from "
+            "that baseline: the three progressive phases with the class "
             "descriptions embedded by MiniLM (text), with the same descriptions on the wrong classes (shuffled), "
             "with random unit vectors as text (random) and the same training without a fusion head (continued), "
             "each with several seeds. Every model was selected on the validation images and is scored here on "

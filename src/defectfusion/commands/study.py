@@ -103,11 +103,11 @@ def _run_scores(run: StudyRun, index: CocoIndex, on_test: bool, progress: bool):
     return _score(folder / "final", index, folder, "study_val_", progress)
 
 
-def _run_info(run: StudyRun) -> RunInfo:
+def _run_info(run: StudyRun, map50: float | None) -> RunInfo:
     summary = read_json(Path(run.folder) / "summary.json", "run summary")
     final = summary.get("final") or {}
     usage = ((summary.get("test") or {}).get("final") or {}).get("text_usage")
-    return RunInfo(run.key, run.arm, run.seed, run.folder, final.get("phase"), final.get("reason"), usage)
+    return RunInfo(run.key, run.arm, run.seed, run.folder, final.get("phase"), final.get("reason"), usage, map50)
 
 
 def _check_identity(name: str, metrics: dict[str, Any], identity: Resampled, where: Path) -> None:
@@ -160,7 +160,7 @@ def _statistics(plan: StudyPlan, index: CocoIndex, on_test: bool, draws: int, pa
             fraction,
             arms,
             baseline,
-            {arm: [_run_info(r) for r in rs] for arm, rs in runs.items()},
+            {arm: [_run_info(r, metrics[r.key].get("map50")) for r in rs] for arm, rs in runs.items()},
             names,
             pair,
             len(index.images),

@@ -18,12 +18,10 @@ from types import FrameType
 import torch
 import torch.distributed as dist
 
-from ..errors import DefectFusionError
+from ..errors import TrainingInterrupted
 from .distributed import DistInfo
 
-
-class TrainingInterrupted(DefectFusionError):
-    """Training stopped on a signal after saving its state (the message says how to resume)."""
+__all__ = ["StopRequest", "TrainingInterrupted", "interruption", "stop_requested"]
 
 
 class StopRequest:

@@ -49,6 +49,7 @@ class RunInfo:
     final_phase: str | None
     final_reason: str | None
     text_usage: Mapping[str, Any] | None = None  # see engine.text_usage (None: no fusion head)
+    map50: float | None = None  # its final model's mAP@0.5 on the scoring images
 
     @property
     def fell_back(self) -> bool:
@@ -63,6 +64,7 @@ class RunInfo:
             "final_phase": self.final_phase,
             "final_reason": self.final_reason,
             "text_usage": dict(self.text_usage) if self.text_usage is not None else None,
+            "map50": self.map50,
         }
 
 

@@ -89,7 +89,7 @@ def _usage_cell(usage: Mapping[str, Any] | None, key: str, percent: bool = True)
     return f"{value:.1%}" if percent else f"{value:.3f}"
 
 
-def _runs_rows(entry: Mapping[str, Any]) -> list[dict[str, str]]:
+def _runs_rows(entry: Mapping[str, Any], split: str) -> list[dict[str, str]]:
     rows = []
     for infos in entry["runs"].values():
         for r in infos:
@@ -97,6 +97,7 @@ def _runs_rows(entry: Mapping[str, Any]) -> list[dict[str, str]]:
             rows.append(
                 {
                     "run": r["key"],
+                    f"{split} mAP@0.5": _pm(r.get("map50"), None),
                     "final model from": r.get("final_phase") or MISSING,
                     "gate (last layer)": _usage_cell(usage, "layer_gate", percent=False),
                     "text share of the class logit": _usage_cell(usage, "text_share_centered"),
@@ -183,7 +184,7 @@ def _fraction_sections(
     verdict = "\n".join(f"- {s}" for s in entry["verdict"]["sentences"])
     if entry.get("notes"):
         verdict += "\n\nBefore believing it:\n" + "\n".join(f"- {n}" for n in entry["notes"])
-    sections = [Section(f"Verdict{suffix}", verdict)]
+    sections = [Section(f"The numbers{suffix}", f"Every number here is measured on the {scored}.")]
     if entry["primary"]:
         forest = plot_forest(
             [iv for iv in entry["primary"] if iv.get("low") is not None],
@@ -203,6 +204,28 @@ def _fraction_sections(
                 level=3,
             )
         )
+    sections.append(
+        Section(
+            f"Arms{suffix}",
+            f"Mean ± sd over seeds, every number on the {scored}.",
+            table=_arms_table(entry, split),
+            level=3,
+        )
+    )
+    sections.append(
+        Section(
+            f"Runs{suffix}",
+            "Where each run's final model came from (chosen on validation) and how much its fusion head used the text "
+            f"on the {split} detections (the manipulation check: mean |text term| / mean |detector term| of the "
+            "predicted class's logit, each with its mean over classes taken off, what can change which class wins; "
+            "the same with the gated bias, which moves every class alike; and the share of confident detections "
+            "whose class the text term changed).",
+            table=_runs_rows(entry, split),
+            level=3,
+        )
+    )
+    # the verdict once, after the numbers it follows from (the rule stands above them all)
+    sections.append(Section(f"Verdict{suffix}", verdict))
     if entry.get("power"):
         sections.append(
             Section(
@@ -215,26 +238,6 @@ def _fraction_sections(
                 level=3,
             )
         )
-    sections.append(
-        Section(
-            f"Runs{suffix}",
-            "Where each run's final model came from (chosen on validation) and how much its fusion head used the text "
-            f"on the {split} detections (the manipulation check: mean |text term| / mean |detector term| of the "
-            "predicted class's logit, each with its mean over classes taken off, what can change which class wins; "
-            "the same with the gated bias, which moves every class alike; and the share of confident detections "
-            "whose class the text term changed).",
-            table=_runs_rows(entry),
-            level=3,
-        )
-    )
-    sections.append(
-        Section(
-            f"Arms{suffix}",
-            f"Mean ± sd over seeds, every number on the {scored}.",
-            table=_arms_table(entry, split),
-            level=3,
-        )
-    )
     if entry["exploratory"]:
         sections.append(
             Section(
