@@ -91,7 +91,9 @@ sys.exit(main(sys.argv[1:]))
 def test_ctrl_c_in_train_prints_the_resume_command_and_that_command_finishes_the_run(tmp_path, synth_data):
     from defectfusion.cli import main
 
-    config = write_train_config(tmp_path / "cfg.yml", synth_data, order=["baseline"], phases={"baseline": {"epochs": 2}})
+    config = write_train_config(
+        tmp_path / "cfg.yml", synth_data, order=["baseline"], phases={"baseline": {"epochs": 2}}
+    )
     run = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     argv = [sys.executable, "-c", _CTRL_C_AFTER_ONE_BATCH, "train", str(config), "--out", str(run), "--threads", "1"]
