@@ -3,7 +3,7 @@
 A demo-sized case (160 test images of 256 px, six classes, 1-5 defects each, some crowd regions;
 13 models of 300 detections per image) is scored on the same draws two ways:
 
-- reference: what ``engine/bootstrap.py`` did before, kept here: per draw, a resampled COCO
+- reference: what ``engine/evaluation/bootstrap.py`` did before, kept here: per draw, a resampled COCO
   dataset (draw position ``n`` becomes image id ``n + 1``, ground truth and detections copied)
   and faster-coco-eval's COCOeval for every model (``coco_class_ap``), on the first
   ``--reference-draws`` draws, extrapolated per draw;
@@ -35,9 +35,9 @@ import torch
 from faster_coco_eval import COCO
 from threadpoolctl import threadpool_limits
 
-from defectfusion.engine.bootstrap import Resampled, image_draws, resample
-from defectfusion.engine.evaluator import DetectionEvaluator, coco_class_ap
-from defectfusion.engine.metrics import mean_or_none
+from defectfusion.engine.evaluation.bootstrap import Resampled, image_draws, resample
+from defectfusion.engine.evaluation.evaluator import DetectionEvaluator, coco_class_ap
+from defectfusion.engine.evaluation.metrics import mean_or_none
 from defectfusion.structures import Detections
 
 CLASSES = ["NORMAL", "DEFORMACIONES", "ROTURA_FRACTURA", "RAYONES_ARANAZOS", "PERFORACIONES", "CONTAMINACION"]

@@ -29,9 +29,9 @@ import torch
 from defectfusion.config import load_config
 from defectfusion.data.coco import load_coco
 from defectfusion.data.synthetic import generate_synthetic_dataset
-from defectfusion.engine.distributed import DistInfo
-from defectfusion.engine.phase_records import build_phase_data
-from defectfusion.engine.trainer import PhaseTrainer
+from defectfusion.engine.training.distributed import DistInfo
+from defectfusion.engine.training.phase_records import build_phase_data
+from defectfusion.engine.training.trainer import PhaseTrainer
 from defectfusion.models.detector import add_fusion, build_detector
 from defectfusion.models.fusion import random_text_embeddings
 

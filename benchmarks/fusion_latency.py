@@ -6,7 +6,7 @@ normalisation and the matmul with the 6 x 512 text embeddings), and times batch-
 
 - in PyTorch: eval mode, ``torch.inference_mode()``, forward + the original post-processor
   (what ``defectfusion predict`` runs);
-- in onnxruntime: both models exported with ``defectfusion.engine.export.export_model`` (which
+- in onnxruntime: both models exported with ``defectfusion.engine.export.export.export_model`` (which
   checks each graph against PyTorch before it is used here).
 
 Runs are interleaved in pairs (base then fused, then fused then base, ...) after a warm-up, for
@@ -185,7 +185,7 @@ def main() -> None:
                 report(f"{label} control", "pytorch", control, second="copy")
             if args.skip_onnx:
                 continue
-            from defectfusion.engine.export import export_model
+            from defectfusion.engine.export.export import export_model
 
             paths = {}
             for name, model in (("base", base), ("fused", fused)):

@@ -17,7 +17,7 @@ the fusion lr: what training did before the group existed):
    ``OUT/runs/m<multiplier>/seed<seed>``; a shared frozen-trunk cache (``OUT/cache``).
 
 Per run and phase it records the gates at the end of the phase (the last model), the text usage
-of that model on the validation images (``engine.text_usage``: ``|g * text| / |base|`` of the
+of that model on the validation images (``engine.explain.text_usage``: ``|g * text| / |base|`` of the
 predicted class's logit, class-centred, and the share of predictions the text flipped), the
 validation mAP@0.5 at the start (epoch 0), at the end and at the best evaluation, and whether the
 best is the start. One JSON line per run and phase in ``OUT/results.jsonl``; a table at the end.
@@ -40,9 +40,9 @@ from defectfusion.commands.demo import FULL, demo_overrides
 from defectfusion.config import load_config
 from defectfusion.data.coco import load_coco
 from defectfusion.data.synthetic import generate_synthetic_dataset
-from defectfusion.engine.predictor import Predictor
-from defectfusion.engine.progressive import run_training
-from defectfusion.engine.text_usage import TextUsageProbe
+from defectfusion.engine.explain.text_usage import TextUsageProbe
+from defectfusion.engine.prediction.predictor import Predictor
+from defectfusion.engine.training.progressive import run_training
 from defectfusion.io import read_json
 from defectfusion.models.checkpoint import load_detector
 

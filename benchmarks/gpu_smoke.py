@@ -45,8 +45,8 @@ import yaml
 from defectfusion.config import FusionConfig, ModelConfig, packaged_config_path
 from defectfusion.data.coco import load_coco
 from defectfusion.data.synthetic import generate_synthetic_dataset
-from defectfusion.engine.amp_step import scaled_step
-from defectfusion.engine.loss import install_deim_loss
+from defectfusion.engine.training.amp_step import scaled_step
+from defectfusion.engine.training.loss import install_deim_loss
 from defectfusion.io import atomic_write_json
 from defectfusion.models.checkpoint import save_detector
 from defectfusion.models.detector import add_fusion, build_detector
@@ -154,7 +154,7 @@ def onnx_checks(model, size: int, device, iters: int) -> dict[str, object]:
     """float16-weight export vs float32 PyTorch, and CUDA-provider latency when onnxruntime-gpu is there."""
     import onnxruntime as ort
 
-    from defectfusion.engine.export import export_model
+    from defectfusion.engine.export.export import export_model
 
     out: dict[str, object] = {}
     cpu_model = model.to("cpu").eval()

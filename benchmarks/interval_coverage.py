@@ -1,7 +1,7 @@
 """Do a study's 95 % intervals hold 95 %? The study's method beside the one it replaced, in simulated studies.
 
 Each simulated study has the four arms (text, shuffled, random, continued) x S seeds and a fixed
-baseline, scored on N images (``defectfusion.engine.calibration``: per-image scores with shared
+baseline, scored on N images (``defectfusion.engine.study.calibration``: per-image scores with shared
 difficulty, arm-by-image gains, seed luck on the whole set and seed luck image by image). With no
 true difference, an interval of ``text − random`` that excludes 0 is a false alarm; the rate should
 be 5 %. Three intervals side by side on the same simulated studies:
@@ -29,8 +29,8 @@ from dataclasses import replace
 
 import numpy as np
 
-from defectfusion.engine.calibration import Noise, coverage, study_interval
-from defectfusion.engine.intervals import ArmValues, Interval
+from defectfusion.engine.study.calibration import Noise, coverage, study_interval
+from defectfusion.engine.study.intervals import ArmValues, Interval
 
 SETTINGS = {
     "demo": (Noise(), None),

@@ -19,7 +19,7 @@ import time
 import torch
 
 from defectfusion.config import FusionConfig, ModelConfig
-from defectfusion.engine.loss import install_deim_loss
+from defectfusion.engine.training.loss import install_deim_loss
 from defectfusion.models.detector import add_fusion, build_detector
 from defectfusion.models.fusion import random_text_embeddings
 from defectfusion.models.groups import GROUPS, set_trainable

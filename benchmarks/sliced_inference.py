@@ -12,9 +12,9 @@ detector at 256 px sees the whole image shrunk 8x (a 24 px defect becomes 3 px);
    256 px) on the tiles for ``--epochs`` (or takes ``--checkpoint``);
 4. evaluates the trained detector on the held-out *large* images three ways, one after the other
    in this process: ``resized`` (the usual pass: the image resized to 256 px), ``tiled``
-   (:class:`~defectfusion.engine.tiling.TiledPredictor`, 256 px tiles, overlap 0.2, class-wise
+   (:class:`~defectfusion.engine.prediction.tiling.TiledPredictor`, 256 px tiles, overlap 0.2, class-wise
    NMS) and ``tiled+full`` (tiles plus the resized pass), scored by
-   ``defectfusion.engine.validation.evaluate_on_index`` (COCO mAP@0.5 through the project's
+   ``defectfusion.engine.evaluation.validation.evaluate_on_index`` (COCO mAP@0.5 through the project's
    evaluator; maxDets 100 per image) and the pooled recall at each class's best-F1 point (every
    box here is small: 12-48 px on a 2048 px image). It prints one row per mode, the time per
    image and the time ratio to ``resized``, and writes ``OUT/results.json``.
@@ -38,9 +38,9 @@ from defectfusion.commands.data_slice import slice_dataset
 from defectfusion.commands.synth import synth
 from defectfusion.commands.train import train
 from defectfusion.data.coco import load_coco
-from defectfusion.engine.predictor import Predictor
-from defectfusion.engine.tiling import TiledPredictor
-from defectfusion.engine.validation import evaluate_on_index
+from defectfusion.engine.evaluation.validation import evaluate_on_index
+from defectfusion.engine.prediction.predictor import Predictor
+from defectfusion.engine.prediction.tiling import TiledPredictor
 
 
 def parse_args() -> argparse.Namespace:

@@ -464,7 +464,7 @@ def coco_on_resample(gt: dict, detections: dict[int, Detections], ids) -> tuple[
     its ground truth and detections copied."""
     from faster_coco_eval import COCO
 
-    from defectfusion.engine.evaluator import DetectionEvaluator, coco_class_ap
+    from defectfusion.engine.evaluation.evaluator import DetectionEvaluator, coco_class_ap
 
     base = DetectionEvaluator(gt).dataset
     images = {img["id"]: img for img in base["images"]}

@@ -99,6 +99,38 @@ def test_every_import_points_down_the_layers_and_is_relative():
     assert not problems, "\n".join(problems)
 
 
+# Inside engine/, one package per concern; what each may import of the others. Prediction and
+# evaluation never import training: a deployed predictor or an evaluation carries no trainer.
+ENGINE_ALLOWED: dict[str, set[str]] = {
+    "prediction": set(),
+    "evaluation": {"prediction"},
+    "export": {"prediction", "evaluation"},
+    "explain": {"prediction", "evaluation"},
+    "study": {"evaluation"},
+    "training": {"prediction", "evaluation", "explain"},
+}
+
+
+def _concern(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[2] if len(parts) > 3 and parts[1] == "engine" else None
+
+
+def test_engine_is_grouped_by_concern_and_its_packages_point_one_way():
+    engine = PACKAGE / "engine"
+    loose = [p.name for p in engine.glob("*.py") if p.name != "__init__.py"]
+    assert not loose, f"modules directly in engine/ (put each in its concern's package): {loose}"
+    assert {p.name for p in engine.iterdir() if p.is_dir() and p.name != "__pycache__"} == set(ENGINE_ALLOWED)
+    problems = []
+    for path in sorted(engine.rglob("*.py")):
+        here = _concern(_module_name(path))
+        for target, _names, line, _ in _imports(path):
+            there = _concern(target)
+            if here and there and there != here and there not in ENGINE_ALLOWED[here]:
+                problems.append(f"{path.relative_to(PACKAGE.parent)}:{line}: engine.{here} imports {target}")
+    assert not problems, "\n".join(problems)
+
+
 def test_no_private_name_is_used_outside_its_module():
     problems = []
     for path in _sources():

@@ -26,7 +26,7 @@ _LAZY = {
     "Config": "defectfusion.config",
     "load_config": "defectfusion.config",
     "Detections": "defectfusion.structures",
-    "Predictor": "defectfusion.engine.predictor",
+    "Predictor": "defectfusion.engine.prediction.predictor",
 }
 
 __all__ = [
@@ -44,7 +44,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from .config import Config, load_config
-    from .engine.predictor import Predictor
+    from .engine.prediction.predictor import Predictor
     from .models.checkpoint import load_detector, save_detector
     from .models.detector import DefectDetector, build_detector
     from .models.groups import set_trainable

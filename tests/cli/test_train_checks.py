@@ -6,7 +6,7 @@ import time
 
 from defectfusion.cli import main
 from defectfusion.config import dump_config, load_config
-from defectfusion.engine.progressive import TrainingRun
+from defectfusion.engine.training.progressive import TrainingRun
 from tests.helpers import write_train_config
 
 

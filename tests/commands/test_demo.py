@@ -70,8 +70,8 @@ def test_every_arm_starts_from_the_baseline_selects_on_val_and_is_scored_on_test
 
 
 def test_the_verdict_follows_from_the_test_numbers_and_the_text_usage_of_every_run(demo):
-    from defectfusion.engine.intervals import Interval
-    from defectfusion.engine.verdict import decide
+    from defectfusion.engine.study.intervals import Interval
+    from defectfusion.engine.study.verdict import decide
 
     summary = json.loads((demo / "summary.json").read_text())
     study = summary["study"]

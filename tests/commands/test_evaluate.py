@@ -15,8 +15,8 @@ from defectfusion.config import FusionConfig, ModelConfig
 from defectfusion.data.coco import CocoDetection, load_coco
 from defectfusion.data.descriptions import load_descriptions, resolve_pair
 from defectfusion.data.transforms import DetectionCollator, build_eval_transform
-from defectfusion.engine.evaluator import DetectionEvaluator
-from defectfusion.engine.validation import run_validation
+from defectfusion.engine.evaluation.evaluator import DetectionEvaluator
+from defectfusion.engine.evaluation.validation import run_validation
 from defectfusion.errors import CheckpointError, ConfigError
 from defectfusion.models.checkpoint import load_detector, save_detector
 from defectfusion.models.detector import build_detector

@@ -11,8 +11,8 @@ from PIL import Image
 
 from defectfusion.commands.predict import predict, resolve_category_ids
 from defectfusion.data.images import collect_images
-from defectfusion.engine.predictor import Predictor
-from defectfusion.engine.results_file import evaluate_results_file
+from defectfusion.engine.evaluation.results_file import evaluate_results_file
+from defectfusion.engine.prediction.predictor import Predictor
 from defectfusion.errors import CheckpointError, DataError
 from defectfusion.structures import Detections
 

@@ -13,8 +13,8 @@ from defectfusion.commands.study_launch import SlurmOptions
 from defectfusion.config import ModelConfig, load_config
 from defectfusion.data.coco import load_coco
 from defectfusion.data.synthetic import generate_synthetic_dataset
-from defectfusion.engine.intervals import Interval
-from defectfusion.engine.verdict import decide
+from defectfusion.engine.study.intervals import Interval
+from defectfusion.engine.study.verdict import decide
 from defectfusion.errors import DataError
 from defectfusion.models.checkpoint import save_detector
 from defectfusion.models.detector import build_detector

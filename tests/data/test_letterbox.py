@@ -49,7 +49,7 @@ def test_the_plain_resize_is_the_default_and_maps_nothing():
 def test_a_model_trained_with_letterbox_predicts_evaluates_and_exports_with_it(tmp_path, synth_data):
     from defectfusion.cli import main
     from defectfusion.commands.evaluate import evaluate_checkpoint
-    from defectfusion.engine.predictor import Predictor
+    from defectfusion.engine.prediction.predictor import Predictor
     from defectfusion.models.checkpoint import load_detector
     from tests.helpers import write_train_config
 
@@ -88,7 +88,7 @@ def test_a_model_trained_with_letterbox_predicts_evaluates_and_exports_with_it(t
 
     pytest.importorskip("onnxruntime")
     from defectfusion.commands.export import export_onnx
-    from defectfusion.engine.onnx_backend import OnnxDetector
+    from defectfusion.engine.prediction.onnx_backend import OnnxDetector
 
     # A one-epoch model's query-selection scores are still all equal (its class head sits at the
     # prior), so which queries onnxruntime and PyTorch keep is arbitrary: parity is checked on the
@@ -103,8 +103,8 @@ def test_a_model_trained_with_letterbox_predicts_evaluates_and_exports_with_it(t
 def test_an_exported_letterbox_model_reads_its_resize_and_predicts_like_pytorch(kit, tmp_path):
     pytest.importorskip("onnxruntime")
     from defectfusion.cli import main
-    from defectfusion.engine.onnx_backend import OnnxDetector
-    from defectfusion.engine.predictor import Predictor
+    from defectfusion.engine.prediction.onnx_backend import OnnxDetector
+    from defectfusion.engine.prediction.predictor import Predictor
     from defectfusion.models.checkpoint import load_detector, save_detector
 
     model = load_detector(kit.baseline)
@@ -125,7 +125,7 @@ def test_an_exported_letterbox_model_reads_its_resize_and_predicts_like_pytorch(
 
 
 def test_explanation_maps_of_a_letterbox_model_cover_the_image_not_the_padding(kit, tmp_path):
-    from defectfusion.engine.explainer import explain_image
+    from defectfusion.engine.explain.explainer import explain_image
     from defectfusion.models.checkpoint import load_detector
 
     model = load_detector(kit.fused)

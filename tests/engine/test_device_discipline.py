@@ -25,10 +25,10 @@ from torch.utils.data import DataLoader
 from defectfusion.config import FusionConfig, ModelConfig
 from defectfusion.data.coco import CocoDetection, load_coco
 from defectfusion.data.transforms import DetectionCollator, build_eval_transform
-from defectfusion.engine.evaluator import DetectionEvaluator
-from defectfusion.engine.loss import install_deim_loss
-from defectfusion.engine.predictor import Predictor
-from defectfusion.engine.validation import run_validation
+from defectfusion.engine.evaluation.evaluator import DetectionEvaluator
+from defectfusion.engine.evaluation.validation import run_validation
+from defectfusion.engine.prediction.predictor import Predictor
+from defectfusion.engine.training.loss import install_deim_loss
 from defectfusion.models.detector import add_fusion, build_detector
 from defectfusion.models.fusion import random_text_embeddings
 from tests.accelerator import DEVICE, OnDevice, on_cpu, pretend_accelerator
@@ -122,10 +122,10 @@ def test_a_training_epoch_and_its_evaluation_on_the_accelerator_match_the_cpu(tm
     with ``DistInfo(device=...)`` on the pretend device: an epoch of steps, then the validation and the
     best checkpoint it saves. Autocast is off (``meta`` has none)."""
     from defectfusion.config import load_config
-    from defectfusion.engine.distributed import DistInfo
-    from defectfusion.engine.phase_records import build_phase_data
-    from defectfusion.engine.precision import Precision
-    from defectfusion.engine.trainer import PhaseTrainer
+    from defectfusion.engine.training.distributed import DistInfo
+    from defectfusion.engine.training.phase_records import build_phase_data
+    from defectfusion.engine.training.precision import Precision
+    from defectfusion.engine.training.trainer import PhaseTrainer
     from defectfusion.models.checkpoint import load_detector
     from tests.helpers import write_train_config
 

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from defectfusion.data.coco import load_coco
-from defectfusion.engine.predictor import Predictor
+from defectfusion.engine.prediction.predictor import Predictor
 from defectfusion.errors import DataError
 from defectfusion.models.checkpoint import load_detector
 from defectfusion.models.inference import keep_detections

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from defectfusion.engine.map_comparison import compare_kinds
-from defectfusion.engine.map_quality import CONTROL_KIND, image_pairs, summarize_quality
+from defectfusion.engine.explain.map_comparison import compare_kinds
+from defectfusion.engine.explain.map_quality import CONTROL_KIND, image_pairs, summarize_quality
 from defectfusion.report.explain_summary import Example, control_rows, write_summary
 from defectfusion.report.map_readings import NONE_BEATS, NOT_MEASURED, choose_default_kind, reading
 

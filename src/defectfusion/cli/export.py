@@ -9,7 +9,7 @@ from ._common import add_threads_flag, console_out
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..engine.export import DEFAULT_OPSET, DEFAULT_TOP_K, MAX_OPSET, MIN_OPSET
+    from ..engine.export.export import DEFAULT_OPSET, DEFAULT_TOP_K, MAX_OPSET, MIN_OPSET
 
     p = sub.add_parser(
         "export",

@@ -1,8 +1,8 @@
 """``defectfusion data slice``: a COCO set of large images cut into overlapping tiles, for training.
 
 A detector trained on tiles sees small defects at native resolution, as sliced inference
-(:mod:`defectfusion.engine.tiling`, ``predict --tiles``) later shows them. The tile grid is the
-inference grid (:func:`~defectfusion.engine.tiling.tile_grid`), so training and inference cut alike.
+(:mod:`defectfusion.engine.prediction.tiling`, ``predict --tiles``) later shows them. The tile grid is the
+inference grid (:func:`~defectfusion.engine.prediction.tiling.tile_grid`), so training and inference cut alike.
 
     OUT/images/<image id>_<stem>_x<X>_y<Y>.png   each tile (PNG, lossless)
     OUT/annotations.json                         the tiles as COCO images (written last, atomically)
@@ -25,7 +25,7 @@ from PIL import Image
 
 from ..data.coco import load_coco
 from ..data.images import load_image
-from ..engine.tiling import check_tiling, tile_grid
+from ..engine.prediction.tiling import check_tiling, tile_grid
 from ..errors import ConfigError, DataError
 from ..io import atomic_path, atomic_write_json
 

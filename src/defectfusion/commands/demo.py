@@ -27,7 +27,7 @@ from typing import Any
 from ..config import dump_config, load_config
 from ..data.coco import load_coco
 from ..data.synthetic import generate_synthetic_dataset
-from ..engine.progressive import run_training
+from ..engine.training.progressive import run_training
 from ..errors import ConfigError, DefectFusionError
 from ..io import atomic_write_json, atomic_write_text, read_json
 from .demo_baseline import DATA, baseline_overrides, read_card, shipped_baseline

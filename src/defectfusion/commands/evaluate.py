@@ -7,7 +7,7 @@
 
 Files written to ``out``::
 
-    metrics.json             the evaluated model (schema: engine.evaluator)
+    metrics.json             the evaluated model (schema: engine.evaluation.evaluator)
     baseline_metrics.json    the baseline, when one is given
     comparison.json          per-class before/after/delta rows and the confusion pair, with a baseline
     what_if.json             one row per description file (mAP, pair APs, pair confusions)
@@ -27,12 +27,12 @@ from ..config import load_config
 from ..data.coco import CocoIndex, load_coco
 from ..data.dataset_check import split_names
 from ..data.descriptions import descriptions_near, resolve_pair
-from ..engine.evaluator import write_metrics
-from ..engine.phase_records import find_run_folder
-from ..engine.predictor import Predictor
-from ..engine.results_file import evaluate_results_file
-from ..engine.tiling import TiledPredictor
-from ..engine.validation import evaluate_on_index
+from ..engine.evaluation.evaluator import write_metrics
+from ..engine.evaluation.results_file import evaluate_results_file
+from ..engine.evaluation.validation import evaluate_on_index
+from ..engine.prediction.predictor import Predictor
+from ..engine.prediction.tiling import TiledPredictor
+from ..engine.training.phase_records import find_run_folder
 from ..errors import CheckpointError, DataError, DefectFusionError
 from ..io import atomic_write_json
 from ..report.compare import ComparisonTable, ConfusionPair, compare_metrics, confusion_pair, pair_counts
@@ -185,7 +185,7 @@ def evaluate_checkpoint(
         pair: the confusable pair; default: the ``confusable_pair`` of the model's descriptions (or of
             ``descriptions``, or of a ``descriptions.yml`` beside the dataset) when its classes exist.
         iou_threshold, conf_threshold: of the confusion matrix and P/R/F1 matching.
-        tiles, overlap, full_image: sliced inference (:class:`~defectfusion.engine.tiling.TiledPredictor`)
+        tiles, overlap, full_image: sliced inference (:class:`~defectfusion.engine.prediction.tiling.TiledPredictor`)
             for the model and the baseline alike: ``tiles`` px crops at native resolution, merged.
         training: run folder / ``metrics.jsonl`` for training curves; ``None``: the run folder the
             checkpoint lives in, if any; ``False``: none.

@@ -2,7 +2,7 @@
 
 Images come as files, folders and glob patterns, or as a COCO file (``annotations``) whose
 images are explained. With annotations, every map kind is scored against the boxes (pointing
-game, AUROC; :mod:`defectfusion.engine.map_quality`) and a summary page (md + html) shows the
+game, AUROC; :mod:`defectfusion.engine.explain.map_quality`) and a summary page (md + html) shows the
 quality table and the best and worst examples. Each image's files go to ``out/<image stem>/``
 (``out`` itself for a single image without annotations); maps are written as they are made and
 not kept, so a folder of thousands of images needs no more memory than one.
@@ -23,17 +23,17 @@ from tqdm.auto import tqdm
 from ..data.coco import load_coco
 from ..data.descriptions import resolve_pair
 from ..data.images import collect_images, load_image
-from ..engine.explain_tiles import explain_tiled
-from ..engine.explainer import DEFAULT_MAP_KIND, explain_image, require_fused
-from ..engine.faithfulness import (
+from ..engine.explain.explain_tiles import explain_tiled
+from ..engine.explain.explainer import DEFAULT_MAP_KIND, explain_image, require_fused
+from ..engine.explain.faithfulness import (
     DEFAULT_STEPS,
     DetectionFaithfulness,
     FaithfulnessSummary,
     deletion_insertion,
     summarize_faithfulness,
 )
-from ..engine.map_comparison import MapComparison, compare_kinds
-from ..engine.map_quality import (
+from ..engine.explain.map_comparison import MapComparison, compare_kinds
+from ..engine.explain.map_quality import (
     CONTROL_KIND,
     DEFAULT_TOLERANCE,
     ImagePairs,
@@ -43,8 +43,8 @@ from ..engine.map_quality import (
     image_pairs,
     summarize_quality,
 )
-from ..engine.onnx_backend import is_onnx_checkpoint
-from ..engine.phase_records import find_run_folder
+from ..engine.prediction.onnx_backend import is_onnx_checkpoint
+from ..engine.training.phase_records import find_run_folder
 from ..errors import CheckpointError, ConfigError
 from ..io import unique_names
 from ..models.checkpoint import load_detector
@@ -149,8 +149,9 @@ def explain(
         all_figures, save_maps: for several images, also write the similarity-map and text-match
             figures and the maps (``.npz``, a few MB per image); a single image always gets them.
         tiles, overlap: explain each image tile by tile at native resolution (``tiles`` px,
-            ``overlap`` shared), maps stitched and detections merged (:mod:`~defectfusion.engine.explain_tiles`).
-        faithfulness: run the deletion / insertion test (:mod:`~defectfusion.engine.faithfulness`) on the
+            ``overlap`` shared), maps stitched and detections merged
+            (:mod:`~defectfusion.engine.explain.explain_tiles`).
+        faithfulness: run the deletion / insertion test (:mod:`~defectfusion.engine.explain.faithfulness`) on the
             detailed detections of the first this many images (each costs a few hundred forward passes);
             ``steps``: its schedule of pixel fractions.
     """

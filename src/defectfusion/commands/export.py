@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..data.coco import load_coco
-from ..engine.export import (
+from ..engine.export.export import (
     DEFAULT_OPSET,
     DEFAULT_TOP_K,
     ExportResult,

@@ -10,8 +10,8 @@ from torchvision.ops import box_iou
 
 from ..data.coco import CocoIndex
 from ..data.images import load_image
-from ..engine.predictor import Predictor
-from ..engine.results_file import read_results_file
+from ..engine.evaluation.results_file import read_results_file
+from ..engine.prediction.predictor import Predictor
 from ..structures import Detections
 
 GRID_IMAGES = 8

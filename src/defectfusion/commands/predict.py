@@ -24,8 +24,8 @@ from typing import Any
 
 from ..data.coco import read_categories
 from ..data.images import collect_images, load_image
-from ..engine.predictor import ImagePrediction, Predictor, to_coco_results
-from ..engine.tiling import TiledPredictor
+from ..engine.prediction.predictor import ImagePrediction, Predictor, to_coco_results
+from ..engine.prediction.tiling import TiledPredictor
 from ..errors import DataError
 from ..io import atomic_path, atomic_write_json, unique_names
 from ..report.plots import draw_detections
@@ -177,7 +177,7 @@ def predict(
         annotations: a COCO file of these images: category ids by class name, image ids by file name.
         category_ids: the dataset's category id per class (list in class order, or by name).
         draw: write the images with boxes drawn.
-        tiles: sliced inference (:class:`~defectfusion.engine.tiling.TiledPredictor`): run on
+        tiles: sliced inference (:class:`~defectfusion.engine.prediction.tiling.TiledPredictor`): run on
             overlapping ``tiles`` px crops at native resolution (``overlap``: the fraction
             neighbours share), merged by class-wise NMS (at ``nms``, else IoU 0.5);
             ``full_image`` adds the usual whole-image pass. For small objects on large images.

@@ -3,9 +3,9 @@
 A run checks its inputs as it meets them: the datasets, then the starting checkpoint, then the
 class descriptions and the text encoder. A study of many runs learns of a typo only when each of
 them has started and died. :func:`check_runs` asks the same questions of every run up front, with
-the run's own readers and rules (:func:`~..engine.datasets.load_datasets`,
+the run's own readers and rules (:func:`~..engine.training.datasets.load_datasets`,
 :func:`~..data.descriptions.load_descriptions` and ``ordered_like``,
-:func:`~..models.text.build_text_encoder`, :func:`~..engine.progressive.select_phases` ...), and
+:func:`~..models.text.build_text_encoder`, :func:`~..engine.training.progressive.select_phases` ...), and
 raises one :class:`~..errors.ConfigError` listing every problem, one line each, naming the field and
 the runs it concerns. It reads annotation files and file headers, never images (``verify_images`` is
 the run's own, longer check), and loads no model: seconds, not minutes.
@@ -23,11 +23,11 @@ from typing import Any
 from ..config import Config, load_config
 from ..data.coco import CocoIndex, CocoWarning, load_coco
 from ..data.descriptions import load_descriptions, resolve_pair
-from ..engine.datasets import load_datasets
-from ..engine.distributed import resolve_device
-from ..engine.progressive import check_phases, select_phases
-from ..engine.start_model import previous_phase, trains_the_detector
-from ..engine.trunk_cache import check_cache_setting
+from ..engine.training.datasets import load_datasets
+from ..engine.training.distributed import resolve_device
+from ..engine.training.progressive import check_phases, select_phases
+from ..engine.training.start_model import previous_phase, trains_the_detector
+from ..engine.training.trunk_cache import check_cache_setting
 from ..errors import CheckpointError, ConfigError, DefectFusionError
 from ..models.checkpoint import CONFIG_NAME, WEIGHTS_NAME, read_model_config
 from ..models.text import FileTextEncoder, build_text_encoder
@@ -135,7 +135,7 @@ class _Checks:
     def _start(
         self, cfg: Config, names: list[str], folder: Any, classes: list[str] | None, problems: list[Problem]
     ) -> None:
-        """What :func:`~..engine.start_model.start_model` would start the first phase from."""
+        """What :func:`~..engine.training.start_model.start_model` would start the first phase from."""
         if not names:
             return
         first = names[0]

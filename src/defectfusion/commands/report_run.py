@@ -12,8 +12,8 @@ from typing import Any
 from ..config import load_config
 from ..data.coco import CocoIndex, load_coco
 from ..data.descriptions import resolve_pair
-from ..engine.predictor import Predictor
-from ..engine.validation import evaluate_on_index
+from ..engine.evaluation.validation import evaluate_on_index
+from ..engine.prediction.predictor import Predictor
 from ..errors import ConfigError, DataError, DefectFusionError
 from ..io import read_json
 from ..report.compare import compare_metrics, confusion_pair

@@ -3,8 +3,8 @@
 One baseline (the config's checkpoint), then every arm x seed (x training fraction) as an
 ordinary, resumable training run (:mod:`.study_plan`, :mod:`.study_launch`). Every run selects on
 the validation images as any run does; the study scores each run's final model on the test
-images (which selected nothing), resamples seeds and test images (:mod:`~..engine.study_stats`),
-and states a verdict by a rule written before the numbers (:mod:`~..engine.verdict`)::
+images (which selected nothing), resamples seeds and test images (:mod:`~..engine.study.study_stats`),
+and states a verdict by a rule written before the numbers (:mod:`~..engine.study.verdict`)::
 
     <out>/study.json             the plan: arms, seeds, fractions, the rule, one config per run
     <out>/configs/*.yaml         each run's training config
@@ -31,15 +31,15 @@ import numpy as np
 from ..config import Config, load_config
 from ..data.coco import CocoIndex, load_coco
 from ..data.descriptions import resolve_pair
-from ..engine.bootstrap import Resampled, image_draws, resample
-from ..engine.evaluator import write_metrics
-from ..engine.predictor import Predictor, detections_to_coco
-from ..engine.results_file import read_results_file
-from ..engine.study_analysis import RunInfo, analyse_fraction
-from ..engine.study_stats import TEXT, RunScores
-from ..engine.tracking import StudyTracker
-from ..engine.validation import evaluate_on_index
-from ..engine.verdict import rule_text
+from ..engine.evaluation.bootstrap import Resampled, image_draws, resample
+from ..engine.evaluation.evaluator import write_metrics
+from ..engine.evaluation.results_file import read_results_file
+from ..engine.evaluation.validation import evaluate_on_index
+from ..engine.prediction.predictor import Predictor, detections_to_coco
+from ..engine.study.study_analysis import RunInfo, analyse_fraction
+from ..engine.study.study_stats import TEXT, RunScores
+from ..engine.study.verdict import rule_text
+from ..engine.training.tracking import StudyTracker
 from ..errors import ConfigError, DataError
 from ..io import atomic_write_json, read_json
 from ..models.checkpoint import has_fusion_head

@@ -37,7 +37,7 @@ import numpy as np
 from ..config import Config, PhaseConfig, apply_overrides, dump_config, load_config, validate_config
 from ..config.compare import SPEED_KEYS, config_differences
 from ..data.coco import load_coco
-from ..engine.tracking import PARENT_TAG
+from ..engine.training.tracking import PARENT_TAG
 from ..errors import ConfigError
 from ..io import atomic_write_json, atomic_write_text, read_json
 

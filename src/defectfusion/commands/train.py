@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from ..config import load_config
-from ..engine.distributed import shutdown
-from ..engine.progressive import run_training, select_phases
-from ..engine.start_model import previous_phase
+from ..engine.training.distributed import shutdown
+from ..engine.training.progressive import run_training, select_phases
+from ..engine.training.start_model import previous_phase
 from ..errors import ConfigError
 from .preflight import check_config
 

@@ -18,9 +18,9 @@ import torch
 
 from ..data.coco import CocoIndex
 from ..data.descriptions import load_descriptions
-from ..engine.phase_records import find_run_folder
-from ..engine.predictor import Predictor
-from ..engine.validation import evaluate_on_index
+from ..engine.evaluation.validation import evaluate_on_index
+from ..engine.prediction.predictor import Predictor
+from ..engine.training.phase_records import find_run_folder
 from ..errors import ConfigError
 from ..models.text import build_text_encoder, encode_descriptions
 

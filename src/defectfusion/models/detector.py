@@ -112,7 +112,7 @@ class DefectDetector(PredictsImages, TakesTrunkFeatures, Deimv2ForObjectDetectio
     def __init__(self, config: Deimv2Config):
         super().__init__(config)
         # transformers picks the loss by class name; ours is a Deimv2ForObjectDetection. The
-        # trainer installs the corrected DEIM criterion (engine.loss) on top.
+        # trainer installs the corrected DEIM criterion (engine.training.loss) on top.
         self.loss_type = "Deimv2ForObjectDetection"
         self.meta = DetectorMeta.from_config(config)
         self.frozen_groups: frozenset[str] = frozenset()

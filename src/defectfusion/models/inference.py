@@ -3,7 +3,7 @@
 ``prepare_images`` is the validation pipeline's preprocessing (``build_eval_transform`` and the
 collator's normalisation), ``keep_detections`` what is kept of the post-processed outputs
 (score threshold, boxes clipped to the image, optional class-wise NMS). :class:`PredictsImages`
-gives the detector its ``predict`` method; ``engine.predictor.Predictor`` runs the same steps over
+gives the detector its ``predict`` method; ``engine.prediction.predictor.Predictor`` runs the same steps over
 files in batches, for PyTorch and ONNX backends alike.
 """
 

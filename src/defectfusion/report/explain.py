@@ -5,7 +5,7 @@ evidence map, the look-alike map and its score's parts; :mod:`.explain_figure`),
 ``similarity_maps.png``, ``detection_matches.png``, ``explanation.json`` (all numbers: per-level
 maps, per-class summaries, every detection's similarities and logit terms) and
 ``similarity_maps.npz`` (every map at the image's size) for an
-:class:`~defectfusion.structures.Explanation` (computed by :mod:`defectfusion.engine.explainer`).
+:class:`~defectfusion.structures.Explanation` (computed by :mod:`defectfusion.engine.explain.explainer`).
 """
 
 from __future__ import annotations

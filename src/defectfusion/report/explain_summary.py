@@ -41,7 +41,7 @@ from .plots.explain_quality import plot_controls, plot_examples, plot_quality
 class Example:
     """One (image, class) pair kept for the grid: its quality, a thumbnail and that class's map on it."""
 
-    quality: Any  # engine.map_quality.PairQuality
+    quality: Any  # engine.explain.map_quality.PairQuality
     image: np.ndarray  # uint8 [h, w, 3]
     class_map: np.ndarray  # float [h, w]
     boxes: np.ndarray  # [n, 4] xyxy in thumbnail pixels
@@ -216,7 +216,7 @@ def write_summary(
     Args:
         quality: per kind, a ``QualitySummary`` (``overall``, ``per_class``, ``to_dict()``).
         default_kind: the kind the gallery shows (its maps are the examples').
-        comparisons: per kind, a ``MapComparison`` or its dict (``engine.map_comparison.compare_kinds``).
+        comparisons: per kind, a ``MapComparison`` or its dict (``engine.explain.map_comparison.compare_kinds``).
         faithfulness: per kind ``{"deletion_auc", "deletion_vs_boxes": [low, high], "reading"}``; None:
             not measured, and the page says so.
         pair_gallery, pair: the ``contrast`` maps of the confusable ``pair``'s classes (what raised a class's

@@ -1,6 +1,6 @@
 """Words from numbers: what a map kind's comparisons with its controls allow one to say.
 
-Comparisons are the dicts of ``engine.map_comparison.MapComparison`` (or the objects, which have
+Comparisons are the dicts of ``engine.explain.map_comparison.MapComparison`` (or the objects, which have
 ``to_dict()``): ``vs_control`` and ``class_specificity`` hold per metric ``{"mean", "interval",
 "pairs"}`` and a ``reading``; ``wrong_detections`` holds ``{"pairs", "pointing_game",
 "control_pointing_game"}``. A kind "points at the objects" only when it beats the detections-only
@@ -78,7 +78,7 @@ def reading(overall: Mapping[str, Any], comparison: Any = None) -> str:
 def faithfulness_vs_control(entry: Mapping[str, Any]) -> tuple[list[float] | None, list[float] | None]:
     """The 95% intervals of deletion and insertion AUC minus the control's: ``deletion_vs_boxes`` and
     ``insertion_vs_boxes``, else ``versus["boxes"]``'s ``deletion_interval`` and ``insertion_interval``
-    (``engine.faithfulness.summarize_faithfulness``'s entries)."""
+    (``engine.explain.faithfulness.summarize_faithfulness``'s entries)."""
     boxes = (entry.get("versus") or {}).get("boxes") or {}
     deletion = entry.get("deletion_vs_boxes") or boxes.get("deletion_interval")
     insertion = entry.get("insertion_vs_boxes") or boxes.get("insertion_interval")

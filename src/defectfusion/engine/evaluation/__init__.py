@@ -1,0 +1,3 @@
+"""Evaluation: COCO metrics of detections, validation during training, results files, the exact image
+bootstrap.
+"""

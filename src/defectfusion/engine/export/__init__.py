@@ -1,0 +1,1 @@
+"""Export: ONNX graphs, their metadata, and the float16 check."""

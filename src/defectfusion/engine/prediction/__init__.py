@@ -1,0 +1,1 @@
+"""Prediction: the batch predictor (PyTorch or ONNX Runtime) and tiled inference."""

@@ -1,0 +1,81 @@
+"""What a phase takes (its data, built once per run) and what it gives back (its outcome, ``result.json``)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch.utils.data import DataLoader
+
+from ...config import Config
+from ...data.coco import CocoDetection, CocoIndex
+from ...data.transforms import DetectionCollator, build_eval_transform
+from ...io import read_json
+from ..evaluation.evaluator import DetectionEvaluator
+
+
+@dataclass
+class PhaseData:
+    """What a phase needs from the data layer (built once per run)."""
+
+    train_index: CocoIndex
+    val_index: CocoIndex
+    val_loader: DataLoader
+    evaluator: DetectionEvaluator
+    collator: DetectionCollator
+
+
+@dataclass
+class PhaseOutcome:
+    name: str
+    best_epoch: int
+    best_map50: float | None
+    best_map: float | None
+    initial_map50: float | None
+    initial_map: float | None
+    epochs_run: int
+    stop_reason: str
+    best_dir: str
+    seconds: float
+    last_epoch: int | None = None  # the last evaluation (what `value: last` gates compare)
+    last_map50: float | None = None
+    last_map: float | None = None
+    frozen_trunk: str = ""  # whether the phase reused its frozen trunk's output, and why (not)
+
+    @classmethod
+    def read(cls, path: Path) -> PhaseOutcome:
+        return cls(**read_json(path, "phase result"))
+
+
+def build_phase_data(
+    cfg: Config,
+    train_index: CocoIndex,
+    val_index: CocoIndex,
+    image_size: tuple[int, int],
+    image_mean,
+    image_std,
+    resize: str = "plain",
+) -> PhaseData:
+    collator = DetectionCollator(image_mean, image_std)
+    val_dataset = CocoDetection(val_index, build_eval_transform(image_size, resize))
+    val_loader = DataLoader(
+        val_dataset,
+        batch_size=cfg.data.eval_batch_size or cfg.data.batch_size,
+        shuffle=False,
+        num_workers=cfg.data.num_workers,
+        collate_fn=collator,
+    )
+    evaluator = DetectionEvaluator(val_index.to_coco_dict(), iou_threshold=0.5)
+    return PhaseData(train_index, val_index, val_loader, evaluator, collator)
+
+
+def find_run_folder(checkpoint: str | os.PathLike | None) -> Path | None:
+    """The training run folder a checkpoint lives in (``run/final``, ``run/phase1/best``), if any."""
+    if checkpoint is None:
+        return None
+    path = Path(checkpoint).expanduser().resolve()
+    for folder in (path.parent, path.parent.parent):
+        if (folder / "summary.json").is_file() and (folder / "config.yaml").is_file():
+            return folder
+    return None
