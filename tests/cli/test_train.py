@@ -138,8 +138,9 @@ def test_shorthand_flags_are_checked(tmp_path, dataset, capsys):
 def test_phase_n_on_a_run_folder_needs_the_previous_phase_finished(tmp_path, dataset, capsys):
     cfg = write_train_config(tmp_path / "cfg.yml", dataset, order=["baseline"])
     run = tmp_path / "run"
-    run.mkdir()
+    (run / "start").mkdir(parents=True)
     (run / "config.yaml").write_text((tmp_path / "cfg.yml").read_text())
+    (run / "start" / "metrics.json").write_text("{}")  # the run evaluated its start: it started
     assert main(["train", "--out", str(run), "--phase", "phase2", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "'phase2' continues from 'phase1', which has not finished" in err and "--phase phase1" in err

@@ -71,7 +71,11 @@ def test_zero_gate_returns_the_base_logits_bit_for_bit():
 def test_the_two_terms_add_up_to_the_fused_logits():
     torch.manual_seed(0)
     linear = nn.Linear(16, 6)
-    head = FusedClassifier(linear, TextFusionHead(16, torch.randn(6, 8), gate_init=0.4))
+    fusion = TextFusionHead(16, torch.randn(6, 8))
+    assert fusion.gate.item() == 0.0  # a new head keeps the detector's logits
+    with torch.no_grad():
+        fusion.gate.fill_(0.4)
+    head = FusedClassifier(linear, fusion)
     h = torch.randn(3, 16)
     base, text = head.terms(h)
     assert torch.equal(base, linear(h))

@@ -53,12 +53,6 @@ def run(args: argparse.Namespace) -> int:
 
     if args.config is None and not (args.out and (args.resume or (args.out / "config.yaml").is_file())):
         raise ConfigError("give a config (e.g. `defectfusion train progressive ...`), or --resume --out RUN_DIR")
-    continuing = args.out is not None and (args.out / "config.yaml").is_file()
-    if continuing and not args.resume and args.phase == "all":
-        raise ConfigError(
-            f"run folder {args.out} already holds a run: pass --resume to continue it, --phase N to train "
-            f"its phase N from phase N-1's best, or another --out to start a new one"
-        )
     from ..commands.shorthand import overrides_from_args
 
     overrides = overrides_from_args(

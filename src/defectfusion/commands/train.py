@@ -11,7 +11,7 @@ from typing import Any
 from ..config import load_config
 from ..engine.training.distributed import shutdown
 from ..engine.training.progressive import run_training, select_phases
-from ..engine.training.start_model import previous_phase
+from ..engine.training.run_folder import decide_for_run
 from ..errors import ConfigError
 from .preflight import check_config
 
@@ -44,27 +44,21 @@ def train(
     Before anything trains, every input the run would reject is checked (:mod:`.preflight`): one
     :class:`ConfigError` lists them all.
     """
-    continuing = out is not None and (Path(out) / "config.yaml").is_file() and phase != "all"
     if config is None:
-        if not ((resume or continuing) and out):
+        if not (out and (Path(out) / "config.yaml").is_file()):
             raise ConfigError("give a config (e.g. the packaged `progressive`), or resume a run folder")
         cfg = load_config(Path(out) / "config.yaml", overrides)
     else:
         cfg = load_config(config, overrides)
     folder = Path(out) if out is not None else Path("runs") / cfg.name
-    if continuing and not resume:
-        names = select_phases(cfg, phase)
-        previous = previous_phase(cfg, names[0])
-        if previous is not None and not (folder / previous / "result.json").is_file():
-            raise ConfigError(
-                f"phase {names[0]!r} continues from {previous!r}, which has not finished in {folder}: "
-                f"run `defectfusion train --out {folder} --phase {previous}` first (or --resume the run)"
-            )
-        resume = True  # the run's own config, summary and finished phases are kept
+    # whether this continues the folder's run: decided once, here, before the input checks, and passed down
+    continuation = decide_for_run(cfg, folder, resume, phase, select_phases(cfg, phase)[0])
     # every input the run would reject, all at once, before anything trains
     check_config(cfg, str(config if config is not None else folder / "config.yaml"), folder=folder, phase=phase)
     try:
-        summary = run_training(cfg, folder, phase=phase, resume=resume, progress=progress, go_past=go_past)
+        summary = run_training(
+            cfg, folder, phase=phase, resume=resume, progress=progress, go_past=go_past, continuation=continuation
+        )
     finally:
         shutdown()
     return TrainResult(folder, summary)

@@ -148,6 +148,12 @@ class DefectDetector(PredictsImages, TakesTrunkFeatures, Deimv2ForObjectDetectio
 
     # ---------------------------------------------------------------- fusion access
 
+    def set_gates(self, value: float) -> None:
+        """Every fusion head's gate to ``value`` (0, the default start: the plain detector's outputs)."""
+        with torch.no_grad():
+            for head in self.fusion_heads():
+                head.gate.fill_(value)
+
     def fusion_heads(self) -> Iterator[TextFusionHead]:
         """Every distinct fusion head (decoder layers first, then query selection)."""
         seen: set[int] = set()
@@ -351,10 +357,7 @@ def build_detector(
     detector = DefectDetector(detector_config(model, class_names, meta))
     if meta is not None:
         detector.set_text_embeddings(text_embeddings)
-        if fusion.gate_init:
-            with torch.no_grad():
-                for head in detector.fusion_heads():
-                    head.gate.fill_(fusion.gate_init)
+        detector.set_gates(fusion.gate_init)
     return detector
 
 
@@ -388,8 +391,5 @@ def add_fusion(
             f"fusion insertion changed the base model: missing={missing[:5]} unexpected={unexpected[:5]}"
         )
     fused.set_text_embeddings(text_embeddings)
-    if fusion.gate_init:
-        with torch.no_grad():
-            for head in fused.fusion_heads():
-                head.gate.fill_(fusion.gate_init)
+    fused.set_gates(fusion.gate_init)
     return fused.to(next(detector.parameters()).device)

@@ -84,7 +84,9 @@ class TextFusionHead(nn.Module):
         text_embeddings: ``[C, D]`` class text embeddings (normalised here again).
         temperature: initial softmax temperature; the logit scale starts at ``log(1 / temperature)``.
         prior_prob: the text logits' bias starts at this prior's logit, as the detector's own.
-        gate_init: initial gate value; 0 keeps the detector's outputs exactly.
+
+    The gate starts at 0, so a new head keeps the detector's outputs exactly
+    (:meth:`DefectDetector.set_gates` starts it elsewhere).
 
     Shapes:
         ``forward(h [.., H], base_logits [.., C]) -> [.., C]``.
@@ -96,7 +98,6 @@ class TextFusionHead(nn.Module):
         text_embeddings: torch.Tensor,
         temperature: float = DEFAULT_TEMPERATURE,
         prior_prob: float = 0.01,
-        gate_init: float = 0.0,
     ):
         super().__init__()
         if text_embeddings.dim() != 2:
@@ -105,7 +106,7 @@ class TextFusionHead(nn.Module):
         self.proj = nn.Linear(hidden_dim, text_dim)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature)))
         self.logit_bias = nn.Parameter(torch.tensor(prior_logit(prior_prob)))
-        self.gate = nn.Parameter(torch.tensor(float(gate_init)))
+        self.gate = nn.Parameter(torch.tensor(0.0))
         # A buffer, not a parameter: checkpoints and exports carry the embeddings, never the encoder.
         self.register_buffer("text_embeddings", F.normalize(text_embeddings.float(), dim=-1))
         nn.init.xavier_uniform_(self.proj.weight)

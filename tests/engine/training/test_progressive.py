@@ -160,7 +160,7 @@ def test_phase_selection_and_existing_run_folder(tmp_path, synth_data):
     (tmp_path / "run" / "start").mkdir(parents=True)
     (tmp_path / "run" / "config.yaml").write_text("name: x\n")
     (tmp_path / "run" / "start" / "metrics.json").write_text("{}")  # it evaluated its start: it started
-    with pytest.raises(ConfigError, match="already holds a run: resume it"):
+    with pytest.raises(ConfigError, match="already holds a run: pass --resume"):
         run_training(cfg, tmp_path / "run", phase="baseline", progress=False)
     with pytest.raises(ConfigError, match="starts from a trained model"):
         run_training(cfg, tmp_path / "run2", phase="2", progress=False)

@@ -1,7 +1,7 @@
 """Detection evaluation: COCO AP, per-class P/R/F1 at best F1, confusion matrix.
 
 Use ``DetectionEvaluator(annotations)`` with ``reset() / process(image_ids, detections) /
-evaluate()``; or :func:`evaluate_results_file` for any detector's COCO results file. Contiguous
+evaluate()``; or :func:`.results_file.evaluate_results_file` for any detector's COCO results file. Contiguous
 label ``i`` is the ``i``-th entry of the annotations' ``categories`` list (list order, not id
 order); class names come from there.
 

@@ -286,7 +286,7 @@ def to_coco_results(
 
 def detections_to_coco(detections: dict[int, Detections], index: CocoIndex) -> list[dict[str, Any]]:
     """COCO results of detections by image id, at full precision and with the dataset's category ids
-    (:func:`~.evaluator.read_results_file` reads them back to the same numbers)."""
+    (:func:`~defectfusion.engine.evaluation.results_file.read_results_file` reads them back to the same numbers)."""
     records = []
     for image_id, det in detections.items():
         records += _coco_records(image_id, det, index.label_to_category_id, digits=None)

@@ -39,8 +39,9 @@ from .final_choice import fmt_metric as _fmt
 from .gates import override_gate, phase_gate
 from .phase_records import PhaseData, PhaseOutcome, build_phase_data
 from .precision import resolve_precision
+from .run_folder import Continuation, decide_for_run
 from .seeding import seed_phase
-from .start_model import RANDOM_START, previous_phase, start_model
+from .start_model import CHECKPOINT, PREVIOUS_PHASE, previous_phase, start_model
 from .tracking import Tracker
 from .trainer import PhaseTrainer
 from .trunk_cache import check_cache_setting
@@ -82,9 +83,17 @@ class TrainingRun:
     """One ``defectfusion train`` invocation: phases in order, gates between them."""
 
     def __init__(
-        self, cfg: Config, out: Path, phase: str = "all", resume: bool = False, progress: bool = True, go_past=()
+        self,
+        cfg: Config,
+        out: Path,
+        phase: str = "all",
+        resume: bool = False,
+        progress: bool = True,
+        go_past=(),
+        continuation: Continuation | None = None,
     ):
         self.cfg, self.out, self.resume, self.progress = cfg, Path(out), resume, progress
+        self.phase, self.continuation = phase, continuation
         self.go_past = set(go_past)  # gates the user decided to go past (the decision is recorded)
         self.names = select_phases(cfg, phase)
         check_phases(cfg, self.names)
@@ -95,16 +104,14 @@ class TrainingRun:
 
     def _prepare_folder(self) -> None:
         config_path = self.out / "config.yaml"
+        # decided by the command (before its input checks), else here; every process decides alike (the
+        # main process's config write does not change what "started" means)
+        decision = self.continuation or decide_for_run(self.cfg, self.out, self.resume, self.phase, self.names[0])
+        self.resume = decision.resume
         if self.info.is_main:
-            if config_path.exists() and not self.resume and not _started(self.out):
-                # a run whose inputs failed before anything trained: the corrected command takes its folder
+            if decision.replaces:  # its inputs failed before anything trained: the corrected command takes it
                 print(f"{self.out}: replacing a run that never started (no phase trained, nothing evaluated)")
-            elif config_path.exists():
-                if not self.resume:
-                    raise ConfigError(
-                        f"run folder {self.out} already holds a run: resume it to continue, or choose "
-                        f"another output folder to start a new one"
-                    )
+            if decision.resume and config_path.is_file():
                 saved = validate_config(yaml.safe_load(config_path.read_text(encoding="utf-8")), str(config_path))
                 differences = config_differences(saved, self.cfg)
                 if differences:
@@ -172,7 +179,8 @@ class TrainingRun:
         check_cache_setting(cfg, self.names)
         datasets = load_datasets(cfg, verify=self.info.is_main, progress=self.progress)
         class_names = list(datasets.train.class_names)
-        model, source = start_model(cfg, self.out, self.names[0], class_names)
+        start = start_model(cfg, self.out, self.names[0], class_names)
+        model, source = start.model, start.source
         model.set_category_ids(datasets.train.label_to_category_id)
         text = self._text(class_names)
         data = build_phase_data(
@@ -187,8 +195,8 @@ class TrainingRun:
 
         # A run that starts from a trained model scores it first: it is the baseline. A run from
         # random initialisation gets its baseline from its first phase without fusion.
-        continued = Path(source).resolve().parent.parent == self.out.resolve()  # from its own previous phase
-        trained_start = not source.startswith(RANDOM_START) and not continued
+        continued = start.kind == PREVIOUS_PHASE  # this run's own previous phase
+        trained_start = start.kind == CHECKPOINT
         if continued:
             self._pass_gate_before(self.names[0])
         else:
@@ -380,12 +388,6 @@ class TrainingRun:
             print(f"final: {final['phase']} (val mAP@0.5 {value}) -> {final['checkpoint']}: {final['reason']}")
 
 
-def _started(out: Path) -> bool:
-    """Whether a run folder holds anything a run made after its config: an evaluation or a phase's state."""
-    made = ("start/metrics.json", "*/last/trainer.json", "*/result.json", "*/best/config.json")
-    return any(next(out.glob(pattern), None) is not None for pattern in made)
-
-
 def _test_entry(metrics: dict[str, Any], checkpoint: str, results: Path) -> dict[str, Any]:
     return {**_metric_summary(metrics, checkpoint), "results": str(results)}
 
@@ -397,9 +399,12 @@ def run_training(
     resume: bool = False,
     progress: bool = True,
     go_past: Sequence[str] = (),
+    continuation: Continuation | None = None,
 ) -> dict[str, Any]:
     """Train the phases of ``cfg`` into the run folder ``out``; returns ``summary.json``'s content.
 
     ``go_past``: phases whose gate the user overrides (a stopped run, resumed, then goes on).
+    ``continuation``: whether the run continues the folder's, decided by the caller
+    (:func:`~.run_folder.decide_for_run`); None: decided here from ``resume`` and ``phase``.
     """
-    return TrainingRun(cfg, Path(out), phase, resume, progress, go_past).run()
+    return TrainingRun(cfg, Path(out), phase, resume, progress, go_past, continuation).run()
