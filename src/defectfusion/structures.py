@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -173,4 +173,105 @@ class Explanation:
                     for d in self.detections
                 ],
             },
+        }
+
+
+_CLASS_FIELDS = ("ap50", "ap", "precision", "recall", "f1", "conf")
+_COUNTS = ("num_images", "num_ground_truth", "num_detections")
+_KNOWN = ("map50", "map", *_COUNTS, "per_class", "confusion_matrix", "pr_curves")
+
+
+@dataclass(frozen=True)
+class ClassMetrics:
+    """One class's numbers in :class:`Metrics` (``None``: undefined, e.g. the class has no GT).
+
+    Attributes:
+        ap50, ap: COCO AP@0.5 and AP@0.5:0.95.
+        precision, recall, f1: at the confidence ``conf`` where F1 is maximal.
+        num_gt, num_pred: non-crowd ground-truth boxes and predictions (all scores).
+    """
+
+    ap50: float | None = None
+    ap: float | None = None
+    precision: float | None = None
+    recall: float | None = None
+    f1: float | None = None
+    conf: float | None = None
+    num_gt: int | None = None  # None only where a hand-written dict left it out
+    num_pred: int | None = None
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ClassMetrics:
+        return cls(**{k: d.get(k) for k in _CLASS_FIELDS}, num_gt=d.get("num_gt"), num_pred=d.get("num_pred"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**{k: getattr(self, k) for k in _CLASS_FIELDS}, "num_gt": self.num_gt, "num_pred": self.num_pred}
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """What the detection evaluator computed over a set of images.
+
+    ``to_dict`` / ``from_dict`` are its only JSON form: the ``metrics.json`` schema documented in
+    ``engine/evaluation/evaluator.py`` (``None`` means undefined, never 0).
+
+    Attributes:
+        map50, map: COCO mAP@0.5 and mAP@0.5:0.95, mean over classes with non-crowd GT.
+        num_images, num_ground_truth, num_detections: what was evaluated.
+        per_class: class name -> :class:`ClassMetrics`, in the annotations' category order.
+        confusion_matrix: ``{"labels", "counts" [(C+1) x (C+1)], "normalized", ...}``, counts[gt][pred].
+        pr_curves: class name -> ``{"recall": [101], "precision": [101]}`` at IoU 0.5.
+        extra: keys a file held beyond these, kept so that reading and writing it loses nothing.
+    """
+
+    map50: float | None
+    map: float | None
+    num_images: int | None = None  # None only where a hand-written dict left them out
+    num_ground_truth: int | None = None
+    num_detections: int | None = None
+    per_class: Mapping[str, ClassMetrics] = field(default_factory=dict)
+    confusion_matrix: Mapping[str, Any] = field(default_factory=dict)
+    pr_curves: Mapping[str, Any] = field(default_factory=dict)
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.per_class)
+
+    def ap50_of(self, name: str) -> float | None:
+        """A class's AP@0.5, ``None`` when undefined or the class is not in these metrics."""
+        entry = self.per_class.get(name)
+        return None if entry is None else entry.ap50
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Metrics:
+        """The record of a metrics dict (``metrics.json``); ``TypeError`` when it is not one."""
+        if not isinstance(d, Mapping):
+            raise TypeError(f"expected a metrics dict (the evaluator's metrics.json), got {type(d).__name__}")
+        per_class = d.get("per_class")
+        if not isinstance(per_class, Mapping) or not all(isinstance(v, Mapping) for v in per_class.values()):
+            raise TypeError(
+                "field 'per_class' must be a dict {class name: {'ap50', 'ap', ...}}, "
+                f"got {type(per_class).__name__}; is this the evaluator's metrics.json?"
+            )
+        return cls(
+            map50=d.get("map50"),
+            map=d.get("map"),
+            **{k: d.get(k) for k in _COUNTS},
+            per_class={name: ClassMetrics.from_dict(v) for name, v in per_class.items()},
+            confusion_matrix=dict(d.get("confusion_matrix") or {}),
+            pr_curves=dict(d.get("pr_curves") or {}),
+            extra={k: v for k, v in d.items() if k not in _KNOWN},
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``metrics.json`` dict: the evaluator's schema, key for key."""
+        return {
+            "map50": self.map50,
+            "map": self.map,
+            **{k: getattr(self, k) for k in _COUNTS},
+            "per_class": {name: c.to_dict() for name, c in self.per_class.items()},
+            "confusion_matrix": dict(self.confusion_matrix),
+            "pr_curves": dict(self.pr_curves),
+            **self.extra,
         }
