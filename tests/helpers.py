@@ -24,7 +24,7 @@ from defectfusion.data.descriptions import load_descriptions
 from defectfusion.models.checkpoint import save_detector
 from defectfusion.models.detector import DefectDetector, build_detector
 from defectfusion.models.text import encode_descriptions
-from defectfusion.structures import Detections
+from defectfusion.structures import ClassMetrics, Detections, Metrics
 
 SIX_CLASSES = ["NORMAL", "DEFORMACIONES", "ROTURA_FRACTURA", "RAYONES_ARANAZOS", "PERFORACIONES", "CONTAMINACION"]
 # Checkpoints written by the original DEIMv2 code, beside the project (tests skip without them).
@@ -486,3 +486,58 @@ def coco_on_resample(gt: dict, detections: dict[int, Detections], ids) -> tuple[
     cat_ids = [c["id"] for c in base["categories"]]
     ap50, ap, _ = coco_class_ap(coco_gt, results, list(range(1, len(ids) + 1)), cat_ids)
     return ap50, ap
+
+
+# ---------------------------------------------------------------------------- evaluator-shaped metrics
+
+REPORT_CLASSES = ["NORMAL", "ROTURA_FRACTURA", "RAYONES_ARANAZOS", "PERFORACIONES"]
+
+
+def fake_metrics(
+    ap50s, counts, absent=(), *, names=REPORT_CLASSES, map_ratio: float | None = 0.6, silent=()
+) -> Metrics:
+    """What the evaluator returns, made up: AP@0.5 per class of ``names``, confusion ``counts``
+    ``[(C+1) x (C+1)]`` (rows ground truth, last row and column background).
+
+    Classes in ``absent`` have no ground truth (their AP undefined); classes in ``silent`` were never
+    predicted; mAP@0.5:0.95 is ``map_ratio`` x mAP@0.5 (``None``: undefined). ``.to_dict()`` where a
+    test needs the ``metrics.json`` dict.
+    """
+    counts = np.asarray(counts)
+    totals = counts.sum(1)
+    recall = np.linspace(0, 1, 101)
+    per_class, curves = {}, {}
+    for i, name in enumerate(names):
+        ap = None if name in absent else ap50s[i]
+        per_class[name] = ClassMetrics(
+            ap50=ap,
+            ap=None if ap is None else ap * 0.6,
+            precision=ap,
+            recall=ap,
+            f1=ap,
+            conf=None if ap is None else 0.4,
+            num_gt=int(totals[i]),
+            num_pred=0 if name in silent else int(counts[:, i].sum()),
+        )
+        precision = [None] * 101 if ap is None else [max(0.0, 1 - (1 - ap) * 2 * r**3) for r in recall]
+        curves[name] = {"recall": recall.tolist(), "precision": precision}
+    defined = [a for a, n in zip(ap50s, names, strict=True) if n not in absent]
+    map50 = float(np.mean(defined))
+    return Metrics(
+        map50=map50,
+        map=None if map_ratio is None else map50 * map_ratio,
+        num_images=20,
+        num_ground_truth=int(counts[:-1].sum()),
+        num_detections=int(counts[:, :-1].sum()),
+        per_class=per_class,
+        confusion_matrix={
+            "labels": [*names, "background"],
+            "counts": counts.tolist(),
+            "normalized": [[None if t == 0 else float(c / t) for c in r] for r, t in zip(counts, totals, strict=True)],
+            "rows": "ground truth",
+            "columns": "prediction",
+            "iou_threshold": 0.5,
+            "conf_threshold": 0.25,
+        },
+        pr_curves=curves,
+    )

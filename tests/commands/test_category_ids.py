@@ -50,9 +50,9 @@ def test_predictions_carry_the_training_datasets_ids(tmp_path, synth_data):
     # the synthetic images are numbered 1.. in file order, as predict numbers them without annotations
     scored = evaluate_predictions(tmp_path / "pred" / "results.json", data / "val" / "annotations.json", report=False)
     direct = evaluate_checkpoint(model, data / "val" / "annotations.json", report=False, progress=False)
-    assert direct.metrics["map50"] > 0
-    assert abs(scored.metrics["map50"] - direct.metrics["map50"]) < 1e-6
-    assert abs(scored.metrics["map"] - direct.metrics["map"]) < 1e-6
+    assert direct.metrics.map50 > 0
+    assert abs(scored.metrics.map50 - direct.metrics.map50) < 1e-6
+    assert abs(scored.metrics.map - direct.metrics.map) < 1e-6
 
     # the Python API gives the same detections for the first image, in its pixels, with the same ids
     detector = load_detector(model)

@@ -54,6 +54,6 @@ def test_the_shipped_baseline_scores_its_recorded_map_on_regenerated_validation_
     metrics = evaluate_checkpoint(
         shipped_baseline(), tmp_path / "val" / "annotations.json", report=False, progress=False
     ).metrics
-    assert metrics["num_images"] == card["val"]["images"]
-    assert metrics["map50"] == pytest.approx(card["val"]["map50"], abs=1e-4)
-    assert metrics["map"] == pytest.approx(card["val"]["map"], abs=1e-4)
+    assert metrics.num_images == card["val"]["images"]
+    assert metrics.map50 == pytest.approx(card["val"]["map50"], abs=1e-4)
+    assert metrics.map == pytest.approx(card["val"]["map"], abs=1e-4)

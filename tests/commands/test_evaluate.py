@@ -35,11 +35,11 @@ def test_evaluate_gives_the_numbers_of_training_time_validation(kit):
     expected = run_validation(model, loader, DetectionEvaluator(index.to_coco_dict()), torch.device("cpu"))
     result = evaluate_checkpoint(kit.fused, kit.val_ann, progress=False)
     got = result.metrics
-    assert got["num_images"] == 8 and got["num_detections"] == expected["num_detections"] == 8 * 30 * 6  # Q x C
-    assert got["confusion_matrix"]["counts"] == expected["confusion_matrix"]["counts"]
-    for name, entry in expected["per_class"].items():
+    assert got.num_images == 8 and got.num_detections == expected.num_detections == 8 * 30 * 6  # Q x C
+    assert got.confusion_matrix["counts"] == expected.confusion_matrix["counts"]
+    for name, entry in expected.per_class.items():
         for key in ("ap50", "ap", "precision", "recall", "f1", "conf"):
-            assert got["per_class"][name][key] == pytest.approx(entry[key], abs=1e-6)
+            assert getattr(got.per_class[name], key) == pytest.approx(getattr(entry, key), abs=1e-6)
     assert result.out is None and result.files == []
 
 
@@ -50,7 +50,7 @@ def test_baseline_comparison_pair_and_report(kit, tmp_path):
     out = tmp_path / "ev"
     metrics = json.loads((out / "metrics.json").read_text())
     baseline = json.loads((out / "baseline_metrics.json").read_text())
-    assert metrics == json.loads(json.dumps(result.metrics)) and baseline["num_images"] == 8
+    assert metrics == json.loads(json.dumps(result.metrics.to_dict())) and baseline["num_images"] == 8
     comparison = json.loads((out / "comparison.json").read_text())
     assert comparison["labels"] == ["baseline", "fused"]
     rows = {r["class"]: r for r in comparison["rows"]}
@@ -105,7 +105,7 @@ def test_what_if_descriptions_swap_the_text_without_retraining(kit, tmp_path):
     # the file the model was trained with reproduces the model exactly ...
     assert result.what_if[0].metrics == result.metrics and rows[0]["map50_delta"] == 0
     # ... other wording changes what the fused head predicts
-    assert result.what_if[1].metrics["confusion_matrix"] != result.metrics["confusion_matrix"]
+    assert result.what_if[1].metrics.confusion_matrix != result.metrics.confusion_matrix
     saved = json.loads((tmp_path / "wi" / "what_if.json").read_text())
     assert len(saved["rows"]) == 2 and saved["pair"] == ["ROTURA_FRACTURA", "RAYONES_ARANAZOS"]
     assert {"ap50_ROTURA_FRACTURA", "ROTURA_FRACTURA_as_RAYONES_ARANAZOS"} <= set(saved["rows"][1])
@@ -193,9 +193,9 @@ def test_absent_classes_empty_images_and_a_silent_model_give_nulls_not_crashes(k
     empty.write_text("[]")
     nothing = evaluate_predictions(empty, ann, out=tmp_path / "none", grid=2)
     m = nothing.metrics
-    assert m["num_detections"] == 0 and m["map50"] == 0.0
-    assert m["per_class"]["NORMAL"]["precision"] is None  # no predictions: precision undefined
-    assert m["per_class"]["PERFORACIONES"]["ap50"] is None
+    assert m.num_detections == 0 and m.map50 == 0.0
+    assert m.per_class["NORMAL"].precision is None  # no predictions: precision undefined
+    assert m.ap50_of("PERFORACIONES") is None
     check_html(nothing.report_html)
 
 

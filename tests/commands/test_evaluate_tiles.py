@@ -15,9 +15,9 @@ def test_evaluate_with_tiles_scores_the_merged_tile_detections(kit):
     tiled = evaluate_checkpoint(
         kit.baseline, kit.val_ann, baseline=kit.baseline, tiles=48, overlap=0.25, report=False, progress=False
     )
-    assert tiled.metrics["num_images"] == plain.metrics["num_images"]
-    assert tiled.metrics["map50"] != plain.metrics["map50"]  # other detections: 48 px crops, not the resized image
-    assert tiled.baseline["map50"] == tiled.metrics["map50"]  # the baseline tiles the same way
+    assert tiled.metrics.num_images == plain.metrics.num_images
+    assert tiled.metrics.map50 != plain.metrics.map50  # other detections: 48 px crops, not the resized image
+    assert tiled.baseline.map50 == tiled.metrics.map50  # the baseline tiles the same way
 
 
 def test_tiles_need_a_checkpoint(kit, tmp_path, capsys):

@@ -86,7 +86,7 @@ def test_category_ids_come_from_the_annotations_or_a_mapping(kit, tmp_path):
     assert not (tmp_path / "out" / "images").exists()
     # a results file written with the dataset's ids is what the evaluator reads
     metrics = evaluate_results_file(run.results_json, ann)
-    assert metrics["num_images"] == 8 and metrics["num_detections"] == 8 * 5
+    assert metrics.num_images == 8 and metrics.num_detections == 8 * 5
 
     names = run.class_names
     assert resolve_category_ids(names, category_ids=list(range(1, 7))) == [1, 2, 3, 4, 5, 6]

@@ -39,7 +39,7 @@ def test_run_report_evaluates_missing_metrics_once_and_shows_phases_gates_and_cu
     assert len(parsed.images) == len(list((out / "plots").glob("*.png"))) >= 7
 
     again = report_run(run, grid=0)  # metrics now exist: nothing is evaluated again
-    assert again.evaluated == [] and again.result.metrics == final
+    assert again.evaluated == [] and again.result.metrics.to_dict() == final
 
     # the final model replaced (a resumed run): its old metrics are stale and evaluated anew
     save_detector(load_detector(kit.baseline), run / "final")

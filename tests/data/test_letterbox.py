@@ -84,7 +84,7 @@ def test_a_model_trained_with_letterbox_predicts_evaluates_and_exports_with_it(t
     torch.testing.assert_close(det.boxes, pred.detections.boxes)
     assert det.boxes[:, 0::2].max() <= 192 and det.boxes[:, 1::2].max() <= 96
     result = evaluate_checkpoint(final, wide / "annotations.json", report=False, progress=False)
-    assert 0.0 <= result.metrics["map50"] <= 1.0
+    assert 0.0 <= result.metrics.map50 <= 1.0
 
     pytest.importorskip("onnxruntime")
     from defectfusion.commands.export import export_onnx

@@ -61,9 +61,9 @@ def test_run_validation_with_the_model_on_the_accelerator_scores_what_the_cpu_sc
         on_device.to(DEVICE)
         got = run_validation(on_device, loader, DetectionEvaluator(index.to_coco_dict()), DEVICE, top_k=50)
     assert mode.ran_on_meta > 1000
-    assert got["num_detections"] == expected["num_detections"] == 8 * 50
-    assert got["map50"] == pytest.approx(expected["map50"], abs=1e-6)
-    assert got["confusion_matrix"]["counts"] == expected["confusion_matrix"]["counts"]
+    assert got.num_detections == expected.num_detections == 8 * 50
+    assert got.map50 == pytest.approx(expected.map50, abs=1e-6)
+    assert got.confusion_matrix["counts"] == expected.confusion_matrix["counts"]
 
 
 def test_the_file_predictor_on_the_accelerator_gives_the_cpu_detections(model, synth_data, one_thread):

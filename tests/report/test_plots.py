@@ -13,53 +13,10 @@ from PIL import Image
 from defectfusion.errors import DefectFusionError
 from defectfusion.report import plots
 from defectfusion.structures import Detections
+from tests.helpers import REPORT_CLASSES as NAMES
+from tests.helpers import fake_metrics
 
-NAMES = ["NORMAL", "ROTURA_FRACTURA", "RAYONES_ARANAZOS", "PERFORACIONES"]
 PAIR = ("ROTURA_FRACTURA", "RAYONES_ARANAZOS")
-
-
-def fake_metrics(ap50s, counts, absent=()) -> dict:
-    """Evaluator-shaped metrics for the classes in NAMES; classes in ``absent`` have no ground truth."""
-    counts = np.asarray(counts)
-    totals = counts.sum(1)
-    recall = np.linspace(0, 1, 101)
-    per_class, curves = {}, {}
-    for i, name in enumerate(NAMES):
-        ap = None if name in absent else ap50s[i]
-        per_class[name] = {
-            "ap50": ap,
-            "ap": None if ap is None else ap * 0.6,
-            "precision": ap,
-            "recall": ap,
-            "f1": ap,
-            "conf": None if ap is None else 0.4,
-            "num_gt": int(totals[i]),
-            "num_pred": int(counts[:, i].sum()),
-        }
-        precision = [None] * 101 if ap is None else [max(0.0, 1 - (1 - ap) * 2 * r**3) for r in recall]
-        curves[name] = {"recall": recall.tolist(), "precision": precision}
-    normalized = [[None if t == 0 else float(c / t) for c in row] for row, t in zip(counts, totals, strict=True)]
-    defined = [a for a, n in zip(ap50s, NAMES, strict=True) if n not in absent]
-    return {
-        "map50": float(np.mean(defined)),
-        "map": float(np.mean(defined)) * 0.6,
-        "num_images": 20,
-        "num_ground_truth": int(counts[:-1].sum()),
-        "num_detections": int(counts[:, :-1].sum()),
-        "per_class": per_class,
-        "confusion_matrix": {
-            "labels": NAMES + ["background"],
-            "counts": counts.tolist(),
-            "normalized": normalized,
-            "rows": "ground truth",
-            "columns": "prediction",
-            "iou_threshold": 0.5,
-            "conf_threshold": 0.25,
-        },
-        "pr_curves": curves,
-    }
-
-
 COUNTS_A = [[50, 1, 0, 0, 3], [0, 30, 12, 0, 4], [1, 3, 40, 0, 2], [0, 0, 0, 25, 1], [2, 3, 4, 1, 0]]
 COUNTS_B = [[50, 1, 0, 0, 3], [0, 36, 6, 0, 4], [1, 2, 41, 0, 2], [0, 0, 0, 25, 1], [2, 1, 2, 1, 0]]
 BEFORE = fake_metrics([0.98, 0.58, 0.81, 0.92], COUNTS_A)
@@ -88,7 +45,7 @@ def test_confusion_matrix_images_follow_the_numbers(tmp_path):
     assert raw == tmp_path / "cm.png"
     a = load_png(raw, (600, 500))
     b = load_png(plots.plot_confusion_matrix(AFTER, tmp_path / "cm_after.png", highlight=PAIR))
-    c = load_png(plots.plot_confusion_matrix(BEFORE["confusion_matrix"], tmp_path / "cm_norm.png", normalized=True))
+    c = load_png(plots.plot_confusion_matrix(BEFORE.confusion_matrix, tmp_path / "cm_norm.png", normalized=True))
     assert a.shape != b.shape or np.abs(a - b).mean() > 0.01  # other counts, another picture
     assert a.shape != c.shape or np.abs(a - c).mean() > 0.01
     assert no_temp_files(tmp_path)
@@ -98,7 +55,7 @@ def test_confusion_matrix_undefined_row_and_bad_input(tmp_path):
     counts = [row[:] for row in COUNTS_A]
     counts[3] = [0, 0, 0, 0, 0]  # PERFORACIONES absent: its normalised row is undefined
     m = fake_metrics([0.98, 0.58, 0.81, 0.92], counts, absent=("PERFORACIONES",))
-    assert m["confusion_matrix"]["normalized"][3] == [None] * 5
+    assert m.confusion_matrix["normalized"][3] == [None] * 5
     load_png(plots.plot_confusion_matrix(m, tmp_path / "cm.png", normalized=True, highlight=PAIR))
     with pytest.raises(DefectFusionError, match="highlight class 'ROTURA'"):
         plots.plot_confusion_matrix(m, tmp_path / "x.png", highlight=("ROTURA", "RAYONES_ARANAZOS"))
@@ -109,7 +66,7 @@ def test_confusion_matrix_undefined_row_and_bad_input(tmp_path):
 
 def test_pr_curves_skip_undefined_classes(tmp_path):
     m = fake_metrics([0.98, 0.58, 0.81, 0.92], COUNTS_A, absent=("PERFORACIONES",))
-    m["pr_curves"].pop("RAYONES_ARANAZOS")  # a class nothing is known about at all
+    m.pr_curves.pop("RAYONES_ARANAZOS")  # a class nothing is known about at all
     a = load_png(plots.plot_pr_curves(m, tmp_path / "pr.png"), (500, 500))
     b = load_png(plots.plot_pr_curves(AFTER, tmp_path / "pr_after.png"))
     assert a.shape != b.shape or not np.array_equal(a, b)
@@ -118,7 +75,7 @@ def test_pr_curves_skip_undefined_classes(tmp_path):
 def test_ap_bars_two_and_many_models(tmp_path):
     load_png(plots.plot_ap_bars(BEFORE, AFTER, tmp_path / "bars.png"), (600, 400))
     absent = fake_metrics([0.98, 0.6, 0.8, 0.9], COUNTS_A, absent=("PERFORACIONES",))
-    models = [("defects6.yml", AFTER), ("short.yml", BEFORE), ("contrast.yml", absent)]
+    models = [("defects6.yml", AFTER), ("short.yml", BEFORE), ("contrast.yml", absent.to_dict())]  # as read back
     load_png(plots.plot_ap_bars(models, None, tmp_path / "many.png"))
     load_png(plots.plot_ap_bars_many(models, tmp_path / "many_ap.png", metric="ap"))
     with pytest.raises(DefectFusionError, match="metric"):
@@ -235,7 +192,7 @@ def test_image_grid(tmp_path):
 
 
 def test_user_text_with_dollar_signs_is_not_math(tmp_path):
-    m = json.loads(json.dumps(BEFORE).replace("RAYONES_ARANAZOS", "co$t $ <b>&"))
+    m = json.loads(json.dumps(BEFORE.to_dict()).replace("RAYONES_ARANAZOS", "co$t $ <b>&"))
     load_png(plots.plot_pr_curves(m, tmp_path / "pr.png"))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 from urllib.parse import unquote
@@ -12,12 +13,13 @@ from PIL import Image
 
 from defectfusion.errors import DefectFusionError
 from defectfusion.report.summary import Section, build_report, write_report
+from tests.helpers import REPORT_CLASSES as NAMES
 from tests.helpers import check_html
+from tests.helpers import fake_metrics as make_metrics
 
-NAMES = ["NORMAL", "ROTURA_FRACTURA", "RAYONES_ARANAZOS", "PERFORACIONES"]
 
-
-def fake_metrics(ap50s, crack_as_scratch, absent=()) -> dict:
+def fake_metrics(ap50s, crack_as_scratch, absent=(), silent=()):
+    """Metrics whose ROTURA_FRACTURA boxes were called RAYONES_ARANAZOS ``crack_as_scratch`` times."""
     counts = np.array(
         [
             [50, 1, 0, 0, 3],
@@ -29,46 +31,7 @@ def fake_metrics(ap50s, crack_as_scratch, absent=()) -> dict:
     )
     for name in absent:
         counts[NAMES.index(name), :] = 0
-    totals = counts.sum(1)
-    recall = np.linspace(0, 1, 101)
-    per_class, curves = {}, {}
-    for i, name in enumerate(NAMES):
-        ap = None if name in absent else ap50s[i]
-        per_class[name] = {
-            "ap50": ap,
-            "ap": None if ap is None else ap * 0.6,
-            "precision": ap,
-            "recall": ap,
-            "f1": ap,
-            "conf": None if ap is None else 0.4,
-            "num_gt": int(totals[i]),
-            "num_pred": int(counts[:, i].sum()),
-        }
-        curves[name] = {
-            "recall": recall.tolist(),
-            "precision": [None] * 101 if ap is None else [1 - (1 - ap) * r for r in recall],
-        }
-    defined = [a for a, n in zip(ap50s, NAMES, strict=True) if n not in absent]
-    return {
-        "map50": float(np.mean(defined)),
-        "map": None,
-        "num_images": 20,
-        "num_ground_truth": int(counts[:-1].sum()),
-        "num_detections": int(counts[:, :-1].sum()),
-        "per_class": per_class,
-        "confusion_matrix": {
-            "labels": NAMES + ["background"],
-            "counts": counts.tolist(),
-            "normalized": [
-                [None if t == 0 else float(c / t) for c in row] for row, t in zip(counts, totals, strict=True)
-            ],
-            "rows": "ground truth",
-            "columns": "prediction",
-            "iou_threshold": 0.5,
-            "conf_threshold": 0.25,
-        },
-        "pr_curves": curves,
-    }
+    return make_metrics(ap50s, counts, absent, map_ratio=None, silent=silent)
 
 
 def md_links(path: Path) -> list[Path]:
@@ -174,7 +137,7 @@ def test_build_report_end_to_end(tmp_path):
     md, html_path = build_report(
         tmp_path / "report",
         fused,
-        baseline=baseline,
+        baseline=baseline.to_dict(),  # a metrics.json read back reads the same
         training=records,
         images=images,
         what_if=[("defects6.yml", fused), ("short.yml", baseline)],
@@ -192,8 +155,7 @@ def test_build_report_end_to_end(tmp_path):
 
 
 def test_build_report_without_pair_or_baseline(tmp_path):
-    m = fake_metrics([0.9, 0.5, 0.8, 0.7], crack_as_scratch=3)
-    m["pr_curves"] = {}
+    m = dataclasses.replace(fake_metrics([0.9, 0.5, 0.8, 0.7], crack_as_scratch=3), pr_curves={})
     md, html_path = build_report(tmp_path, m, pair=False, training=tmp_path / "no_run")
     text = md.read_text()
     assert "called" not in text and "Training curves" in text and "Not drawn" in text
@@ -204,9 +166,7 @@ def test_build_report_without_pair_or_baseline(tmp_path):
 def test_a_pair_that_was_never_predicted_says_so_and_the_grid_is_titled_by_its_split(tmp_path):
     """Zeros from a model that predicts neither class read as "neither detected", not as "0 -> 0"; the image grid
     is named after the split evaluated. Fails if the counts were printed regardless."""
-    silent = fake_metrics([0.9, 0.5, 0.8, 0.7], crack_as_scratch=0)
-    for name in ("ROTURA_FRACTURA", "RAYONES_ARANAZOS"):
-        silent["per_class"][name]["num_pred"] = 0
+    silent = fake_metrics([0.9, 0.5, 0.8, 0.7], crack_as_scratch=0, silent=("ROTURA_FRACTURA", "RAYONES_ARANAZOS"))
     title = "a title long enough to need wrapping in a cell of this grid, twice over, at least"
     images = [{"image": np.zeros((32, 40, 3), dtype=np.uint8), "detections": None, "gt": ([[2, 2, 9, 9]], [1]),
                "title": title}]  # fmt: skip

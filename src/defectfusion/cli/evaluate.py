@@ -146,10 +146,7 @@ def print_result(result) -> None:
 
     console = wide_console()
     m = result.metrics
-    console.print(
-        f"{m.get('num_images')} images, {m.get('num_ground_truth')} ground-truth boxes, "
-        f"{m.get('num_detections')} detections"
-    )
+    console.print(f"{m.num_images} images, {m.num_ground_truth} ground-truth boxes, {m.num_detections} detections")
     if result.comparison is not None:
         console.print(
             rows_table(
@@ -158,14 +155,13 @@ def print_result(result) -> None:
         )
     else:
         console.print(rows_table(per_class_rows(m, result.class_names), title="metrics per class"))
-    headline = f"mAP@0.5 {fmt_value(m.get('map50'))}, mAP@0.5:0.95 {fmt_value(m.get('map'))}"
+    headline = f"mAP@0.5 {fmt_value(m.map50)}, mAP@0.5:0.95 {fmt_value(m.map)}"
     if result.baseline is not None:
         headline += (
-            f" (baseline: mAP@0.5 {fmt_value(result.baseline.get('map50'))}, "
-            f"mAP@0.5:0.95 {fmt_value(result.baseline.get('map'))})"
+            f" (baseline: mAP@0.5 {fmt_value(result.baseline.map50)}, mAP@0.5:0.95 {fmt_value(result.baseline.map)})"
         )
     console.print(headline)
-    undefined = [n for n in result.class_names if (m["per_class"].get(n) or {}).get("ap50") is None]
+    undefined = [n for n in result.class_names if m.ap50_of(n) is None]
     if undefined:
         console.print(f"undefined (no ground truth here, shown as –): {', '.join(undefined)}")
     if result.confusion is not None:
@@ -175,8 +171,7 @@ def print_result(result) -> None:
         console.print(
             rows_table(
                 what_if_display(result),
-                title="what-if descriptions (same detector, other texts; "
-                f"as trained: mAP@0.5 {fmt_value(m.get('map50'))})",
+                title=f"what-if descriptions (same detector, other texts; as trained: mAP@0.5 {fmt_value(m.map50)})",
             )
         )
     if result.out is not None:

@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     if result.comparison is not None:
         console.print(rows_table(result.comparison.to_display_rows(("ap50",)), title="final model vs baseline"))
     else:
-        console.print(f"final model: mAP@0.5 {fmt_value(result.metrics.get('map50'))}")
+        console.print(f"final model: mAP@0.5 {fmt_value(result.metrics.map50)}")
     if result.confusion is not None:
         console.print(result.confusion.sentence())
         console.print(result.confusion.reverse_sentence())

@@ -77,7 +77,7 @@ def _measure(folder: Path, data: Path) -> dict[str, dict[str, Any]]:
     measured = {}
     for split in ("val", "test"):
         metrics = evaluate_checkpoint(folder, data / split / "annotations.json", report=False, progress=False).metrics
-        measured[split] = {"map50": metrics["map50"], "map": metrics["map"], "images": metrics["num_images"]}
+        measured[split] = {"map50": metrics.map50, "map": metrics.map, "images": metrics.num_images}
     return measured
 
 

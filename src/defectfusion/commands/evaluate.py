@@ -38,6 +38,7 @@ from ..io import atomic_write_json
 from ..report.compare import ComparisonTable, ConfusionPair, compare_metrics, confusion_pair, pair_counts
 from ..report.summary import Section, build_report
 from ..report.values import as_number
+from ..structures import Metrics
 from .grid import GRID_IMAGES, choose_grid, grid_items, results_detections
 from .what_if import WhatIf, evaluate_with_descriptions
 
@@ -58,10 +59,10 @@ class EvaluationResult:
         files: every file written (report and plots included).
     """
 
-    metrics: dict[str, Any]
+    metrics: Metrics
     class_names: list[str]
     labels: tuple[str, str] = ("baseline", "model")
-    baseline: dict[str, Any] | None = None
+    baseline: Metrics | None = None
     comparison: ComparisonTable | None = None
     pair: tuple[str, str] | None = None
     confusion: ConfusionPair | None = None
@@ -79,20 +80,20 @@ class EvaluationResult:
         model with the text embeddings it was trained with (``metrics``).
         """
         rows = []
-        ref = as_number(self.metrics.get("map50"))
+        ref = as_number(self.metrics.map50)
         for w in self.what_if:
-            m50 = as_number(w.metrics.get("map50"))
+            m50 = as_number(w.metrics.map50)
             row: dict[str, Any] = {
                 "descriptions": w.label,
                 "file": w.descriptions,
                 "map50": m50,
                 "map50_delta": None if m50 is None or ref is None else m50 - ref,
-                "map": as_number(w.metrics.get("map")),
+                "map": as_number(w.metrics.map),
             }
             if self.pair is not None:
                 a, b = self.pair
-                row[f"ap50_{a}"] = as_number(w.metrics["per_class"][a].get("ap50"))
-                row[f"ap50_{b}"] = as_number(w.metrics["per_class"][b].get("ap50"))
+                row[f"ap50_{a}"] = as_number(w.metrics.per_class[a].ap50)
+                row[f"ap50_{b}"] = as_number(w.metrics.per_class[b].ap50)
                 row[f"{a}_as_{b}"], row[f"{b}_as_{a}"] = pair_counts(w.metrics, a, b)
             rows.append(row)
         return rows
@@ -232,7 +233,7 @@ def evaluate_checkpoint(
     if pair_names is not None:
         result.confusion = (
             confusion_pair(result.baseline, metrics, *pair_names)
-            if result.baseline
+            if result.baseline is not None
             else confusion_pair(metrics, None, *pair_names)
         )
     if descriptions:
@@ -284,7 +285,7 @@ def write_outputs(result: EvaluationResult, out: Path) -> None:
             out / "what_if.json",
             {
                 "reference": {
-                    "map50": result.metrics.get("map50"),
+                    "map50": result.metrics.map50,
                     "note": "the model with its trained text embeddings",
                 },
                 "pair": list(result.pair) if result.pair else None,
@@ -338,7 +339,7 @@ def evaluate_predictions(
     metrics = evaluate_results_file(
         results_json, annotations, iou_threshold=iou_threshold, conf_threshold=conf_threshold
     )
-    names = list(metrics["per_class"])
+    names = metrics.class_names
     pair_names = resolve_pair(pair, names, descriptions_near(annotations))
     result = EvaluationResult(metrics, names, labels=("baseline", "detector"), pair=pair_names)
     if pair_names is not None:

@@ -19,6 +19,7 @@ from ..io import read_json
 from ..report.compare import compare_metrics, confusion_pair
 from ..report.summary import Section
 from ..report.values import MISSING, as_number, fmt_delta, fmt_value, load_metrics
+from ..structures import Metrics
 from .evaluate import EvaluationResult, configured_pair, write_outputs, write_report
 from .grid import GRID_IMAGES, grid_ids, grid_items, predict_ids
 
@@ -44,7 +45,7 @@ class RunReport:
     evaluated: list[str] = field(default_factory=list)  # which checkpoints had to be evaluated now
 
 
-def _existing_metrics(candidates: Sequence[tuple[Path, Path | None]]) -> dict[str, Any] | None:
+def _existing_metrics(candidates: Sequence[tuple[Path, Path | None]]) -> Metrics | None:
     """The first readable metrics file of ``(path, model file it must not be older than)`` candidates."""
     for path, model_file in candidates:
         if not path.is_file():
@@ -234,7 +235,7 @@ def report_run(
             final_metrics = load_metrics(test_final)
             base_metrics = load_metrics(test_base) if test_base is not None and test_base.is_file() else None
             where = f"[test: {test.get('num_images')} images that selected nothing]"
-    names = list(final_metrics["per_class"])
+    names = final_metrics.class_names
     pair_names = resolve_pair(pair, names, _run_descriptions(run), configured_pair(run))
     result = EvaluationResult(
         final_metrics, names, labels=(f"baseline {where}", f"final {where}"), baseline=base_metrics, pair=pair_names
@@ -244,7 +245,7 @@ def report_run(
     if pair_names is not None:
         result.confusion = (
             confusion_pair(base_metrics, final_metrics, *pair_names)
-            if base_metrics
+            if base_metrics is not None
             else confusion_pair(final_metrics, None, *pair_names)
         )
     write_outputs(result, out_dir)

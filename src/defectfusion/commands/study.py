@@ -44,7 +44,8 @@ from ..errors import ConfigError, DataError
 from ..io import atomic_write_json, read_json
 from ..models.checkpoint import has_fusion_head
 from ..report.study import write_study_report
-from ..structures import Detections
+from ..report.values import load_metrics
+from ..structures import Detections, Metrics
 from .explain import explain
 from .preflight import check_plan
 from .study_launch import SlurmOptions, run_local, run_slurm
@@ -73,7 +74,7 @@ class StudyResult:
 
 def _score(
     checkpoint: str | os.PathLike, index: CocoIndex, folder: Path, prefix: str, progress: bool
-) -> tuple[dict[str, Any], dict[int, Detections]]:
+) -> tuple[Metrics, dict[int, Detections]]:
     """Metrics and detections of a checkpoint on ``index``, cached as ``<prefix>_metrics/results.json``."""
     metrics_path, results_path = folder / f"{prefix}metrics.json", folder / f"{prefix}results.json"
     if not (metrics_path.is_file() and results_path.is_file()):
@@ -92,7 +93,7 @@ def _score(
 
 def _read_scored(metrics_path: Path, results_path: Path, index: CocoIndex):
     detections = read_results_file(results_path, [r.id for r in index.images], list(index.label_to_category_id))
-    return read_json(metrics_path, "metrics file"), detections
+    return load_metrics(metrics_path), detections
 
 
 def _run_scores(run: StudyRun, index: CocoIndex, on_test: bool, progress: bool):
@@ -110,11 +111,10 @@ def _run_info(run: StudyRun, map50: float | None) -> RunInfo:
     return RunInfo(run.key, run.arm, run.seed, run.folder, final.get("phase"), final.get("reason"), usage, map50)
 
 
-def _check_identity(name: str, metrics: dict[str, Any], identity: Resampled, where: Path) -> None:
+def _check_identity(name: str, metrics: Metrics, identity: Resampled, where: Path) -> None:
     """The bootstrap's identity draw must give what the evaluator wrote: the results file and the metrics
     file then describe the same detections."""
-    for key, drawn in (("map50", identity.map50[0]), ("map", identity.map[0])):
-        stored = metrics.get(key)
+    for key, stored, drawn in (("map50", metrics.map50, identity.map50[0]), ("map", metrics.map, identity.map[0])):
         same = (stored is None and not np.isfinite(drawn)) or (stored is not None and abs(stored - drawn) <= 1e-6)
         if not same:
             raise DataError(
@@ -160,7 +160,7 @@ def _statistics(plan: StudyPlan, index: CocoIndex, on_test: bool, draws: int, pa
             fraction,
             arms,
             baseline,
-            {arm: [_run_info(r, metrics[r.key].get("map50")) for r in rs] for arm, rs in runs.items()},
+            {arm: [_run_info(r, metrics[r.key].map50) for r in rs] for arm, rs in runs.items()},
             names,
             pair,
             len(index.images),
@@ -250,7 +250,7 @@ def _scoring_split(plan: StudyPlan, base_cfg: Config) -> tuple[CocoIndex, bool]:
 def _warn_on_a_weak_baseline(plan: StudyPlan, index: CocoIndex, on_test: bool, progress: bool) -> None:
     """Score the baseline once (every run and the statistics reuse it) and say so when it finds next to nothing."""
     metrics, _ = _score(plan.baseline, index, Path(plan.out) / "baseline", "", progress)
-    value = metrics.get("map50")
+    value = metrics.map50
     if value is None or value < SANE_BASELINE_MAP50:
         shown = "undefined" if value is None else f"{value:.4f}"
         print(

@@ -71,36 +71,36 @@ def _cell(value: Any) -> str:
 
 def final_class_rows(summary: dict[str, Any], out: str | os.PathLike) -> list[dict[str, str]]:
     """Per class, the final model's validation AP (and test AP when the run has a test split), for display."""
-    from ..io import read_json
+    from ..report.values import load_metrics
 
     final = summary.get("final") or {}
     source = final.get("source")
     if not source or not (Path(source) / "metrics.json").is_file():
         return []
-    val = read_json(Path(source) / "metrics.json", "the final model's validation metrics")
+    val = load_metrics(Path(source) / "metrics.json")
     test_file = Path(out) / "test" / "final_metrics.json"
-    test = read_json(test_file, "the final model's test metrics") if test_file.is_file() else None
+    test = load_metrics(test_file) if test_file.is_file() else None
     rows = []
-    for name, c in val["per_class"].items():
+    for name, c in val.per_class.items():
         row = {
             "class": name,
-            "val boxes": str(c.get("num_gt", "")),
-            "val AP@0.5": _cell(c.get("ap50")),
-            "val AP@0.5:0.95": _cell(c.get("ap")),
-            "precision": _cell(c.get("precision")),
-            "recall": _cell(c.get("recall")),
+            "val boxes": "" if c.num_gt is None else str(c.num_gt),
+            "val AP@0.5": _cell(c.ap50),
+            "val AP@0.5:0.95": _cell(c.ap),
+            "precision": _cell(c.precision),
+            "recall": _cell(c.recall),
         }
         if test is not None:
-            row["test AP@0.5"] = _cell(test["per_class"].get(name, {}).get("ap50"))
+            row["test AP@0.5"] = _cell(test.ap50_of(name))
         rows.append(row)
     overall = {
         "class": "**all**",
-        "val boxes": str(val.get("num_ground_truth", "")),
-        "val AP@0.5": _cell(val.get("map50")),
-        "val AP@0.5:0.95": _cell(val.get("map")),
+        "val boxes": "" if val.num_ground_truth is None else str(val.num_ground_truth),
+        "val AP@0.5": _cell(val.map50),
+        "val AP@0.5:0.95": _cell(val.map),
         "precision": "",
         "recall": "",
     }
     if test is not None:
-        overall["test AP@0.5"] = _cell(test.get("map50"))
+        overall["test AP@0.5"] = _cell(test.map50)
     return [*rows, overall]

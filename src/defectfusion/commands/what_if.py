@@ -23,6 +23,7 @@ from ..engine.prediction.predictor import Predictor
 from ..engine.training.phase_records import find_run_folder
 from ..errors import ConfigError
 from ..models.text import build_text_encoder, encode_descriptions
+from ..structures import Metrics
 
 
 @dataclass
@@ -32,7 +33,7 @@ class WhatIf:
     label: str
     descriptions: str
     encoder: str
-    metrics: dict[str, Any]
+    metrics: Metrics
 
 
 def text_encoder_spec(model, encoder: str | None = None, checkpoint: str | os.PathLike | None = None) -> str:

@@ -1,10 +1,7 @@
-"""Side-by-side comparison of evaluation results (pure functions on ``metrics.json`` dicts).
+"""Side-by-side comparison of evaluation results (pure functions on the evaluator's metrics).
 
-A metrics dict is what the evaluator writes to ``metrics.json``::
-
-    {"map50": float|None, "map": float|None,
-     "per_class": {name: {"ap50": float|None, "ap": float|None, ...}},
-     "confusion_matrix": {"labels": [..., "background"], "counts": [[int]], ...}}
+Each function takes :class:`~defectfusion.structures.Metrics` (or its ``metrics.json`` dict,
+checked and read by :func:`.values.check_metrics`).
 
 ``None`` means *undefined* (e.g. a class absent from the validation set). It is carried through
 every comparison: a delta involving an undefined value is undefined too, never 0.
@@ -18,11 +15,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import DefectFusionError
+from ..structures import ClassMetrics, Metrics
 from .values import (
     METRICS,
     MISSING,
     OVERALL,
-    Metrics,
+    MetricsLike,
     as_number,
     check_metrics,
     confusion_matrix,
@@ -33,15 +31,14 @@ from .values import (
 )
 
 
-def _class_entry(metrics: Metrics, name: str) -> Mapping[str, Any]:
-    entry = metrics["per_class"].get(name)
-    return entry if isinstance(entry, Mapping) else {}
+def _class_entry(metrics: Metrics, name: str) -> ClassMetrics:
+    return metrics.per_class.get(name) or ClassMetrics()  # a class missing here: all undefined
 
 
 def _union_names(models: Sequence[Metrics]) -> list[str]:
     names: list[str] = []
     for metrics in models:
-        for name in metrics["per_class"]:
+        for name in metrics.per_class:
             if name not in names:
                 names.append(name)
     return names
@@ -140,8 +137,8 @@ class ComparisonTable:
 
 
 def compare_metrics(
-    before: Metrics,
-    after: Metrics,
+    before: MetricsLike,
+    after: MetricsLike,
     class_names: Sequence[str] | None = None,
     labels: tuple[str, str] = ("before", "after"),
 ) -> ComparisonTable:
@@ -157,35 +154,35 @@ def compare_metrics(
     return compare_many([(labels[0], before), (labels[1], after)], class_names)
 
 
-def compare_many(models: Sequence[tuple[str, Metrics]], class_names: Sequence[str] | None = None) -> ComparisonTable:
+def compare_many(
+    models: Sequence[tuple[str, MetricsLike]], class_names: Sequence[str] | None = None
+) -> ComparisonTable:
     """Compare any number of evaluations (e.g. one per description file); the first is the reference."""
     if not models:
         raise DefectFusionError("compare_many: expected at least one (label, metrics) pair, got none")
     labels = tuple(str(label) for label, _ in models)
     if len(set(labels)) != len(labels):
         raise DefectFusionError(f"compare_many: model labels must be unique, got {list(labels)}")
-    for label, metrics in models:
-        check_metrics(metrics, source=f"metrics of {label!r}")
-    dicts = [m for _, m in models]
-    names = list(class_names) if class_names is not None else _union_names(dicts)
+    checked = [check_metrics(metrics, source=f"metrics of {label!r}") for label, metrics in models]
+    names = list(class_names) if class_names is not None else _union_names(checked)
     rows = []
     for name in names:
-        entries = [_class_entry(m, name) for m in dicts]
-        values = {metric: tuple(as_number(e.get(metric)) for e in entries) for metric, _ in METRICS}
-        num_gt = tuple(e.get("num_gt") if isinstance(e.get("num_gt"), int) else None for e in entries)
+        entries = [_class_entry(m, name) for m in checked]
+        values = {metric: tuple(as_number(getattr(e, metric)) for e in entries) for metric, _ in METRICS}
+        num_gt = tuple(e.num_gt if isinstance(e.num_gt, int) else None for e in entries)
         rows.append(ComparisonRow(name, False, values, num_gt))
     overall = {
-        "ap50": tuple(as_number(m.get("map50")) for m in dicts),
-        "ap": tuple(as_number(m.get("map")) for m in dicts),
+        "ap50": tuple(as_number(m.map50) for m in checked),
+        "ap": tuple(as_number(m.map) for m in checked),
     }
-    rows.append(ComparisonRow(OVERALL, True, overall, tuple(None for _ in dicts)))
+    rows.append(ComparisonRow(OVERALL, True, overall, tuple(None for _ in checked)))
     return ComparisonTable(labels, tuple(rows))
 
 
 # ----------------------------------------------------------------------------------------------
 # the confusable pair
 # ----------------------------------------------------------------------------------------------
-def pair_counts(metrics: Metrics, a: str, b: str) -> tuple[int, int]:
+def pair_counts(metrics: MetricsLike, a: str, b: str) -> tuple[int, int]:
     """``(GT a predicted as b, GT b predicted as a)`` from the confusion matrix's raw counts.
 
     Rows of ``confusion_matrix.counts`` are ground truth, columns are predictions.
@@ -244,13 +241,13 @@ class ConfusionPair:
         return rows
 
 
-def neither_detected(metrics: Metrics, a: str, b: str) -> bool:
+def neither_detected(metrics: MetricsLike, a: str, b: str) -> bool:
     """Whether the model predicted neither class at all (then a pair's zero counts say nothing)."""
-    per_class = metrics.get("per_class") or {}
-    return all(int((per_class.get(n) or {}).get("num_pred") or 0) == 0 for n in (a, b))
+    metrics = check_metrics(metrics)
+    return all(int(_class_entry(metrics, n).num_pred or 0) == 0 for n in (a, b))
 
 
-def pair_sentences(before: Metrics, after: Metrics | None, a: str, b: str) -> list[str]:
+def pair_sentences(before: MetricsLike, after: MetricsLike | None, a: str, b: str) -> list[str]:
     """The confusable pair's counts in words; "neither detected" where zeros would read as a success."""
     cp = confusion_pair(before, after, a, b)
     if neither_detected(after if after is not None else before, a, b):
@@ -259,7 +256,7 @@ def pair_sentences(before: Metrics, after: Metrics | None, a: str, b: str) -> li
     return [cp.sentence(), cp.reverse_sentence()]
 
 
-def confusion_pair(before: Metrics, after: Metrics | None, a: str, b: str) -> ConfusionPair:
+def confusion_pair(before: MetricsLike, after: MetricsLike | None, a: str, b: str) -> ConfusionPair:
     """Counts of ground-truth ``a`` predicted as ``b`` and ``b`` as ``a``, before and after."""
     ab0, ba0 = pair_counts(before, a, b)
     if after is None:
@@ -268,7 +265,7 @@ def confusion_pair(before: Metrics, after: Metrics | None, a: str, b: str) -> Co
     return ConfusionPair(a, b, ab0, ba0, ab1, ba1)
 
 
-def pair_table(models: Sequence[tuple[str, Metrics]], a: str, b: str) -> list[dict[str, str]]:
+def pair_table(models: Sequence[tuple[str, MetricsLike]], a: str, b: str) -> list[dict[str, str]]:
     """One display row per model: mAP, AP@0.5 of ``a`` and ``b``, and their confusions.
 
     The what-if-descriptions table: which wording separates the pair best.
@@ -277,17 +274,17 @@ def pair_table(models: Sequence[tuple[str, Metrics]], a: str, b: str) -> list[di
     ref: tuple[int, int] | None = None
     ref_map: float | None = None
     for i, (label, metrics) in enumerate(models):
-        check_metrics(metrics, source=f"metrics of {label!r}")
+        metrics = check_metrics(metrics, source=f"metrics of {label!r}")
         ab, ba = pair_counts(metrics, a, b)
-        map50 = as_number(metrics.get("map50"))
+        map50 = as_number(metrics.map50)
         if i == 0:
             ref, ref_map = (ab, ba), map50
         row = {
             "model": label,
             "mAP@0.5": fmt_value(map50),
             "Δ mAP@0.5": MISSING if i == 0 else fmt_delta(delta(ref_map, map50)),
-            f"AP@0.5 {a}": fmt_value(_class_entry(metrics, a).get("ap50")),
-            f"AP@0.5 {b}": fmt_value(_class_entry(metrics, b).get("ap50")),
+            f"AP@0.5 {a}": fmt_value(metrics.ap50_of(a)),
+            f"AP@0.5 {b}": fmt_value(metrics.ap50_of(b)),
             f"{a} → {b}": str(ab),
             f"{b} → {a}": str(ba),
         }
@@ -301,33 +298,33 @@ def pair_table(models: Sequence[tuple[str, Metrics]], a: str, b: str) -> list[di
 # ----------------------------------------------------------------------------------------------
 # single-model table and markdown rendering
 # ----------------------------------------------------------------------------------------------
-def per_class_rows(metrics: Metrics, class_names: Sequence[str] | None = None) -> list[dict[str, str]]:
+def per_class_rows(metrics: MetricsLike, class_names: Sequence[str] | None = None) -> list[dict[str, str]]:
     """Display rows of one evaluation: per class GT, predictions, AP, precision, recall, F1, conf."""
-    check_metrics(metrics)
-    names = list(class_names) if class_names is not None else list(metrics["per_class"])
+    metrics = check_metrics(metrics)
+    names = list(class_names) if class_names is not None else metrics.class_names
     rows = []
     for name in names:
         e = _class_entry(metrics, name)
         rows.append(
             {
                 "class": name,
-                "GT": str(e["num_gt"]) if isinstance(e.get("num_gt"), int) else MISSING,
-                "pred": str(e["num_pred"]) if isinstance(e.get("num_pred"), int) else MISSING,
-                "AP@0.5": fmt_value(e.get("ap50")),
-                "AP@0.5:0.95": fmt_value(e.get("ap")),
-                "precision": fmt_value(e.get("precision")),
-                "recall": fmt_value(e.get("recall")),
-                "F1": fmt_value(e.get("f1")),
-                "conf": fmt_value(e.get("conf"), 2),
+                "GT": str(e.num_gt) if isinstance(e.num_gt, int) else MISSING,
+                "pred": str(e.num_pred) if isinstance(e.num_pred, int) else MISSING,
+                "AP@0.5": fmt_value(e.ap50),
+                "AP@0.5:0.95": fmt_value(e.ap),
+                "precision": fmt_value(e.precision),
+                "recall": fmt_value(e.recall),
+                "F1": fmt_value(e.f1),
+                "conf": fmt_value(e.conf, 2),
             }
         )
     rows.append(
         {
             "class": f"**{OVERALL}**",
-            "GT": str(metrics["num_ground_truth"]) if isinstance(metrics.get("num_ground_truth"), int) else "",
-            "pred": str(metrics["num_detections"]) if isinstance(metrics.get("num_detections"), int) else "",
-            "AP@0.5": fmt_value(metrics.get("map50")),
-            "AP@0.5:0.95": fmt_value(metrics.get("map")),
+            "GT": str(metrics.num_ground_truth) if isinstance(metrics.num_ground_truth, int) else "",
+            "pred": str(metrics.num_detections) if isinstance(metrics.num_detections, int) else "",
+            "AP@0.5": fmt_value(metrics.map50),
+            "AP@0.5:0.95": fmt_value(metrics.map),
             "precision": "",
             "recall": "",
             "F1": "",

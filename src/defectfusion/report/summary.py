@@ -7,15 +7,16 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ..errors import DefectFusionError
+from ..structures import Metrics
 from . import plots
 from .compare import compare_many, compare_metrics, confusion_pair, pair_sentences, pair_table, per_class_rows
 from .markdown import Section, write_report
-from .values import as_number, check_metrics, fmt_delta, fmt_value
+from .values import MetricsLike, as_number, check_metrics, fmt_delta, fmt_value
 
 __all__ = ["Section", "build_report", "write_report"]
 
@@ -23,9 +24,9 @@ __all__ = ["Section", "build_report", "write_report"]
 # ----------------------------------------------------------------------------------------------
 # the standard evaluation report
 # ----------------------------------------------------------------------------------------------
-def _pair_for(metrics: Mapping[str, Any], pair: Sequence[str] | None | bool) -> tuple[str, str] | None:
+def _pair_for(metrics: Metrics, pair: Sequence[str] | None | bool) -> tuple[str, str] | None:
     """The pair to call out, when both of its classes are in the metrics (``None``/``False``: none)."""
-    labels = (metrics.get("confusion_matrix") or {}).get("labels") or []
+    labels = metrics.confusion_matrix.get("labels") or []
     if not pair or pair is True or not all(n in labels for n in pair):
         return None
     return (pair[0], pair[1])
@@ -33,15 +34,15 @@ def _pair_for(metrics: Mapping[str, Any], pair: Sequence[str] | None | bool) -> 
 
 def build_report(
     out_dir: str | os.PathLike,
-    metrics: Mapping[str, Any],
+    metrics: MetricsLike,
     *,
-    baseline: Mapping[str, Any] | None = None,
+    baseline: MetricsLike | None = None,
     labels: tuple[str, str] = ("baseline", "fused"),
     pair: Sequence[str] | None | bool = None,
     training: Any = None,
     images: Sequence[Any] | None = None,
     class_names: Sequence[str] | None = None,
-    what_if: Sequence[tuple[str, Mapping[str, Any]]] | None = None,
+    what_if: Sequence[tuple[str, MetricsLike]] | None = None,
     title: str = "Evaluation report",
     split: str = "validation",
     extra_sections: Sequence[Section] = (),
@@ -51,7 +52,7 @@ def build_report(
 
     Args:
         out_dir: the report folder; figures go to ``out_dir/plots``.
-        metrics: the evaluated model's ``metrics.json`` dict.
+        metrics: the evaluated model's metrics (or its ``metrics.json`` dict).
         baseline: the baseline's metrics on the same data: adds the before/after/delta table,
             AP bars and the confusion-pair counts.
         labels: names of the baseline and the evaluated model in tables and plots.
@@ -65,32 +66,33 @@ def build_report(
         extra_sections: appended at the end.
         intro_sections: inserted right after the summary (e.g. a training run's phases and gates).
     """
-    check_metrics(metrics)
+    metrics = check_metrics(metrics)
+    baseline = None if baseline is None else check_metrics(baseline, "baseline metrics")
     out = Path(out_dir)
     plot_dir = out / "plots"
-    names = list(class_names) if class_names is not None else list(metrics["per_class"])
+    names = list(class_names) if class_names is not None else metrics.class_names
     pair_names = _pair_for(metrics, pair)
     sections: list[Section] = []
 
     # headline
     lines = []
-    map50, map_all = as_number(metrics.get("map50")), as_number(metrics.get("map"))
+    map50, map_all = as_number(metrics.map50), as_number(metrics.map)
     if baseline is not None:
-        b50 = as_number(baseline.get("map50"))
+        b50 = as_number(baseline.map50)
         d = fmt_delta(None if b50 is None or map50 is None else map50 - b50)
         lines.append(f"- **mAP@0.5**: {fmt_value(map50)} ({labels[0]}: {fmt_value(b50)}, change {d})")
-        lines.append(f"- **mAP@0.5:0.95**: {fmt_value(map_all)} ({labels[0]}: {fmt_value(baseline.get('map'))})")
+        lines.append(f"- **mAP@0.5:0.95**: {fmt_value(map_all)} ({labels[0]}: {fmt_value(baseline.map)})")
     else:
         lines.append(f"- **mAP@0.5**: {fmt_value(map50)}")
         lines.append(f"- **mAP@0.5:0.95**: {fmt_value(map_all)}")
     counts = [
-        f"{metrics[k]} {w}"
-        for k, w in (
-            ("num_images", "images"),
-            ("num_ground_truth", "ground-truth boxes"),
-            ("num_detections", "detections"),
+        f"{n} {w}"
+        for n, w in (
+            (metrics.num_images, "images"),
+            (metrics.num_ground_truth, "ground-truth boxes"),
+            (metrics.num_detections, "detections"),
         )
-        if isinstance(metrics.get(k), int)
+        if isinstance(n, int)
     ]
     if counts:
         lines.append("- evaluated on " + ", ".join(counts))
@@ -101,7 +103,7 @@ def build_report(
             else pair_sentences(metrics, None, *pair_names)
         )
         lines += [f"- {line}" for line in pair_lines]
-    undefined = [n for n in names if as_number((metrics["per_class"].get(n) or {}).get("ap50")) is None]
+    undefined = [n for n in names if as_number(metrics.ap50_of(n)) is None]
     if undefined:
         lines.append(f"- undefined (no ground truth in this data, shown as –): {', '.join(undefined)}")
     sections.append(Section("Summary", "\n".join(lines)))
@@ -175,7 +177,7 @@ def build_report(
             images=cm_images,
         )
     )
-    if metrics.get("pr_curves"):
+    if metrics.pr_curves:
         sections.append(
             Section(
                 "Precision-recall curves",
@@ -190,14 +192,14 @@ def build_report(
 
     if training is not None:
         try:
-            base_line = as_number(baseline.get("map50")) if baseline is not None else None
+            base_line = as_number(baseline.map50) if baseline is not None else None
             curve = plots.plot_training_curves(training, plot_dir / "training_curves.png", baseline=base_line)
             sections.append(Section("Training curves", images=[(curve, "Validation mAP and training loss per epoch")]))
         except DefectFusionError as exc:
             sections.append(Section("Training curves", f"Not drawn: {exc}"))
 
     if what_if:
-        models = list(what_if)
+        models = [(label, check_metrics(m, f"what-if metrics of {label!r}")) for label, m in what_if]
         table = compare_many(models, names)
         bars = plots.plot_ap_bars_many(
             models,

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..errors import DefectFusionError
 from ..io import read_json
+from ..structures import Metrics
 
 #: Shown wherever a value is undefined (``None`` in ``metrics.json``).
 MISSING = "–"
@@ -23,7 +24,8 @@ OVERALL = "all classes (mAP)"
 #: The metrics compared per class, with their column headers.
 METRICS: tuple[tuple[str, str], ...] = (("ap50", "AP@0.5"), ("ap", "AP@0.5:0.95"))
 
-Metrics = Mapping[str, Any]
+#: What the report functions take: the evaluator's :class:`Metrics`, or its dict (``metrics.json``).
+MetricsLike = Metrics | Mapping[str, Any]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -68,28 +70,26 @@ def delta(before: float | None, after: float | None) -> float | None:
 # ----------------------------------------------------------------------------------------------
 # input checking
 # ----------------------------------------------------------------------------------------------
-def load_metrics(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a ``metrics.json`` written by the evaluator, with a clear error if it is not one."""
+def load_metrics(path: str | os.PathLike) -> Metrics:
+    """Read a ``metrics.json`` written by the evaluator, with a clear error if it is not one.
+
+    The one reader of metrics files: every command that reads one back comes here.
+    """
     path = Path(path)
     if not path.is_file():
         raise DefectFusionError(f"{path}: no such metrics file; run `defectfusion evaluate` first")
-    data = read_json(path, "metrics file")
-    check_metrics(data, source=str(path))
-    return data
+    return check_metrics(read_json(path, "metrics file"), source=str(path))
 
 
-def check_metrics(metrics: Any, source: str = "metrics") -> None:
-    """Raise :class:`DefectFusionError` unless ``metrics`` looks like the evaluator's output."""
-    if not isinstance(metrics, Mapping):
-        raise DefectFusionError(
-            f"{source}: expected a metrics dict (the evaluator's metrics.json), got {type(metrics).__name__}"
-        )
-    per_class = metrics.get("per_class")
-    if not isinstance(per_class, Mapping):
-        raise DefectFusionError(
-            f"{source}: field 'per_class' must be a dict {{class name: {{'ap50', 'ap', ...}}}}, "
-            f"got {type(per_class).__name__}; is this the evaluator's metrics.json?"
-        )
+def check_metrics(metrics: Any, source: str = "metrics") -> Metrics:
+    """``metrics`` as :class:`Metrics` (the record itself, or its dict read back); a
+    :class:`DefectFusionError` unless it is the evaluator's output."""
+    if isinstance(metrics, Metrics):
+        return metrics
+    try:
+        return Metrics.from_dict(metrics)
+    except TypeError as e:
+        raise DefectFusionError(f"{source}: {e}") from None
 
 
 def format_cell(value: Any) -> str:
@@ -141,8 +141,10 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def confusion_matrix(metrics: Mapping[str, Any], what: str = "metrics") -> Mapping[str, Any]:
+def confusion_matrix(metrics: MetricsLike, what: str = "metrics") -> Mapping[str, Any]:
     """The evaluator's ``confusion_matrix`` dict (from a metrics dict or the matrix itself), checked square."""
+    if isinstance(metrics, Metrics):
+        metrics = metrics.confusion_matrix
     cm = metrics.get("confusion_matrix", metrics) if isinstance(metrics, Mapping) else None
     if not isinstance(cm, Mapping) or "labels" not in cm or "counts" not in cm:
         raise DefectFusionError(

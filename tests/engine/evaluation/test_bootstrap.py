@@ -58,11 +58,11 @@ def test_the_identity_draw_equals_the_evaluator(seed, ties):
     ev.process(list(detections), list(detections.values()))
     expected = ev.evaluate(all_images=True)
     got = resample(gt, {"model": detections}, np.array([IDS]))["model"]
-    assert _same(got.map50[0], expected["map50"]) and _same(got.map[0], expected["map"])
-    for k, stats in enumerate(expected["per_class"].values()):
-        assert _same(got.ap50[0, k], stats["ap50"]) and _same(got.ap[0, k], stats["ap"]), k
+    assert _same(got.map50[0], expected.map50) and _same(got.map[0], expected.map)
+    for k, stats in enumerate(expected.per_class.values()):
+        assert _same(got.ap50[0, k], stats.ap50) and _same(got.ap[0, k], stats.ap), k
     assert np.isnan(got.ap50[0, 3])  # class ABSENT has no ground truth
-    assert got.confusion[0].tolist() == expected["confusion_matrix"]["counts"]
+    assert got.confusion[0].tolist() == expected.confusion_matrix["counts"]
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

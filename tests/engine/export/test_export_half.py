@@ -27,7 +27,7 @@ from defectfusion.engine.export.export_half import (  # noqa: E402
 )
 from defectfusion.engine.prediction.predictor import Predictor  # noqa: E402
 from defectfusion.models.checkpoint import load_detector, save_detector  # noqa: E402
-from defectfusion.structures import Detections  # noqa: E402
+from defectfusion.structures import Detections, Metrics  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -120,7 +120,7 @@ def test_the_float16_check_scores_a_letterbox_model_on_letterboxed_images(letter
     assert same.compared > 20 and same.label_agreement >= 0.95, same.summary()
     # and the report compares those two runs: float32 scores high on its own detections, float16 as much
     report = result.half
-    assert report.map50_fp32 == runs["float32"][1]["map50"] and report.map50_fp16 == runs["float16"][1]["map50"]
+    assert report.map50_fp32 == runs["float32"][1].map50 and report.map50_fp16 == runs["float16"][1].map50
     assert report.map50_fp32 > 0.8 and abs(report.map_drop) <= 0.01 and report.ok, report.summary()
 
 
@@ -131,7 +131,7 @@ def test_stretched_images_would_have_cost_the_letterbox_model_its_map(letterboxe
     index = load_coco(truth)
     boxed, _ = validation.evaluate_on_index(Predictor.from_model(model), index, progress=False)
     stretched, _ = validation.evaluate_on_index(Predictor.from_model(model, resize="plain"), index, progress=False)
-    assert boxed["map50"] > 0.8 and stretched["map50"] < boxed["map50"] - 0.3
+    assert boxed.map50 > 0.8 and stretched.map50 < boxed.map50 - 0.3
 
 
 def test_label_agreement_counts_the_float32_detections_found_in_float16():
@@ -164,13 +164,13 @@ def test_label_agreement_counts_the_float32_detections_found_in_float16():
 def test_a_map_drop_beyond_the_bound_is_a_problem_and_at_it_is_not():
     # dyadic numbers: the drop 0.75 - 0.5 = 0.25 is exact
     at_bound = HalfReport(max_map_drop=0.25)
-    check_half(at_bound, {"map50": 0.75}, {"map50": 0.5})
+    check_half(at_bound, Metrics(0.75, None), Metrics(0.5, None))
     assert at_bound.map_drop == 0.25 and at_bound.ok and "drop +0.2500 (bound 0.25)" in at_bound.summary()
     beyond = HalfReport(max_map_drop=0.125)
-    check_half(beyond, {"map50": 0.75}, {"map50": 0.5})
+    check_half(beyond, Metrics(0.75, None), Metrics(0.5, None))
     assert not beyond.ok and beyond.problems == ["mAP@0.5 drops by 0.2500 with float16 weights, beyond the bound 0.125"]
     better = HalfReport(max_map_drop=0.0)
-    check_half(better, {"map50": 0.5}, {"map50": 0.75})  # float16 scoring higher is no problem
+    check_half(better, Metrics(0.5, None), Metrics(0.75, None))  # float16 scoring higher is no problem
     assert better.ok and better.map_drop == -0.25
     unscored = HalfReport()
     check_half(unscored, None, None)  # no COCO file: label agreement only

@@ -12,6 +12,7 @@ from defectfusion.engine.study.power import power_of
 from defectfusion.engine.study.study_analysis import RunInfo, analyse_fraction, manipulation_check
 from defectfusion.engine.study.study_stats import RunScores, compare_fraction, summarize_arm
 from defectfusion.engine.study.verdict import decide, rule_text
+from tests.helpers import fake_metrics
 
 
 def _arm(name, observed, draws, fixed=False):
@@ -156,12 +157,7 @@ def _resampled(values):
 
 
 def _metrics(map50):
-    return {
-        "map50": map50,
-        "map": map50 / 2,
-        "per_class": {"a": {"ap50": map50}, "b": {"ap50": map50}},
-        "confusion_matrix": {"labels": ["a", "b", "background"], "counts": [[0, 1, 0], [2, 0, 0], [0, 0, 0]]},
-    }
+    return fake_metrics([map50, map50], [[0, 1, 0], [2, 0, 0], [0, 0, 0]], names=["a", "b"], map_ratio=0.5)
 
 
 def _runs(arm, values, rng):

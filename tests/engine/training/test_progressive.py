@@ -293,7 +293,7 @@ def test_a_test_split_scores_the_final_choice_and_selects_nothing(tmp_path, synt
 
     rep = report_run(tmp_path / "run", grid=0, progress=False)
     assert rep.result.labels[1] == "final [test: 6 images that selected nothing]"
-    assert rep.result.metrics["num_images"] == 6
+    assert rep.result.metrics.num_images == 6
 
     # a "test" set holding training images is refused
     train_ann = str(synth_data / "train" / "annotations.json")

@@ -11,7 +11,8 @@ processed are left out, so evaluating a subset is fair. ``evaluate(all_images=Tr
 every image of the annotations, unprocessed ones counting as "predicted nothing". Processing an
 image twice keeps the last detections (DDP samplers pad with repeated images).
 
-Schema of the returned dict (strict JSON: no NaN, ``null`` means "undefined here")::
+``evaluate()`` returns a :class:`~defectfusion.structures.Metrics`; its ``to_dict()`` (what
+``write_metrics`` writes to ``metrics.json``) has this schema (strict JSON: no NaN, ``null`` means "undefined here")::
 
     {"map50": float|null,          # COCO mAP@0.5, mean over classes with non-crowd GT
      "map": float|null,            # COCO mAP@0.5:0.95, same classes
@@ -64,7 +65,7 @@ from faster_coco_eval import COCO, COCOeval_faster
 from ...data.coco import parse_categories
 from ...errors import ConfigError, DataError
 from ...io import atomic_write_json, read_json
-from ...structures import Detections
+from ...structures import ClassMetrics, Detections, Metrics
 from .metrics import (
     best_f1,
     coco_class_stats,
@@ -229,7 +230,7 @@ class DetectionEvaluator:
             )
         self._preds[image_id] = (boxes, scores, labels)
 
-    def evaluate(self, *, all_images: bool = False) -> dict[str, Any]:
+    def evaluate(self, *, all_images: bool = False) -> Metrics:
         """Metrics over the processed images (``all_images``: over every annotated image)."""
         ids = sorted(self.image_ids if all_images else self._preds)
         C = self.num_classes
@@ -260,7 +261,7 @@ class DetectionEvaluator:
             keep = sc >= self.conf_threshold
             confusion_image(counts, gt.boxes, gt.labels, gt.crowd_boxes, boxes[keep], labels[keep], self.iou_threshold)
 
-        per_class: dict[str, dict[str, Any]] = {}
+        per_class: dict[str, ClassMetrics] = {}
         pr_curves: dict[str, dict[str, list]] = {}
         for c, name in enumerate(self.class_names):
             op = best_f1(
@@ -268,26 +269,26 @@ class DetectionEvaluator:
                 np.concatenate(flags[c]) if flags[c] else np.zeros(0, dtype=bool),
                 int(num_gt[c]),
             )
-            per_class[name] = {
-                "ap50": ap50[c],
-                "ap": ap[c],
-                "precision": op.precision,
-                "recall": op.recall,
-                "f1": op.f1,
-                "conf": op.conf,
-                "num_gt": int(num_gt[c]),
-                "num_pred": int(num_pred[c]),
-            }
+            per_class[name] = ClassMetrics(
+                ap50=ap50[c],
+                ap=ap[c],
+                precision=op.precision,
+                recall=op.recall,
+                f1=op.f1,
+                conf=op.conf,
+                num_gt=int(num_gt[c]),
+                num_pred=int(num_pred[c]),
+            )
             pr_curves[name] = {"recall": [float(r) for r in RECALL_POINTS], "precision": curves[c]}
 
-        return {
-            "map50": mean_or_none(ap50),
-            "map": mean_or_none(ap),
-            "num_images": len(ids),
-            "num_ground_truth": int(num_gt.sum()),
-            "num_detections": int(num_pred.sum()),
-            "per_class": per_class,
-            "confusion_matrix": {
+        return Metrics(
+            map50=mean_or_none(ap50),
+            map=mean_or_none(ap),
+            num_images=len(ids),
+            num_ground_truth=int(num_gt.sum()),
+            num_detections=int(num_pred.sum()),
+            per_class=per_class,
+            confusion_matrix={
                 "labels": [*self.class_names, BACKGROUND],
                 "counts": counts.tolist(),
                 "normalized": row_normalize(counts),
@@ -296,8 +297,8 @@ class DetectionEvaluator:
                 "iou_threshold": self.iou_threshold,
                 "conf_threshold": self.conf_threshold,
             },
-            "pr_curves": pr_curves,
-        }
+            pr_curves=pr_curves,
+        )
 
     def _coco(
         self, ids: list[int], preds: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]
@@ -361,10 +362,11 @@ def _empty_results(coco_gt: COCO) -> COCO:
     return empty
 
 
-def write_metrics(metrics: dict[str, Any], path: Path | str) -> None:
-    """Write metrics as strict JSON (no NaN/Infinity) atomically."""
+def write_metrics(metrics: Metrics, path: Path | str) -> None:
+    """Write metrics as strict JSON (no NaN/Infinity) atomically: ``metrics.to_dict()``."""
+    data = metrics.to_dict()
     try:
-        json.dumps(metrics, allow_nan=False)  # check before anything is written
+        json.dumps(data, allow_nan=False)  # check before anything is written
     except ValueError as e:
         raise ValueError(f"metrics hold NaN or infinity, which strict JSON cannot store: {e}") from None
-    atomic_write_json(path, metrics)
+    atomic_write_json(path, data)

@@ -12,7 +12,7 @@ import torch
 
 from ...errors import DataError
 from ...io import read_json
-from ...structures import Detections
+from ...structures import Detections, Metrics
 from .evaluator import DetectionEvaluator, check_bbox, is_number, xywh_to_xyxy
 
 
@@ -62,7 +62,7 @@ def read_results_file(
 
 def evaluate_results_file(
     results_json: Path | str, annotations: Path | str | dict, *, all_images: bool = True, **kw: Any
-) -> dict[str, Any]:
+) -> Metrics:
     """Metrics of any detector's COCO results file against COCO annotations.
 
     A results file cannot say which images were run, so by default every annotated image is

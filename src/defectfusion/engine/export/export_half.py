@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torchvision.ops import box_iou
 
-from ...structures import Detections
+from ...structures import Detections, Metrics
 
 if TYPE_CHECKING:
     from ..prediction.onnx_backend import OnnxDetector
@@ -118,10 +118,10 @@ def agreement(expected: list[Detections], actual: list[Detections], report: Half
                 report.max_score_diff = max(report.max_score_diff, float(diff))
 
 
-def check_half(report: HalfReport, metrics_fp32: dict[str, Any] | None, metrics_fp16: dict[str, Any] | None) -> None:
+def check_half(report: HalfReport, metrics_fp32: Metrics | None, metrics_fp16: Metrics | None) -> None:
     """Fill in the mAPs and the verdict: a drop beyond the bound is a problem."""
     if metrics_fp32 is not None and metrics_fp16 is not None:
-        report.map50_fp32, report.map50_fp16 = float(metrics_fp32["map50"]), float(metrics_fp16["map50"])
+        report.map50_fp32, report.map50_fp16 = float(metrics_fp32.map50), float(metrics_fp16.map50)
         if report.map_drop > report.max_map_drop:
             report.problems.append(
                 f"mAP@0.5 drops by {report.map_drop:.4f} with float16 weights, beyond the bound {report.max_map_drop}"

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ...structures import Metrics
 from ..evaluation.bootstrap import Resampled
 from .intervals import ArmValues, Interval, SeedNoise, compare, holm, pooled_seed_noise
 
@@ -32,7 +33,7 @@ class RunScores:
     """One model on the scoring images: the evaluator's metrics and its values on every draw."""
 
     key: str
-    metrics: Mapping[str, Any]
+    metrics: Metrics
     draws: Resampled
 
 
@@ -42,7 +43,7 @@ class Metric:
 
     key: str  # "map50", "map", "ap50:<class>", "confusion:<a>-><b>"
     label: str
-    observed: Callable[[Mapping[str, Any]], float]
+    observed: Callable[[Metrics], float]
     drawn: Callable[[Resampled], np.ndarray]
 
 
@@ -50,15 +51,15 @@ def _value(v: Any) -> float:
     return float("nan") if v is None else float(v)
 
 
-MAP50 = Metric("map50", "mAP@0.5", lambda m: _value(m.get("map50")), lambda r: r.map50)
-MAP = Metric("map", "mAP@0.5:0.95", lambda m: _value(m.get("map")), lambda r: r.map)
+MAP50 = Metric("map50", "mAP@0.5", lambda m: _value(m.map50), lambda r: r.map50)
+MAP = Metric("map", "mAP@0.5:0.95", lambda m: _value(m.map), lambda r: r.map)
 
 
 def class_ap50(name: str, k: int) -> Metric:
     return Metric(
         f"ap50:{name}",
         f"AP@0.5 {name}",
-        lambda m: _value(m["per_class"][name].get("ap50")),
+        lambda m: _value(m.per_class[name].ap50),
         lambda r: r.ap50[:, k],
     )
 
@@ -67,7 +68,7 @@ def confusion(a: str, b: str, i: int, j: int) -> Metric:
     return Metric(
         f"confusion:{a}->{b}",
         f"{a} as {b} (count)",
-        lambda m: float(m["confusion_matrix"]["counts"][i][j]),
+        lambda m: float(m.confusion_matrix["counts"][i][j]),
         lambda r: r.confusion[:, i, j].astype(np.float64),
     )
 
@@ -114,18 +115,18 @@ def _mean_sd(values: Sequence[float | None]) -> tuple[float | None, float | None
     return float(defined.mean()), float(defined.std(ddof=1)) if defined.size > 1 else None
 
 
-def summarize_arm(name: str, metrics: Sequence[Mapping[str, Any]], pair: tuple[str, str] | None) -> ArmSummary:
+def summarize_arm(name: str, metrics: Sequence[Metrics], pair: tuple[str, str] | None) -> ArmSummary:
     """Mean and sd (``None`` with one run) over an arm's runs' evaluator metrics."""
-    m50 = _mean_sd([m.get("map50") for m in metrics])
-    m = _mean_sd([m.get("map") for m in metrics])
-    classes = list(metrics[0]["per_class"]) if metrics else []
-    per_class = {c: _mean_sd([r["per_class"][c].get("ap50") for r in metrics])[0] for c in classes}
+    m50 = _mean_sd([m.map50 for m in metrics])
+    m = _mean_sd([m.map for m in metrics])
+    classes = metrics[0].class_names if metrics else []
+    per_class = {c: _mean_sd([r.ap50_of(c) for r in metrics])[0] for c in classes}
     counts = None
     if pair is not None and metrics:
-        labels = metrics[0]["confusion_matrix"]["labels"]
+        labels = metrics[0].confusion_matrix["labels"]
         ia, ib = labels.index(pair[0]), labels.index(pair[1])
-        ab = [r["confusion_matrix"]["counts"][ia][ib] for r in metrics]
-        ba = [r["confusion_matrix"]["counts"][ib][ia] for r in metrics]
+        ab = [r.confusion_matrix["counts"][ia][ib] for r in metrics]
+        ba = [r.confusion_matrix["counts"][ib][ia] for r in metrics]
         counts = (float(np.mean(ab)), float(np.mean(ba)))
     return ArmSummary(name, len(metrics), m50[0], m50[1], m[0], m[1], per_class, counts)
 

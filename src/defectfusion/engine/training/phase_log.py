@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ...io import append_line, atomic_write_text, read_jsonl, write_jsonl
+from ...structures import Metrics
 
 if TYPE_CHECKING:
     import torch
@@ -21,7 +22,7 @@ def evaluation_record(
     phase: str,
     epoch: int,
     step: int,
-    metrics: dict[str, Any],
+    metrics: Metrics,
     epoch_loss: float | None,
     optimizer: torch.optim.Optimizer,
     improved: bool,
@@ -32,14 +33,14 @@ def evaluation_record(
         "phase": phase,
         "epoch": epoch,
         "step": step,
-        "map50": metrics["map50"],
-        "map": metrics["map"],
+        "map50": metrics.map50,
+        "map": metrics.map,
         "train_loss": epoch_loss if epoch else None,
         "lr": group["lr"] if epoch else None,
         "base_lr": group.get("initial_lr", group["lr"]),  # the configured lr, before warm-up and decay: legends
         "best": improved,
         "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "per_class_ap50": {name: v["ap50"] for name, v in metrics["per_class"].items()},
+        "per_class_ap50": {name: v.ap50 for name, v in metrics.per_class.items()},
     }
 
 

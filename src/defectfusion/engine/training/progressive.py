@@ -28,6 +28,7 @@ from ...io import atomic_write_json, atomic_write_text, read_json
 from ...models.checkpoint import load_detector
 from ...models.detector import DefectDetector, add_fusion
 from ...models.text import TextEmbeddings, encode_descriptions
+from ...structures import Metrics
 from ..evaluation.evaluator import write_metrics
 from ..evaluation.validation import evaluate_on_index, run_validation
 from ..explain.text_usage import TextUsage, TextUsageProbe
@@ -70,12 +71,13 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _metric_summary(metrics: dict[str, Any], source: str) -> dict[str, Any]:
+def _metric_summary(metrics: Metrics, source: str) -> dict[str, Any]:
+    """A summary.json entry (``start``, ``baseline``, ``test``'s): the headline numbers of an evaluation."""
     return {
         "source": source,
-        "map50": metrics["map50"],
-        "map": metrics["map"],
-        "per_class_ap50": {name: v["ap50"] for name, v in metrics["per_class"].items()},
+        "map50": metrics.map50,
+        "map": metrics.map,
+        "per_class_ap50": {name: v.ap50 for name, v in metrics.per_class.items()},
     }
 
 
@@ -308,7 +310,7 @@ class TrainingRun:
         self.summary["baseline"] = {**self.summary["start"], "checkpoint": source}
         self._write_summary()
         if self.progress:
-            print(f"start ({source}): val mAP@0.5 {_fmt(metrics['map50'])}, mAP@0.5:0.95 {_fmt(metrics['map'])}")
+            print(f"start ({source}): val mAP@0.5 {_fmt(metrics.map50)}, mAP@0.5:0.95 {_fmt(metrics.map)}")
 
     def _score_on_test(self, datasets: RunData) -> None:
         """The final model and the baseline scored on the test images, which selected nothing.
@@ -322,7 +324,7 @@ class TrainingRun:
         baseline = self.summary.get("baseline") or {}
         folder = self.out / "test"
         entries: dict[str, Any] = {}
-        scored: dict[str, tuple[dict[str, Any], Path, TextUsage | None]] = {}
+        scored: dict[str, tuple[Metrics, Path, TextUsage | None]] = {}
         usages: dict[str, TextUsage] = {}
         roles = [("final", final.get("checkpoint"))]
         if self.cfg.train.test_baseline:
@@ -388,7 +390,7 @@ class TrainingRun:
             print(f"final: {final['phase']} (val mAP@0.5 {value}) -> {final['checkpoint']}: {final['reason']}")
 
 
-def _test_entry(metrics: dict[str, Any], checkpoint: str, results: Path) -> dict[str, Any]:
+def _test_entry(metrics: Metrics, checkpoint: str, results: Path) -> dict[str, Any]:
     return {**_metric_summary(metrics, checkpoint), "results": str(results)}
 
 

@@ -35,6 +35,7 @@ from ...io import atomic_write_json
 from ...models.checkpoint import save_detector
 from ...models.detector import DefectDetector
 from ...models.groups import set_trainable
+from ...structures import Metrics
 from ..evaluation.evaluator import write_metrics
 from ..evaluation.validation import batch_inputs, run_validation
 from .amp_step import scaled_step
@@ -328,8 +329,8 @@ class PhaseTrainer:
         self.best, self.bad_evals, self.stop_reason = decision["best"], decision["bad_evals"], decision["stop"]
         self.initial = decision["initial"]
 
-    def _decide(self, metrics: dict[str, Any]) -> dict[str, Any]:
-        map50, map_ = metrics["map50"], metrics["map"]
+    def _decide(self, metrics: Metrics) -> dict[str, Any]:
+        map50, map_ = metrics.map50, metrics.map
         if self.epoch == 0:
             self.initial = {"map50": map50, "map": map_}
         best_map50 = self.best["map50"]
@@ -346,7 +347,7 @@ class PhaseTrainer:
         self._log_evaluation(metrics, improved)
         return {"best": self.best, "bad_evals": self.bad_evals, "stop": stop, "initial": self.initial}
 
-    def _log_evaluation(self, metrics: dict[str, Any], improved: bool) -> None:
+    def _log_evaluation(self, metrics: Metrics, improved: bool) -> None:
         record = evaluation_record(self.name, self.epoch, self.step, metrics, self.epoch_loss, self.optimizer, improved)
         self.records.append(record)
         self.log.append(record)
@@ -356,8 +357,8 @@ class PhaseTrainer:
             fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
             best = " (best)" if improved else ""
             tqdm.write(
-                f"{self.name} epoch {self.epoch}/{self.phase.epochs}: val mAP@0.5 {fmt(metrics['map50'])}, "
-                f"mAP@0.5:0.95 {fmt(metrics['map'])}{best}"
+                f"{self.name} epoch {self.epoch}/{self.phase.epochs}: val mAP@0.5 {fmt(metrics.map50)}, "
+                f"mAP@0.5:0.95 {fmt(metrics.map)}{best}"
             )
 
     # ------------------------------------------------------------------ state

@@ -18,8 +18,9 @@ from matplotlib.colors import Normalize, PowerNorm
 from matplotlib.patches import Patch, Rectangle
 
 from ...errors import DefectFusionError
+from ...structures import Metrics
 from ..compare import compare_many
-from ..values import METRICS, MISSING, as_number, check_metrics, confusion_matrix, delta, fmt_delta
+from ..values import METRICS, MISSING, MetricsLike, as_number, check_metrics, confusion_matrix, delta, fmt_delta
 from .style import (
     GAIN,
     LOSS,
@@ -35,7 +36,7 @@ from .style import (
 # ----------------------------------------------------------------------------------------------
 # confusion matrix
 # ----------------------------------------------------------------------------------------------
-def _confusion(cm: Mapping[str, Any]) -> Mapping[str, Any]:
+def _confusion(cm: MetricsLike) -> Mapping[str, Any]:
     return confusion_matrix(cm, "plot_confusion_matrix")
 
 
@@ -48,7 +49,7 @@ def _row_normalized(counts: np.ndarray) -> np.ndarray:
 
 
 def plot_confusion_matrix(
-    cm: Mapping[str, Any],
+    cm: MetricsLike,
     path: str | os.PathLike,
     normalized: bool = False,
     highlight: tuple[str, str] | None = None,
@@ -153,12 +154,8 @@ def plot_confusion_matrix(
 # ----------------------------------------------------------------------------------------------
 # PR curves
 # ----------------------------------------------------------------------------------------------
-def _class_names(metrics: Mapping[str, Any], class_names: Sequence[str] | None) -> list[str]:
-    return list(class_names) if class_names is not None else list(metrics["per_class"])
-
-
 def plot_pr_curves(
-    metrics: Mapping[str, Any],
+    metrics: MetricsLike,
     path: str | os.PathLike,
     class_names: Sequence[str] | None = None,
     title: str | None = None,
@@ -168,10 +165,10 @@ def plot_pr_curves(
     Classes whose curve is undefined (no ground truth in the validation set) are not drawn and
     are named in a note under the plot.
     """
-    check_metrics(metrics)
-    curves = metrics.get("pr_curves") or {}
-    names = _class_names(metrics, class_names)
-    index = {name: i for i, name in enumerate(metrics["per_class"])}
+    metrics = check_metrics(metrics)
+    curves = metrics.pr_curves
+    names = list(class_names) if class_names is not None else metrics.class_names
+    index = {name: i for i, name in enumerate(metrics.per_class)}
     with figure(7.6, 6.4) as fig:
         ax = fig.add_subplot()
         # iso-F1 contours: where a curve crosses one, that is the best F1 it reaches there
@@ -192,7 +189,7 @@ def plot_pr_curves(
         skipped = []
         for k, name in enumerate(names):
             curve = curves.get(name) if isinstance(curves, Mapping) else None
-            ap50 = as_number((metrics["per_class"].get(name) or {}).get("ap50"))
+            ap50 = as_number(metrics.ap50_of(name))
             if not curve or curve.get("precision") is None:
                 skipped.append(name)
                 continue
@@ -204,7 +201,7 @@ def plot_pr_curves(
                 continue
             label = f"{name}  (AP@0.5 = {'n/a' if ap50 is None else f'{ap50:.3f}'})"
             ax.plot(rec, prec, color=class_hex(index.get(name, k)), lw=2.0, label=label)
-        map50 = as_number(metrics.get("map50"))
+        map50 = as_number(metrics.map50)
         heading = title or "Precision-recall curves per class (IoU 0.5)"
         if map50 is not None:
             heading += f"\nmAP@0.5 = {map50:.3f}"
@@ -228,8 +225,8 @@ def plot_pr_curves(
 # AP bars
 # ----------------------------------------------------------------------------------------------
 def plot_ap_bars(
-    before: Mapping[str, Any] | Sequence[tuple[str, Mapping[str, Any]]],
-    after: Mapping[str, Any] | None,
+    before: MetricsLike | Sequence[tuple[str, MetricsLike]],
+    after: MetricsLike | None,
     path: str | os.PathLike,
     labels: tuple[str, str] = ("baseline", "fused"),
     metric: str = "ap50",
@@ -241,17 +238,18 @@ def plot_ap_bars(
     ``before`` may also be a list of ``(label, metrics)`` pairs (then ``after`` must be ``None``)
     to compare any number of models; see :func:`plot_ap_bars_many`.
     """
+    one = (Metrics, Mapping)  # one model's metrics, not a list of (label, metrics)
     if after is None:
-        if isinstance(before, Mapping):
+        if isinstance(before, one):
             return plot_ap_bars_many([(labels[0], before)], path, metric, class_names, title)
         return plot_ap_bars_many(list(before), path, metric, class_names, title)
-    if not isinstance(before, Mapping):
+    if not isinstance(before, one):
         raise DefectFusionError("plot_ap_bars: give either two metrics dicts or one list of (label, metrics)")
     return plot_ap_bars_many([(labels[0], before), (labels[1], after)], path, metric, class_names, title)
 
 
 def plot_ap_bars_many(
-    models: Sequence[tuple[str, Mapping[str, Any]]],
+    models: Sequence[tuple[str, MetricsLike]],
     path: str | os.PathLike,
     metric: str = "ap50",
     class_names: Sequence[str] | None = None,
