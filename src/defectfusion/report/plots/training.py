@@ -21,6 +21,8 @@ from .style import (
     save_figure,
 )
 
+TOP, ALL = "mAP@0.5", "mAP@0.5:0.95"  # the panels of the training curves (axes, not record fields)
+
 
 # ----------------------------------------------------------------------------------------------
 # training curves
@@ -122,8 +124,8 @@ def plot_training_curves(
 
     has_map = any(np.isfinite(s[3]).any() for s in series)
     has_loss = any(np.isfinite(s[4]).any() for s in series)
-    panels = ["map50"] + (["map"] if has_map else []) + (["loss"] if has_loss else [])
-    ratios = {"map50": 3.0, "map": 1.8, "loss": 1.8}
+    panels = [TOP] + ([ALL] if has_map else []) + (["loss"] if has_loss else [])
+    ratios = {TOP: 3.0, ALL: 1.8, "loss": 1.8}
     height = 1.4 + sum(1.2 * ratios[p] for p in panels)
     with figure(9.0, height) as fig:
         axes = fig.subplots(
@@ -134,8 +136,8 @@ def plot_training_curves(
             gridspec_kw={"height_ratios": [ratios[p] for p in panels], "hspace": 0.1},
         )[:, 0]
         ax = dict(zip(panels, axes, strict=True))
-        top = ax["map50"]
-        seen: dict[str, list[float]] = {"map50": [], "map": []}
+        top = ax[TOP]
+        seen: dict[str, list[float]] = {TOP: [], ALL: []}
         for k, (phase, xs, map50, mapall, loss, lr, boundary) in enumerate(series):
             color = PHASE_COLORS[k % len(PHASE_COLORS)]
             label = phase + (f" (lr {lr:.0e})" if lr is not None else "")
@@ -154,13 +156,13 @@ def plot_training_curves(
                     color=color,
                     fontweight="bold",
                 )
-                seen["map50"].extend(map50[ok])
+                seen[TOP].extend(map50[ok])
             else:
                 top.plot([], [], "-o", color=color, label=label + ", no mAP logged")
-            if "map" in ax and np.isfinite(mapall).any():
+            if ALL in ax and np.isfinite(mapall).any():
                 ok_all = np.isfinite(mapall)
-                ax["map"].plot(xs[ok_all], mapall[ok_all], "-o", color=color, ms=2.5, lw=1.4)
-                seen["map"].extend(mapall[ok_all])
+                ax[ALL].plot(xs[ok_all], mapall[ok_all], "-o", color=color, ms=2.5, lw=1.4)
+                seen[ALL].extend(mapall[ok_all])
             if "loss" in ax and np.isfinite(loss).any():
                 ok_l = np.isfinite(loss)
                 ax["loss"].plot(xs[ok_l], loss[ok_l], "-o", color=color, lw=1.6, ms=2.5)  # one point shows too
@@ -169,7 +171,7 @@ def plot_training_curves(
                     a.axvline(boundary, color="#777777", lw=1.0, ls=":")
         if baseline is not None:
             top.axhline(baseline, color="#444444", lw=1.3, ls="-.", label=f"baseline mAP@0.5 = {baseline:.3f}")
-            seen["map50"].append(baseline)
+            seen[TOP].append(baseline)
         for k, (phase, xs, *_rest) in enumerate(series):
             top.text(
                 (xs.min() + xs.max()) / 2,
@@ -188,11 +190,11 @@ def plot_training_curves(
                 pad = max(0.01, 0.15 * (hi - lo))
                 a.set_ylim(lo - pad, hi + 2 * pad)
             a.grid(True, color="#EEEEEE")
-        if not seen["map50"]:
+        if not seen[TOP]:
             top.text(0.5, 0.5, "no validation mAP logged", transform=top.transAxes, ha="center", color=NEUTRAL)
         top.set_ylabel("val mAP@0.5")
-        if "map" in ax:
-            ax["map"].set_ylabel("val mAP@0.5:0.95")
+        if ALL in ax:
+            ax[ALL].set_ylabel("val mAP@0.5:0.95")
         if "loss" in ax:
             ax["loss"].set_ylabel("training loss")
         axes[-1].set_xlabel("epoch (counted across phases)")
