@@ -157,9 +157,9 @@ def test_a_training_epoch_and_its_evaluation_on_the_accelerator_match_the_cpu(tm
         trainer = epoch(DEVICE, tmp_path / "device")
         assert next(trainer.model.parameters()).device == DEVICE
     assert mode.ran_on_meta > 10_000
-    assert trainer.step == expected.step == 6 and trainer.best["epoch"] == 1
+    assert trainer.step == expected.step == 6 and trainer.best.epoch == 1
     assert trainer.epoch_loss == pytest.approx(expected.epoch_loss, rel=1e-4)
-    assert trainer.best["map50"] == pytest.approx(expected.best["map50"], abs=1e-3)
+    assert trainer.best.map50 == pytest.approx(expected.best.map50, abs=1e-3)
     saved, reference = load_detector(tmp_path / "device" / "best"), load_detector(tmp_path / "cpu" / "best")
     for (name, value), other in zip(saved.state_dict().items(), reference.state_dict().values(), strict=True):
         torch.testing.assert_close(value, other, rtol=0, atol=1e-4, msg=lambda m, n=name: f"{n}: {m}")

@@ -128,6 +128,7 @@ def test_a_last_state_saved_with_other_parameter_groups_is_refused_with_what_to_
 def test_a_phase_stops_early_on_a_drop_or_on_patience(map50, bad, expected):
     from defectfusion.config import EarlyStopConfig
     from defectfusion.engine.training.early_stop import early_stop_reason
+    from defectfusion.engine.training.phase_records import Score
 
-    reason = early_stop_reason(map50, {"map50": 0.5, "epoch": 3}, bad, EarlyStopConfig(drop=0.02, patience=3))
+    reason = early_stop_reason(map50, Score(0.5, None, epoch=3), bad, EarlyStopConfig(drop=0.02, patience=3))
     assert (expected in reason) and (bool(reason) == bool(expected))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from torch.utils.data import DataLoader
 
@@ -24,6 +25,19 @@ class PhaseData:
     val_loader: DataLoader
     evaluator: DetectionEvaluator
     collator: DetectionCollator
+
+
+@dataclass(frozen=True)
+class Score:
+    """A validation score a phase keeps: its best so far (and that evaluation's epoch), or where it started."""
+
+    map50: float | None = None
+    map: float | None = None
+    epoch: int = 0
+
+    def to_dict(self, epoch: bool = True) -> dict[str, Any]:
+        """Its form in ``last/trainer.json`` (the starting point is stored without an epoch)."""
+        return {"map50": self.map50, "map": self.map, **({"epoch": self.epoch} if epoch else {})}
 
 
 @dataclass

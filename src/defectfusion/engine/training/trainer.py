@@ -47,7 +47,7 @@ from .eta import StepClock, format_duration
 from .interrupts import StopRequest, TrainingInterrupted, interruption, stop_requested
 from .loss import install_deim_loss
 from .phase_log import PhaseLog, evaluation_record
-from .phase_records import PhaseData, PhaseOutcome
+from .phase_records import PhaseData, PhaseOutcome, Score
 from .phase_state import STATE_FILE, load_optimizer_state, load_phase_state, save_phase_state
 from .precision import resolve_precision
 from .schedule import build_scheduler, optimizer_groups
@@ -114,8 +114,8 @@ class PhaseTrainer:
         self.epoch_batches, self.epoch_sums = 0, [0.0, 0]  # the epoch in progress: batches done, [loss sum, count]
         self.stop = StopRequest()  # Ctrl-C / SIGTERM: stop after the current step, save, say how to resume
         self.skipped_steps = 0  # steps the fp16 grad scaler skipped (this session)
-        self.best: dict[str, Any] = {"map50": None, "map": None, "epoch": 0}
-        self.initial: dict[str, Any] = {"map50": None, "map": None}
+        self.best = Score()  # the best evaluation so far
+        self.initial = Score()  # the evaluation at epoch 0
         self.bad_evals = 0
         self.stop_reason = ""
         self.records: list[dict[str, Any]] = []
@@ -172,11 +172,11 @@ class PhaseTrainer:
             self.stop_reason = f"completed {self.phase.epochs} epochs"
         outcome = PhaseOutcome(
             name=self.name,
-            best_epoch=self.best["epoch"],
-            best_map50=self.best["map50"],
-            best_map=self.best["map"],
-            initial_map50=self.initial["map50"],
-            initial_map=self.initial["map"],
+            best_epoch=self.best.epoch,
+            best_map50=self.best.map50,
+            best_map=self.best.map,
+            initial_map50=self.initial.map50,
+            initial_map=self.initial.map,
             epochs_run=self.epoch,
             stop_reason=self.stop_reason,
             best_dir=str(self.folder / "best"),
@@ -332,11 +332,11 @@ class PhaseTrainer:
     def _decide(self, metrics: Metrics) -> dict[str, Any]:
         map50, map_ = metrics.map50, metrics.map
         if self.epoch == 0:
-            self.initial = {"map50": map50, "map": map_}
-        best_map50 = self.best["map50"]
+            self.initial = Score(map50, map_)
+        best_map50 = self.best.map50
         improved = best_map50 is None or (map50 is not None and map50 > best_map50)
         if improved:
-            self.best = {"map50": map50, "map": map_, "epoch": self.epoch}
+            self.best = Score(map50, map_, self.epoch)
             self.bad_evals = 0
             save_detector(
                 self._eval_model(), self.folder / "best", extra={"metrics.json": lambda p: write_metrics(metrics, p)}
@@ -379,8 +379,8 @@ class PhaseTrainer:
             "phase": self.name,
             "epoch": self.epoch,
             "step": self.step,
-            "best": self.best,
-            "initial": self.initial,
+            "best": self.best.to_dict(),
+            "initial": self.initial.to_dict(epoch=False),
             "bad_evals": self.bad_evals,
             "stop_reason": self.stop_reason,
             # a phase stopped mid-epoch: the next epoch's batches already trained, and for how many processes
@@ -400,7 +400,7 @@ class PhaseTrainer:
             self.ema.load_state_dict(state["ema"])
         set_rng_state(state["rng"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
-        self.best, self.initial = summary["best"], summary["initial"]
+        self.best, self.initial = Score(**summary["best"]), Score(**summary["initial"])
         self.bad_evals, self.stop_reason = int(summary["bad_evals"]), summary["stop_reason"]
         self.epoch_batches, self.epoch_sums = int(summary.get("epoch_batches", 0)), summary.get("epoch_loss", [0.0, 0])
         # Evaluations logged after the last save (a kill between the two) are redone: drop them,
