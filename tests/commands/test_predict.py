@@ -14,6 +14,7 @@ from defectfusion.data.images import collect_images
 from defectfusion.engine.evaluation.results_file import evaluate_results_file
 from defectfusion.engine.prediction.predictor import Predictor
 from defectfusion.errors import CheckpointError, DataError
+from defectfusion.models.inference import InputSpec
 from defectfusion.structures import Detections
 
 
@@ -127,7 +128,9 @@ def test_any_backend_plugs_in(kit, tmp_path):
             for _ in range(len(pixel_values))
         ]
 
-    predictor = Predictor(backend, ["a", "b", "c", "d"], (64, 32), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), batch_size=3)
+    predictor = Predictor(
+        backend, ["a", "b", "c", "d"], InputSpec((64, 32), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)), batch_size=3
+    )
     run = predict(predictor, [kit.val_images], tmp_path / "out", threshold=0.5, progress=False)
     assert calls[0] == ((3, 3, 64, 32), [[96, 96]] * 3) and len(calls) == 3
     records = json.loads(run.results_json.read_text())

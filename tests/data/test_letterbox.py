@@ -10,7 +10,7 @@ from PIL import Image
 from torchvision import tv_tensors
 
 from defectfusion.data.transforms import Letterbox, build_eval_transform, content_size
-from defectfusion.models.inference import postprocess_sizes, to_original
+from defectfusion.models.inference import InputSpec, postprocess_sizes, to_original
 from defectfusion.structures import Detections
 
 
@@ -31,17 +31,17 @@ def test_boxes_through_the_letterbox_land_on_themselves(orig, model_size):
     assert (content_h == model_size[0]) or (content_w == model_size[1])  # fits on one side
     assert out[:, content_h:, :].sum() == 0 and out[:, :, content_w:].sum() == 0  # padding bottom-right
     # what the post-processor gives for these boxes at the model size, mapped back
-    sizes = postprocess_sizes(torch.tensor([orig]), model_size, "letterbox")
+    sizes = postprocess_sizes(torch.tensor([orig]), InputSpec(model_size, resize="letterbox"))
     assert sizes.tolist() == [list(model_size)]
     found = Detections(moved["boxes"].as_subclass(torch.Tensor).float(), torch.ones(20), torch.zeros(20).long())
-    back = to_original(found, orig, model_size, "letterbox").boxes
+    back = to_original(found, orig, InputSpec(model_size, resize="letterbox")).boxes
     assert (back - boxes).abs().max() < 0.5
 
 
 def test_the_plain_resize_is_the_default_and_maps_nothing():
     assert isinstance(build_eval_transform(64), type(build_eval_transform(64, "plain")))
     found = Detections(torch.tensor([[1.0, 2, 3, 4]]), torch.ones(1), torch.zeros(1).long())
-    assert to_original(found, (100, 50), (64, 64), "plain") is found
+    assert to_original(found, (100, 50), InputSpec((64, 64))) is found
     with pytest.raises(ValueError, match="resize must be one of"):
         build_eval_transform(64, "crop")
 
@@ -77,7 +77,7 @@ def test_a_model_trained_with_letterbox_predicts_evaluates_and_exports_with_it(t
     model = load_detector(final)
     assert model.meta.resize == "letterbox"  # remembered: nothing below repeats the option
     predictor = Predictor.from_checkpoint(final, threshold=0.0)
-    assert predictor.resize == "letterbox"
+    assert predictor.spec.resize == "letterbox"
     image = wide / "images" / data["images"][0]["file_name"]
     [det] = model.predict(image, threshold=0.0)
     [pred] = list(predictor.predict_files([image]))

@@ -17,7 +17,7 @@ from defectfusion.config import FusionConfig, ModelConfig
 from defectfusion.data.transforms import DetectionCollator, FeatureCollator
 from defectfusion.models.detector import add_fusion, build_detector
 from defectfusion.models.fusion import random_text_embeddings
-from defectfusion.models.inference import normalize, postprocess_sizes
+from defectfusion.models.inference import InputSpec, normalize, postprocess_sizes
 from defectfusion.models.postprocess import postprocess, query_boxes_in_pixels, top_k_queries
 from tests.accelerator import DEVICE, OnDevice, on_cpu, pretend_accelerator
 from tests.helpers import SIX_CLASSES
@@ -87,7 +87,7 @@ def test_postprocess_follows_the_boxes_dtype():
 def test_postprocess_sizes_stay_on_the_device_of_the_sizes_given(resize):
     sizes = torch.tensor([[90, 120], [64, 64]])
     with pretend_accelerator():
-        out = postprocess_sizes(sizes.to(DEVICE), (96, 96), resize)
+        out = postprocess_sizes(sizes.to(DEVICE), InputSpec((96, 96), resize=resize))
         assert out.device == DEVICE and out.dtype == torch.int64
         out = out.cpu()
     assert out.tolist() == (sizes.tolist() if resize == "plain" else [[96, 96], [96, 96]])

@@ -84,16 +84,10 @@ def test_sampling_maps_put_their_weight_where_the_decoder_attention_sampled(kit)
     their own inputs (recomputed here from their linear layers), and a query's sampling map carries its mass at
     those points. It fails if the trace mixes queries or levels up, or if the map blurs its points away."""
     from defectfusion.engine.explain.attribution import evaluation_layer, sampling_map, traced_forward
-    from defectfusion.models.inference import prepare_images
+    from defectfusion.models.inference import InputSpec, prepare_images
 
     model = load_detector(kit.fused).eval()
-    pixels, _ = prepare_images(
-        [torch.from_numpy(_planted()).permute(2, 0, 1)],
-        model.meta.image_size,
-        model.meta.image_mean,
-        model.meta.image_std,
-        model.meta.resize,
-    )
+    pixels, _ = prepare_images([torch.from_numpy(_planted()).permute(2, 0, 1)], InputSpec.of(model.meta))
     seen = []
 
     def own(module, args, kwargs, output):

@@ -168,19 +168,13 @@ def test_the_boxes_control_is_the_class_queries_boxes_as_score_weighted_gaussian
     """The control, recomputed here from the model's own outputs: per class its best queries (those scoring at
     least the threshold, at most five, else the best one), each box a Gaussian of sd a quarter of its sides, peak
     its score. Fails if the control drew other queries, other boxes or unweighted blobs."""
-    from defectfusion.models.inference import prepare_images
+    from defectfusion.models.inference import InputSpec, prepare_images
 
     model = load_detector(kit.fused).eval()
     path, _ = _image_with_two_classes(kit)
     threshold = 0.05
     expl = explain_image(model, path, threshold=threshold, max_detections=3)
-    pixels, _ = prepare_images(
-        [load_image(path).as_subclass(torch.Tensor)],
-        model.meta.image_size,
-        model.meta.image_mean,
-        model.meta.image_std,
-        model.meta.resize,
-    )
+    pixels, _ = prepare_images([load_image(path).as_subclass(torch.Tensor)], InputSpec.of(model.meta))
     with torch.no_grad():
         out = model(pixel_values=pixels)
     scores, boxes = out.logits[0].sigmoid().double(), out.pred_boxes[0].double()

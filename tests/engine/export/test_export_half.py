@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ from defectfusion.engine.export.export_half import (  # noqa: E402
 )
 from defectfusion.engine.prediction.predictor import Predictor  # noqa: E402
 from defectfusion.models.checkpoint import load_detector, save_detector  # noqa: E402
+from defectfusion.models.inference import InputSpec  # noqa: E402
 from defectfusion.structures import Detections, Metrics  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -109,9 +111,7 @@ def test_the_float16_check_scores_a_letterbox_model_on_letterboxed_images(letter
     assert set(runs) == {"float32", "float16"}
     fp32, fp16 = runs["float32"][0], runs["float16"][0]
     # both runs prepare every image as the model does: the same size, resize and normalisation
-    assert fp32.resize == fp16.resize == "letterbox" == model.meta.resize
-    assert fp32.image_size == fp16.image_size == tuple(model.meta.image_size)
-    assert torch.equal(fp32.mean, fp16.mean) and torch.equal(fp32.std, fp16.std)
+    assert fp32.spec == fp16.spec == InputSpec.of(model.meta) and fp32.spec.resize == "letterbox"
     assert fp32.model is not None and fp16.model is None  # PyTorch float32 vs the float16 graph
     # the two runs' detections on the wide images are the same detections (weights rounded, nothing else)
     same = HalfReport()
@@ -130,7 +130,9 @@ def test_stretched_images_would_have_cost_the_letterbox_model_its_map(letterboxe
     model, _, truth = letterboxed
     index = load_coco(truth)
     boxed, _ = validation.evaluate_on_index(Predictor.from_model(model), index, progress=False)
-    stretched, _ = validation.evaluate_on_index(Predictor.from_model(model, resize="plain"), index, progress=False)
+    stretched, _ = validation.evaluate_on_index(
+        Predictor.from_model(model, spec=replace(InputSpec.of(model.meta), resize="plain")), index, progress=False
+    )
     assert boxed.map50 > 0.8 and stretched.map50 < boxed.map50 - 0.3
 
 

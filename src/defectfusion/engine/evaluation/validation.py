@@ -6,7 +6,6 @@ any :class:`~.predictor.Predictor` (PyTorch or ONNX) on a COCO index, image file
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,8 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ...data.coco import CocoIndex
-from ...models.inference import keep_detections, postprocess_sizes
-from ...models.postprocess import postprocess
+from ...models.inference import InputSpec, detect
 from ...structures import Detections
 from ..prediction.predictor import Predictor
 from .evaluator import DetectionEvaluator
@@ -44,19 +42,12 @@ def run_validation(
     ``autocast``: a context manager the forward passes run in (the training run's precision).
     """
     was_training = model.training
-    meta = model.meta
+    spec = InputSpec.of(model.meta)
     model.eval()
     evaluator.reset()
     for batch in tqdm(loader, desc=desc, leave=False, disable=not progress, dynamic_ncols=True):
-        with autocast if autocast is not None else contextlib.nullcontext():
-            outputs = model(**batch_inputs(batch, device))
-        sizes = batch["orig_sizes"]
-        scaled_to = postprocess_sizes(sizes, meta.image_size, meta.resize).to(device)
-        detections = postprocess(outputs.logits.float(), outputs.pred_boxes.float(), scaled_to, top_k=top_k)
-        clipped = [
-            keep_detections(d.to("cpu"), s, 0.0, image_size=meta.image_size, resize=meta.resize)
-            for d, s in zip(detections, sizes, strict=True)
-        ]
+        inputs, sizes = batch_inputs(batch, device), batch["orig_sizes"]
+        clipped = detect(model, inputs, sizes, spec, top_k=top_k, forward_context=autocast)
         evaluator.process(batch["image_ids"].tolist(), clipped)
     model.train(was_training)
     return evaluator.evaluate()

@@ -45,7 +45,7 @@ from ...data.images import load_image
 from ...data.transforms import content_size
 from ...errors import ConfigError
 from ...models.fusion import MAX_LOGIT_SCALE
-from ...models.inference import prepare_images
+from ...models.inference import InputSpec, prepare_images
 from ...models.postprocess import clip_to_image, query_boxes_in_pixels, top_k_queries
 from ...structures import DetectionMatch, Explanation
 from .attribution import (
@@ -245,7 +245,7 @@ def explain_image(
     pixels_u8, source = _to_uint8_chw(image)
     meta = model.meta
     height, width = int(pixels_u8.shape[-2]), int(pixels_u8.shape[-1])
-    pixel_values, _ = prepare_images([pixels_u8], meta.image_size, meta.image_mean, meta.image_std, meta.resize)
+    pixel_values, _ = prepare_images([pixels_u8], InputSpec.of(meta))
     # Maps and boxes are computed on a canvas whose top-left (H, W) is the image: the whole model
     # input for the plain resize; for letterbox the input scaled so its content is the image, the
     # padding then cropped away (it never reaches a map or a score).

@@ -47,7 +47,7 @@ import torch
 from torchvision.ops import box_iou
 
 from ...data.transforms import content_size
-from ...models.inference import prepare_images
+from ...models.inference import InputSpec, prepare_images
 from ...models.postprocess import clip_to_image, query_boxes_in_pixels
 from ..evaluation.bootstrap import count_weights, image_draws
 from .attribution import blank_like
@@ -268,7 +268,7 @@ def detection_scorer(
 
     @torch.inference_mode()
     def score(images: torch.Tensor) -> torch.Tensor:
-        pixel_values, _ = prepare_images(list(images), meta.image_size, meta.image_mean, meta.image_std, meta.resize)
+        pixel_values, _ = prepare_images(list(images), InputSpec.of(meta))
         outputs = model(pixel_values=pixel_values.to(device))
         logits, pred = outputs.logits.float().cpu(), outputs.pred_boxes.float().cpu()
         batch, queries = logits.shape[:2]

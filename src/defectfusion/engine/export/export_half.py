@@ -159,16 +159,11 @@ def checking_predictors(model: torch.nn.Module, detector: OnnxDetector, top_k: i
     as predictors that prepare every image alike: the graph's input size and the model's own resize
     (``model.meta.resize``: a letterbox model is scored on letterboxed images by both), so the two mAPs
     differ by the weights' rounding alone."""
+    from ...models.inference import InputSpec
     from ..prediction.predictor import Predictor, TorchBackend
 
-    meta = model.meta
-    settings = {
-        "image_size": detector.image_size,  # the size the graph was exported at (``--size``)
-        "image_mean": meta.image_mean,
-        "image_std": meta.image_std,
-        "category_ids": meta.category_ids,
-        "resize": meta.resize,
-    }
-    fp32 = Predictor(TorchBackend(model, "cpu", top_k), model.class_names, **settings)
-    fp16 = Predictor(detector, detector.class_names, **settings)
+    spec = InputSpec.of(model.meta).with_size(detector.image_size)  # the size the graph was exported at (--size)
+    ids = model.meta.category_ids
+    fp32 = Predictor(TorchBackend(model, "cpu", top_k), model.class_names, spec, category_ids=ids)
+    fp16 = Predictor(detector, detector.class_names, spec, category_ids=ids)
     return fp32, fp16

@@ -11,7 +11,7 @@ model scores the same through ``predict``, ``evaluate`` and training-time valida
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,13 +27,14 @@ from ...data.transforms import build_eval_transform
 from ...errors import DataError
 from ...models.checkpoint import load_detector
 from ...models.inference import (
+    InputSpec,
     check_thresholds,
-    keep_detections,
+    decode,
+    finish,
     normalize,
     postprocess_sizes,
     prepare_images,
 )
-from ...models.postprocess import postprocess
 from ...structures import Detections
 from .onnx_backend import OnnxDetector, is_onnx_checkpoint
 
@@ -68,10 +69,7 @@ class TorchBackend:
     @torch.inference_mode()
     def __call__(self, pixel_values: torch.Tensor, orig_sizes: torch.Tensor) -> list[Detections]:
         outputs = self.model(pixel_values=pixel_values.to(self.device, non_blocking=True))
-        detections = postprocess(
-            outputs.logits.float(), outputs.pred_boxes.float(), orig_sizes.to(self.device), top_k=self.top_k
-        )
-        return [d.to("cpu") for d in detections]
+        return decode(outputs, orig_sizes.to(self.device), self.top_k)
 
 
 @dataclass
@@ -104,15 +102,11 @@ class _ImageFiles(Dataset):
     """Images read and resized for the model: ``(uint8 [3, h, w] at the model size, (H, W), index)``."""
 
     def __init__(
-        self,
-        paths: Sequence[Path],
-        image_size: tuple[int, int],
-        expected_sizes: Sequence[tuple[int, int] | None] | None = None,
-        resize: str = "plain",
+        self, paths: Sequence[Path], spec: InputSpec, expected_sizes: Sequence[tuple[int, int] | None] | None = None
     ) -> None:
         self.paths = list(paths)
         self.expected = list(expected_sizes) if expected_sizes is not None else [None] * len(self.paths)
-        self.transform = build_eval_transform(image_size, resize)
+        self.transform = build_eval_transform(spec.size, spec.resize)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -137,64 +131,58 @@ class Predictor:
     Args:
         backend: ``(pixel_values, orig_sizes (H, W)) -> list[Detections]`` in original pixels.
         class_names: name of each contiguous label.
-        image_size: ``(H, W)`` the model expects.
-        image_mean, image_std: per-channel normalisation on the ``[0, 1]`` scale.
+        spec: what the model takes (:class:`~defectfusion.models.inference.InputSpec`: size, normalisation,
+            resize); a bare ``(H, W)`` means no normalisation and the plain resize.
         threshold: keep detections with ``score >= threshold``.
         batch_size: images per backend call.
         num_workers: image-loading worker processes (0: in this process).
         category_ids: the dataset's COCO category id of each label, when the model remembers them.
         nms_iou: class-wise non-maximum suppression at this IoU (None: off, as mAP files should be).
-        resize: how images reach ``image_size``: ``plain`` (stretch) or ``letterbox`` (the model's).
     """
 
     def __init__(
         self,
         backend: Backend,
         class_names: Sequence[str],
-        image_size: Sequence[int],
-        image_mean: Sequence[float] = (0.0, 0.0, 0.0),
-        image_std: Sequence[float] = (1.0, 1.0, 1.0),
+        spec: InputSpec | Sequence[int],
         *,
         threshold: float = 0.0,
         batch_size: int = 8,
         num_workers: int = 0,
         category_ids: Sequence[int] | None = None,
         nms_iou: float | None = None,
-        resize: str = "plain",
     ) -> None:
         check_thresholds(threshold, nms_iou)
         if batch_size < 1:
             raise DataError(f"batch size must be at least 1, got {batch_size}")
         self.backend = backend
         self.class_names = list(class_names)
-        self.image_size = (int(image_size[0]), int(image_size[1]))
-        self.mean = torch.tensor(list(image_mean), dtype=torch.float32).view(1, 3, 1, 1)
-        self.std = torch.tensor(list(image_std), dtype=torch.float32).view(1, 3, 1, 1)
+        self.spec = spec if isinstance(spec, InputSpec) else InputSpec((int(spec[0]), int(spec[1])))
         self.threshold = float(threshold)
         self.batch_size = int(batch_size)
         self.num_workers = int(num_workers)
         self.category_ids = list(category_ids) if category_ids is not None else None
         self.nms_iou = nms_iou
-        self.resize = resize
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return self.spec.size
 
     @classmethod
     def from_model(
-        cls, model: torch.nn.Module, *, device: str | torch.device = "cpu", top_k: int = 300, **kwargs: Any
+        cls,
+        model: torch.nn.Module,
+        *,
+        device: str | torch.device = "cpu",
+        top_k: int = 300,
+        spec: InputSpec | None = None,
+        **kwargs: Any,
     ) -> Predictor:
-        """A predictor for an in-memory detector (it carries its classes and input settings in ``.meta``)."""
-        meta = model.meta
-        return cls(
-            TorchBackend(model, device, top_k),
-            model.class_names,
-            meta.image_size,
-            meta.image_mean,
-            meta.image_std,
-            **{
-                "category_ids": getattr(meta, "category_ids", None),
-                "resize": getattr(meta, "resize", "plain"),
-                **kwargs,
-            },
-        )
+        """A predictor for an in-memory detector (it carries its classes and input settings in ``.meta``;
+        ``spec`` prepares the images otherwise)."""
+        kwargs.setdefault("category_ids", getattr(model.meta, "category_ids", None))
+        spec = spec or InputSpec.of(model.meta)
+        return cls(TorchBackend(model, device, top_k), model.class_names, spec, **kwargs)
 
     @classmethod
     def from_checkpoint(
@@ -205,8 +193,7 @@ class Predictor:
         if is_onnx_checkpoint(path):
             onnx = OnnxDetector(path)
             kwargs.setdefault("category_ids", onnx.category_ids)
-            kwargs.setdefault("resize", onnx.resize)
-            return cls(onnx, onnx.class_names, onnx.image_size, onnx.image_mean, onnx.image_std, **kwargs)
+            return cls(onnx, onnx.class_names, InputSpec.of(onnx), **kwargs)
         return cls.from_model(load_detector(path, device=device), device=device, top_k=top_k, **kwargs)
 
     @property
@@ -218,20 +205,12 @@ class Predictor:
 
     def preprocess(self, images: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 ``[3, H, W]`` images -> (``pixel_values [B, 3, h, w]`` normalised, ``orig_sizes [B, 2]`` (H, W))."""
-        return prepare_images(images, self.image_size, self.mean, self.std, self.resize)
-
-    def _normalize(self, uint8_batch: torch.Tensor) -> torch.Tensor:
-        return normalize(uint8_batch, self.mean, self.std)
+        return prepare_images(images, self.spec)
 
     def infer(self, pixel_values: torch.Tensor, orig_sizes: torch.Tensor) -> list[Detections]:
         """Run the backend and keep detections at or above the threshold."""
-        detections = self.backend(pixel_values, postprocess_sizes(orig_sizes, self.image_size, self.resize))
-        if len(detections) != len(pixel_values):
-            raise RuntimeError(f"backend returned {len(detections)} results for {len(pixel_values)} images")
-        return [
-            keep_detections(det, size, self.threshold, self.nms_iou, image_size=self.image_size, resize=self.resize)
-            for det, size in zip(detections, orig_sizes, strict=True)
-        ]
+        found = self.backend(pixel_values, postprocess_sizes(orig_sizes, self.spec))
+        return finish(found, orig_sizes, self.spec, self.threshold, self.nms_iou)
 
     def __call__(self, images: Sequence[Any]) -> list[Detections]:
         """Detections of images already in memory (uint8 ``[3, H, W]`` tensors, arrays, PIL images) or paths."""
@@ -252,22 +231,38 @@ class Predictor:
         load). ``progress``: a bar; ``None`` shows one above :data:`PROGRESS_FROM` images.
         """
         paths = [Path(p) for p in paths]
-        ids = image_ids_for(paths, image_ids)
         loader = DataLoader(
-            _ImageFiles(paths, self.image_size, expected_sizes, self.resize),
+            _ImageFiles(paths, self.spec, expected_sizes),
             batch_size=self.batch_size,
             shuffle=False,
             num_workers=self.num_workers,
             collate_fn=_collate,
         )
-        show = len(paths) > PROGRESS_FROM if progress is None else progress
-        with tqdm(total=len(paths), desc=desc, unit="img", disable=not show, dynamic_ncols=True, leave=False) as bar:
+
+        def batches() -> Iterator[list[tuple[int, tuple[int, int], Detections]]]:
             for pixels, sizes, indices in loader:
-                for i, det, size in zip(
-                    indices, self.infer(self._normalize(pixels), sizes), sizes.tolist(), strict=True
-                ):
-                    yield ImagePrediction(paths[i], (size[0], size[1]), det, ids[i])
-                bar.update(len(indices))
+                found = self.infer(normalize(pixels, self.spec.mean, self.spec.std), sizes)
+                yield [(i, (h, w), det) for i, det, (h, w) in zip(indices, found, sizes.tolist(), strict=True)]
+
+        yield from image_predictions(paths, image_ids, batches(), progress, desc)
+
+
+def image_predictions(
+    paths: Sequence[Path],
+    image_ids: Sequence[int] | None,
+    batches: Iterable[list[tuple[int, tuple[int, int], Detections]]],
+    progress: bool | None,
+    desc: str,
+) -> Iterator[ImagePrediction]:
+    """The files' :class:`ImagePrediction` in order, from ``batches`` of ``(position, (H, W), detections)``,
+    with the image ids (:func:`image_ids_for`) and a progress bar: what every ``predict_files`` yields."""
+    ids = image_ids_for(paths, image_ids)
+    show = len(paths) > PROGRESS_FROM if progress is None else progress
+    with tqdm(total=len(paths), desc=desc, unit="img", disable=not show, dynamic_ncols=True, leave=False) as bar:
+        for batch in batches:
+            for i, size, det in batch:
+                yield ImagePrediction(paths[i], size, det, ids[i])
+            bar.update(len(batch))
 
 
 def to_coco_results(

@@ -28,12 +28,11 @@ from typing import Any
 
 import torch
 from torchvision.ops import batched_nms
-from tqdm.auto import tqdm
 
 from ...data.images import as_image, load_image
 from ...errors import ConfigError
 from ...structures import Detections
-from .predictor import PROGRESS_FROM, ImagePrediction, Predictor, image_ids_for
+from .predictor import ImagePrediction, Predictor, image_predictions
 
 __all__ = ["MERGES", "TiledPredictor", "merge_detections", "tile_grid"]
 
@@ -212,12 +211,11 @@ class TiledPredictor:
     ) -> Iterator[ImagePrediction]:
         """One :class:`~.predictor.ImagePrediction` per file, in order (as :meth:`Predictor.predict_files`)."""
         paths = [Path(p) for p in paths]
-        ids = image_ids_for(paths, image_ids)
         sizes = list(expected_sizes) if expected_sizes is not None else [None] * len(paths)
-        show = len(paths) > PROGRESS_FROM if progress is None else progress
-        with tqdm(total=len(paths), desc=desc, unit="img", disable=not show, dynamic_ncols=True, leave=False) as bar:
-            for path, image_id, size in zip(paths, ids, sizes, strict=True):
+
+        def one_by_one() -> Iterator[list[tuple[int, tuple[int, int], Detections]]]:
+            for i, (path, size) in enumerate(zip(paths, sizes, strict=True)):
                 image = load_image(path, expected_size=size).as_subclass(torch.Tensor)
-                det = self.predict_image(image)
-                yield ImagePrediction(path, (int(image.shape[-2]), int(image.shape[-1])), det, image_id)
-                bar.update(1)
+                yield [(i, (int(image.shape[-2]), int(image.shape[-1])), self.predict_image(image))]
+
+        yield from image_predictions(paths, image_ids, one_by_one(), progress, desc)
