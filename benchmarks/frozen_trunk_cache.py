@@ -34,6 +34,7 @@ from defectfusion.engine.training.phase_records import build_phase_data
 from defectfusion.engine.training.trainer import PhaseTrainer
 from defectfusion.models.detector import add_fusion, build_detector
 from defectfusion.models.fusion import random_text_embeddings
+from defectfusion.models.inference import InputSpec
 
 PHASES = ("phase1", "phase2")
 
@@ -57,7 +58,7 @@ def _config(root: Path, preset: str, size: int, batch: int, mode: str):
 def _trainer(cfg, model, name: str, folder: Path) -> PhaseTrainer:
     train, val = load_coco(cfg.data.train.annotations), load_coco(cfg.data.val.annotations)
     meta = model.meta
-    data = build_phase_data(cfg, train, val, meta.image_size, meta.image_mean, meta.image_std, meta.resize)
+    data = build_phase_data(cfg, train, val, InputSpec.of(meta))
     return PhaseTrainer(copy.deepcopy(model), name, cfg.phases[name], cfg, data, folder, DistInfo(), progress=False)
 
 

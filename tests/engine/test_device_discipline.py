@@ -31,6 +31,7 @@ from defectfusion.engine.prediction.predictor import Predictor
 from defectfusion.engine.training.loss import install_deim_loss
 from defectfusion.models.detector import add_fusion, build_detector
 from defectfusion.models.fusion import random_text_embeddings
+from defectfusion.models.inference import InputSpec
 from tests.accelerator import DEVICE, OnDevice, on_cpu, pretend_accelerator
 
 
@@ -139,7 +140,7 @@ def test_a_training_epoch_and_its_evaluation_on_the_accelerator_match_the_cpu(tm
     start = build_detector(cfg.model, list(train_index.class_names))
     start = add_fusion(start, cfg.fusion, random_text_embeddings(len(train_index.class_names), 16, 0))
     meta = start.meta
-    data = build_phase_data(cfg, train_index, val_index, meta.image_size, meta.image_mean, meta.image_std)
+    data = build_phase_data(cfg, train_index, val_index, InputSpec.of(meta))
 
     def epoch(device, folder):
         trainer = PhaseTrainer(

@@ -16,6 +16,7 @@ from defectfusion.engine.training.precision import Precision
 from defectfusion.engine.training.trainer import PhaseTrainer
 from defectfusion.models.detector import add_fusion, build_detector
 from defectfusion.models.fusion import random_text_embeddings
+from defectfusion.models.inference import InputSpec
 from tests.helpers import write_train_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -73,7 +74,7 @@ def _trainer(tmp_path, synth_data, grad_clip=None) -> PhaseTrainer:
         for head in model.fusion_heads():
             head.gate.fill_(0.5)
     m = model.meta
-    data = build_phase_data(cfg, train_index, val_index, m.image_size, m.image_mean, m.image_std)
+    data = build_phase_data(cfg, train_index, val_index, InputSpec.of(m))
     trainer = PhaseTrainer(model, "phase1", cfg.phases["phase1"], cfg, data, tmp_path / "phase1", DistInfo(), False)
     assert trainer.steps_per_epoch == STEPS
     return trainer

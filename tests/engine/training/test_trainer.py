@@ -12,6 +12,7 @@ from defectfusion.engine.training.phase_records import build_phase_data
 from defectfusion.engine.training.trainer import PhaseTrainer
 from defectfusion.models.detector import add_fusion, build_detector
 from defectfusion.models.fusion import random_text_embeddings
+from defectfusion.models.inference import InputSpec
 from tests.helpers import write_train_config
 
 CONSTANTS = ("model.decoder.up", "model.decoder.reg_scale")
@@ -33,7 +34,7 @@ def test_the_decoder_constants_stay_fixed_and_outside_optimizer_and_ema(tmp_path
         model = add_fusion(model, cfg.fusion, random_text_embeddings(len(train.class_names), 16, 0))
     assert set(CONSTANTS) <= model.constant_parameters
     before = {name: model.get_parameter(name).detach().clone() for name in CONSTANTS}
-    data = build_phase_data(cfg, train, val, model.meta.image_size, model.meta.image_mean, model.meta.image_std)
+    data = build_phase_data(cfg, train, val, InputSpec.of(model.meta))
     trainer = PhaseTrainer(model, phase, cfg.phases[phase], cfg, data, tmp_path / phase, DistInfo(), progress=False)
 
     in_optimizer = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}

@@ -23,6 +23,7 @@ from defectfusion.engine.training.trainer import PhaseTrainer
 from defectfusion.errors import ConfigError
 from defectfusion.models.detector import add_fusion, build_detector
 from defectfusion.models.fusion import random_text_embeddings
+from defectfusion.models.inference import InputSpec
 from defectfusion.models.trunk import trunk_fingerprint
 from tests.helpers import calibrate, write_train_config
 
@@ -54,7 +55,7 @@ def start_model(synth_data):
 
 def _trainer(cfg, model, name, folder):
     train, val = load_coco(cfg.data.train.annotations), load_coco(cfg.data.val.annotations)
-    data = build_phase_data(cfg, train, val, model.meta.image_size, model.meta.image_mean, model.meta.image_std)
+    data = build_phase_data(cfg, train, val, InputSpec.of(model.meta))
     return PhaseTrainer(copy.deepcopy(model), name, cfg.phases[name], cfg, data, folder, DistInfo(), progress=False)
 
 

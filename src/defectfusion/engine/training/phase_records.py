@@ -13,6 +13,7 @@ from ...config import Config
 from ...data.coco import CocoDetection, CocoIndex
 from ...data.transforms import DetectionCollator, build_eval_transform
 from ...io import read_json
+from ...models.inference import InputSpec
 from ..evaluation.evaluator import DetectionEvaluator
 
 
@@ -66,13 +67,11 @@ def build_phase_data(
     cfg: Config,
     train_index: CocoIndex,
     val_index: CocoIndex,
-    image_size: tuple[int, int],
-    image_mean,
-    image_std,
-    resize: str = "plain",
+    spec: InputSpec,
 ) -> PhaseData:
-    collator = DetectionCollator(image_mean, image_std)
-    val_dataset = CocoDetection(val_index, build_eval_transform(image_size, resize))
+    """The validation loader and evaluator of a phase, images prepared as the model takes them (``spec``)."""
+    collator = DetectionCollator(spec.mean, spec.std)
+    val_dataset = CocoDetection(val_index, build_eval_transform(spec.size, spec.resize))
     val_loader = DataLoader(
         val_dataset,
         batch_size=cfg.data.eval_batch_size or cfg.data.batch_size,

@@ -27,6 +27,7 @@ from ...errors import ConfigError
 from ...io import atomic_write_json, atomic_write_text, read_json
 from ...models.checkpoint import load_detector
 from ...models.detector import DefectDetector, add_fusion
+from ...models.inference import InputSpec
 from ...models.text import TextEmbeddings, encode_descriptions
 from ...structures import Metrics
 from ..evaluation.evaluator import write_metrics
@@ -185,15 +186,7 @@ class TrainingRun:
         model, source = start.model, start.source
         model.set_category_ids(datasets.train.label_to_category_id)
         text = self._text(class_names)
-        data = build_phase_data(
-            cfg,
-            datasets.train,
-            datasets.val,
-            model.meta.image_size,
-            model.meta.image_mean,
-            model.meta.image_std,
-            model.meta.resize,
-        )
+        data = build_phase_data(cfg, datasets.train, datasets.val, InputSpec.of(model.meta))
 
         # A run that starts from a trained model scores it first: it is the baseline. A run from
         # random initialisation gets its baseline from its first phase without fusion.
