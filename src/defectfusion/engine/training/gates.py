@@ -4,20 +4,52 @@ from __future__ import annotations
 
 import getpass
 import shlex
+from dataclasses import asdict, dataclass, fields, replace
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from ...config import GateConfig
 from ...errors import ConfigError
+from .phase_records import PhaseOutcome
 
 
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
+@dataclass(frozen=True)
+class GateDecision:
+    """What a gate decided after phase ``after``: whether the next phase runs (``proceed``), why, and what it
+    compared; ``go_on``: the command that goes past a gate that stopped the run; ``overridden``: who went
+    past it, when, and what the gate had said. ``summary.json``'s ``gates`` hold :meth:`to_dict`."""
+
+    after: str
+    metric: str
+    compared_value: str
+    epoch: int | None
+    value: float | None
+    min: float | None
+    max: float | None
+    baseline: float | None
+    compared: str
+    proceed: bool
+    reason: str
+    go_on: str | None = None
+    overridden: dict[str, str] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        return {k: v for k, v in data.items() if v is not None or k not in ("go_on", "overridden")}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GateDecision:
+        return cls(**{f.name: data.get(f.name) for f in fields(cls)})
+
+
 def apply_gate(
     gate: GateConfig, after: str, value: float | None, baseline: float | None, epoch: int | None = None
-) -> dict[str, Any]:
+) -> GateDecision:
     """Whether the phase after ``after`` runs, with a plain-language reason and what was compared.
 
     ``value`` is the phase's best or last validation metric (``gate.value``), ``epoch`` the epoch
@@ -36,60 +68,60 @@ def apply_gate(
         if bound is not None:
             relative = f" (baseline {baseline:.4f} {offset:+.4f})" if gate.relative_to_baseline else ""
             bounds_text.append(f"{word} {bound:.4f}{relative}")
-    decision: dict[str, Any] = {
-        "after": after,
-        "metric": gate.metric,
-        "compared_value": gate.value,
-        "epoch": epoch,
-        "value": value,
-        "min": low,
-        "max": high,
-        "baseline": baseline if gate.relative_to_baseline else None,
-        "compared": f"{measured} against {', '.join(bounds_text) or 'no bound'}",
-    }
     if value is None:
-        decision.update(proceed=False, reason=f"{gate.metric} is undefined after {after}: stopping")
+        proceed, reason = False, f"{gate.metric} is undefined after {after}: stopping"
     elif low is not None and value < low:
-        decision.update(
-            proceed=False,
-            reason=f"{gate.metric} {value:.4f} < {low:.4f}: below the gate, the next phase "
-            f"does not run (review {after} before going on)",
+        proceed = False
+        reason = (
+            f"{gate.metric} {value:.4f} < {low:.4f}: below the gate, the next phase "
+            f"does not run (review {after} before going on)"
         )
     elif high is not None and value >= high:
-        decision.update(
-            proceed=False,
-            reason=f"{gate.metric} {value:.4f} >= {high:.4f}: target reached, the next phase is not needed",
-        )
+        proceed = False
+        reason = f"{gate.metric} {value:.4f} >= {high:.4f}: target reached, the next phase is not needed"
     else:
         bounds = f"[{'-inf' if low is None else f'{low:.4f}'}, {'inf' if high is None else f'{high:.4f}'})"
-        decision.update(proceed=True, reason=f"{gate.metric} {value:.4f} in {bounds}: continue")
-    return decision
+        proceed, reason = True, f"{gate.metric} {value:.4f} in {bounds}: continue"
+    return GateDecision(
+        after=after,
+        metric=gate.metric,
+        compared_value=gate.value,
+        epoch=epoch,
+        value=value,
+        min=low,
+        max=high,
+        baseline=baseline if gate.relative_to_baseline else None,
+        compared=f"{measured} against {', '.join(bounds_text) or 'no bound'}",
+        proceed=proceed,
+        reason=reason,
+    )
 
 
-def override_gate(decision: dict[str, Any]) -> dict[str, Any]:
+def override_gate(decision: GateDecision) -> GateDecision:
     """A stopping decision turned into the user's explicit decision to go on: who, when, what the gate said."""
     try:
         who = getpass.getuser()
     except (OSError, KeyError):  # no login name in some containers
         who = "the user"
-    decision.pop("go_on", None)
-    decision["overridden"] = {
-        "by": who,
-        "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "gate_said": decision["reason"],
-    }
-    decision.update(proceed=True, reason=f"{decision['reason']} -- overridden by {who}: continue")
-    return decision
+    said = {"by": who, "at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "gate_said": decision.reason}
+    reason = f"{decision.reason} -- overridden by {who}: continue"
+    return replace(decision, proceed=True, reason=reason, go_on=None, overridden=said)
 
 
 def phase_gate(
-    gate: GateConfig, after: str, outcome: Any, reference: dict[str, Any], go_past: bool, run: Any, following: str
-) -> dict:
-    """The gate after a finished phase: its decision, ``go_past`` recorded as the user's override.
+    gate: GateConfig,
+    outcome: PhaseOutcome,
+    *,
+    baseline: dict[str, Any],
+    go_past: bool,
+    run: Path,
+    following: str,
+) -> GateDecision:
+    """The gate after the finished phase ``outcome``: its decision, ``go_past`` recorded as the user's override.
 
-    ``outcome``: the phase's :class:`~.phase_records.PhaseOutcome`; ``reference``: the baseline's
-    metrics; ``following``: the phase the gate lets through. A stopping decision carries ``go_on``,
-    the command that trains ``following`` in this run folder from ``after``'s best.
+    ``baseline``: the baseline's metrics (relative gates); ``following``: the phase the gate lets through. A
+    stopping decision carries ``go_on``, the command that trains ``following`` in the run folder ``run`` from
+    the phase's best.
     """
     if gate.value == "best":
         value = outcome.best_map50 if gate.metric == "map50" else outcome.best_map
@@ -97,10 +129,9 @@ def phase_gate(
     else:
         value = outcome.last_map50 if gate.metric == "map50" else outcome.last_map
         epoch = outcome.last_epoch
-    decision = apply_gate(gate, after, value, reference.get(gate.metric), epoch)
-    if decision["proceed"]:
+    decision = apply_gate(gate, outcome.name, value, baseline.get(gate.metric), epoch)
+    if decision.proceed:
         return decision
     if go_past:
         return override_gate(decision)
-    decision["go_on"] = f"defectfusion train --out {shlex.quote(str(run))} --phase {shlex.quote(following)}"
-    return decision
+    return replace(decision, go_on=f"defectfusion train --out {shlex.quote(str(run))} --phase {shlex.quote(following)}")

@@ -38,7 +38,7 @@ from .datasets import RunData, load_datasets
 from .distributed import DistInfo, barrier, broadcast_object, init_distributed
 from .final_choice import choose_final
 from .final_choice import fmt_metric as _fmt
-from .gates import override_gate, phase_gate
+from .gates import GateDecision, override_gate, phase_gate
 from .phase_records import PhaseData, PhaseOutcome, build_phase_data
 from .precision import resolve_precision
 from .run_folder import Continuation, decide_for_run
@@ -247,16 +247,20 @@ class TrainingRun:
                 if self.info.is_main:  # the others have no baseline metrics: they follow the main process
                     reference = self.summary.get("baseline") or self.summary.get("start") or {}
                     decision = phase_gate(
-                        cfg.gates[name], name, outcome, reference, name in self.go_past, self.out, self.names[index + 1]
+                        cfg.gates[name],
+                        outcome,
+                        baseline=reference,
+                        go_past=name in self.go_past,
+                        run=self.out,
+                        following=self.names[index + 1],
                     )
                 decision = broadcast_object(self.info, decision)
-                self.summary["gates"] = [g for g in self.summary["gates"] if g["after"] != name] + [decision]
-                self._write_summary()
+                self._record_gate(decision)
                 if self.progress and self.info.is_main:
-                    print(f"gate after {name}: {decision['compared']}: {decision['reason']}")
-                    if decision.get("go_on"):
-                        print(f"to go on anyway (a decision recorded in summary.json): {decision['go_on']}")
-                if not decision["proceed"]:
+                    print(f"gate after {name}: {decision.compared}: {decision.reason}")
+                    if decision.go_on:
+                        print(f"to go on anyway (a decision recorded in summary.json): {decision.go_on}")
+                if not decision.proceed:
                     break
 
         self._choose_final()
@@ -275,16 +279,27 @@ class TrainingRun:
         previous = previous_phase(self.cfg, first)
         if previous not in self.cfg.gates or not self.info.is_main:
             return
-        decision = next((g for g in self.summary["gates"] if g["after"] == previous), None)
-        if decision is None:
+        recorded = next((g for g in self.summary["gates"] if g["after"] == previous), None)
+        if recorded is None:
             outcome = PhaseOutcome.read(self.out / previous / "result.json")
             reference = self.summary.get("baseline") or self.summary.get("start") or {}
-            decision = phase_gate(self.cfg.gates[previous], previous, outcome, reference, True, self.out, first)
-            self.summary["gates"].append(decision)
-        elif not decision["proceed"]:
-            override_gate(decision)
+            gate = self.cfg.gates[previous]
+            decision = phase_gate(gate, outcome, baseline=reference, go_past=True, run=self.out, following=first)
+        else:
+            decision = GateDecision.from_dict(recorded)
+            decision = decision if decision.proceed else override_gate(decision)
         if self.progress:
-            print(f"gate after {previous}: {decision['reason']}")
+            print(f"gate after {previous}: {decision.reason}")
+        self._record_gate(decision)
+
+    def _record_gate(self, decision: GateDecision) -> None:
+        """``decision`` in ``summary.json``, in place of an earlier one after the same phase."""
+        gates = self.summary["gates"]
+        places = [i for i, g in enumerate(gates) if g["after"] == decision.after]
+        if places:
+            gates[places[0]] = decision.to_dict()
+        else:
+            gates.append(decision.to_dict())
         self._write_summary()
 
     def _evaluate_start(self, model: DefectDetector, data: PhaseData, source: str) -> None:
