@@ -275,3 +275,26 @@ class Metrics:
             "pr_curves": dict(self.pr_curves),
             **self.extra,
         }
+
+
+_SCORED = ("map50", "map", "source", "checkpoint")
+
+
+@dataclass(frozen=True)
+class Scored:
+    """A ``summary.json`` entry naming a model and its headline scores: a run's ``start``, ``baseline`` and
+    ``final``, a test split's ``final`` and ``baseline``. ``source`` / ``checkpoint``: which model; the
+    rest of the entry (per-class APs, its results file, the reason it was chosen, ...) is ``extra``."""
+
+    map50: float | None
+    map: float | None
+    source: str | None = None
+    checkpoint: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> Scored | None:
+        """The entry's record; ``None`` for a missing or empty entry."""
+        if not d:
+            return None
+        return cls(*(d.get(k) for k in _SCORED), extra={k: v for k, v in d.items() if k not in _SCORED})

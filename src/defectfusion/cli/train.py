@@ -78,7 +78,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"stopped at the gate after {gate['after']}: {gate['reason']}")
             print(f"to go on anyway (your decision, recorded in summary.json): {gate['go_on']}")
     if final:
-        print(f"final model: {final['checkpoint']} ({final['phase']}, val mAP@0.5 {final['map50']})")
+        from ..structures import Scored
+
+        print(f"final model: {final['checkpoint']} ({final['phase']}, val mAP@0.5 {Scored.from_dict(final).map50})")
         from ..commands.train import final_class_rows
         from ._tables import rows_table, wide_console
 

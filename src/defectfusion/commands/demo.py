@@ -30,6 +30,7 @@ from ..data.synthetic import generate_synthetic_dataset
 from ..engine.training.progressive import run_training
 from ..errors import ConfigError, DefectFusionError
 from ..io import atomic_write_json, atomic_write_text, read_json
+from ..structures import Scored
 from .demo_baseline import DATA, baseline_overrides, read_card, shipped_baseline
 from .demo_report import demo_sections
 from .explain import ExplainResult, explain
@@ -223,7 +224,7 @@ def run_demo(
         baseline = {"shipped": str(baseline_dir), "card": card}
         baseline_said = (
             f"the tiny DEIMv2 shipped with the package, trained from scratch by the `{card['recipe']}` recipe on "
-            f"these training images (validation mAP@0.5 {card['val']['map50']:.3f}; its model card, "
+            f"these training images (validation mAP@0.5 {Scored.from_dict(card['val']).map50:.3f}; its model card, "
             f"{baseline_dir / 'MODEL_CARD.md'}, gives the commands)"
         )
         say(f"[2/4] the baseline: {baseline_said}")

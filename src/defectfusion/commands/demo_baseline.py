@@ -22,6 +22,7 @@ from typing import Any
 from ..errors import CheckpointError
 from ..io import atomic_write_text, read_json
 from ..models.checkpoint import load_detector, save_detector
+from ..structures import Scored
 from ..version import __version__
 from .evaluate import evaluate_checkpoint
 
@@ -101,7 +102,8 @@ def pack_baseline(best_dir: Path, data: Path, dest: Path, commands: Sequence[Seq
 
 
 def _maps(measured: dict[str, Any]) -> str:
-    return f"mAP@0.5 {measured['map50']:.4f}, mAP@0.5:0.95 {measured['map']:.4f}"
+    scored = Scored.from_dict(measured)
+    return f"mAP@0.5 {scored.map50:.4f}, mAP@0.5:0.95 {scored.map:.4f}"
 
 
 def card_markdown(card: dict[str, Any]) -> str:

@@ -19,7 +19,7 @@ from ..io import read_json
 from ..report.compare import compare_metrics, confusion_pair
 from ..report.summary import Section
 from ..report.values import MISSING, as_number, fmt_delta, fmt_value, load_metrics
-from ..structures import Metrics
+from ..structures import Metrics, Scored
 from .evaluate import EvaluationResult, configured_pair, write_outputs, write_report
 from .grid import GRID_IMAGES, grid_ids, grid_items, predict_ids
 
@@ -61,17 +61,17 @@ def _existing_metrics(candidates: Sequence[tuple[Path, Path | None]]) -> Metrics
 
 def _phase_rows(summary: dict[str, Any], baseline_map50: float | None) -> list[dict[str, str]]:
     rows = []
-    start = summary.get("start")
+    start = Scored.from_dict(summary.get("start"))
     if start:
         rows.append(
             {
                 "phase": "start",
                 "epochs": MISSING,
                 "best epoch": MISSING,
-                "mAP@0.5": fmt_value(start.get("map50")),
-                "mAP@0.5:0.95": fmt_value(start.get("map")),
+                "mAP@0.5": fmt_value(start.map50),
+                "mAP@0.5:0.95": fmt_value(start.map),
                 "Δ mAP@0.5": MISSING,
-                "stopped because": f"the starting checkpoint ({start.get('source')})",
+                "stopped because": f"the starting checkpoint ({start.source})",
                 "time": MISSING,
             }
         )
@@ -261,11 +261,13 @@ def report_run(
         except DataError as exc:
             grid_note = f"Validation images not drawn: {exc}"
 
-    base_map50 = as_number(baseline.get("map50")) if baseline else None
+    base = Scored.from_dict(baseline)
+    base_map50 = as_number(base.map50) if base else None
     phase_rows = _phase_rows(summary, base_map50)
     gate_rows = _gate_rows(summary)
+    chosen = Scored.from_dict(final)
     final_text = (
-        f"Final model: **{final.get('phase')}** (validation mAP@0.5 {fmt_value(final.get('map50'))}) "
+        f"Final model: **{final.get('phase')}** (validation mAP@0.5 {fmt_value(chosen.map50 if chosen else None)}) "
         f"-> `{final_ckpt}`. {final.get('reason', '')}"
     )
     intro = [

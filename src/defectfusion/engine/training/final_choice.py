@@ -6,10 +6,12 @@ validation than where it started. Its weights are saved to ``<run>/final`` and t
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from ...models.checkpoint import load_detector, save_detector
+from ...structures import Scored
 
 
 def fmt_metric(value: float | None) -> str:
@@ -17,45 +19,66 @@ def fmt_metric(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
-def choose_final(summary: dict[str, Any], out: Path) -> dict[str, Any] | None:
-    """``summary["final"]`` of a run whose ``summary`` holds its baseline (or start) and phases; ``None``
-    when there is nothing to choose from. Writes the chosen weights to ``out/final``."""
-    candidates: list[tuple[str, float | None, float | None, str]] = []
-    reference = summary.get("baseline") or summary.get("start")
+@dataclass(frozen=True)
+class Candidate:
+    """A model the final choice may keep: the run's reference (its ``baseline`` or ``start``) or a phase's best."""
+
+    label: str
+    map50: float | None
+    map: float | None
+    checkpoint: str | None
+    reference: bool = False
+
+
+@dataclass(frozen=True)
+class FinalChoice:
+    """``summary.json``'s ``final``: which model, where its weights are, its validation scores and why."""
+
+    phase: str
+    checkpoint: str
+    source: str | None
+    map50: float | None
+    map: float | None
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def candidates(summary: dict[str, Any]) -> list[Candidate]:
+    """The run's reference first (it wins ties), then each phase's best that is not the reference itself."""
+    found = []
+    label = "baseline" if summary.get("baseline") else "start"
+    reference = Scored.from_dict(summary.get(label))
     if reference is not None:
-        candidates.append(
-            (
-                "baseline" if summary.get("baseline") else "start",
-                reference["map50"],
-                reference["map"],
-                reference.get("checkpoint") or reference.get("source"),
-            )
-        )
-    baseline_phase = (summary.get("baseline") or {}).get("source")
+        found.append(Candidate(label, reference.map50, reference.map, reference.checkpoint or reference.source, True))
+    baseline_phase = reference.source if reference is not None and label == "baseline" else None
     for name, outcome in summary["phases"].items():
         if baseline_phase != f"phase {name}":
-            candidates.append((name, outcome["best_map50"], outcome["best_map"], outcome["best_dir"]))
-    if not candidates:
+            found.append(Candidate(name, outcome["best_map50"], outcome["best_map"], outcome["best_dir"]))
+    return found
+
+
+def choose_final(summary: dict[str, Any], out: Path) -> FinalChoice | None:
+    """The final model of a run whose ``summary`` holds its baseline (or start) and phases; ``None`` when
+    there is nothing to choose from. Writes the chosen weights to ``out/final``."""
+    among = candidates(summary)
+    if not among:
         return None
-    best = max(candidates, key=lambda c: -1.0 if c[1] is None else c[1])  # the first of equals: the baseline
-    label, map50, map_, checkpoint = best
-    if label in {"baseline", "start"} and len(candidates) > 1:
-        reason = f"no phase beat the {label} on validation mAP@0.5 ({fmt_metric(map50)}); the {label} is kept"
-    elif len(candidates) > 1:
+    best = max(among, key=lambda c: -1.0 if c.map50 is None else c.map50)  # the first of equals: the reference
+    if best.reference and len(among) > 1:
         reason = (
-            f"{label} has the best validation mAP@0.5 ({fmt_metric(map50)}) vs the {candidates[0][0]} "
-            f"({fmt_metric(candidates[0][1])})"
+            f"no phase beat the {best.label} on validation mAP@0.5 ({fmt_metric(best.map50)}); the {best.label} is kept"
+        )
+    elif len(among) > 1:
+        first = among[0]
+        reason = (
+            f"{best.label} has the best validation mAP@0.5 ({fmt_metric(best.map50)}) vs the {first.label} "
+            f"({fmt_metric(first.map50)})"
         )
     else:
-        reason = f"only {label} was run"
+        reason = f"only {best.label} was run"
     final_dir = out / "final"
-    if checkpoint and Path(checkpoint, "config.json").is_file():
-        save_detector(load_detector(checkpoint), final_dir)
-    return {
-        "phase": label,
-        "checkpoint": str(final_dir),
-        "source": checkpoint,
-        "map50": map50,
-        "map": map_,
-        "reason": reason,
-    }
+    if best.checkpoint and Path(best.checkpoint, "config.json").is_file():
+        save_detector(load_detector(best.checkpoint), final_dir)
+    return FinalChoice(best.label, str(final_dir), best.checkpoint, best.map50, best.map, reason)

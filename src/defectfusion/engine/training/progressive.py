@@ -29,7 +29,7 @@ from ...models.checkpoint import load_detector
 from ...models.detector import DefectDetector, add_fusion
 from ...models.inference import InputSpec
 from ...models.text import TextEmbeddings, encode_descriptions
-from ...structures import Metrics
+from ...structures import Metrics, Scored
 from ..evaluation.evaluator import write_metrics
 from ..evaluation.validation import evaluate_on_index, run_validation
 from ..explain.text_usage import TextUsage, TextUsageProbe
@@ -377,10 +377,10 @@ class TrainingRun:
         }
         self._write_summary()
         if self.progress and "final" in entries:
-            base = entries.get("baseline", {}).get("map50")
+            final, base = Scored.from_dict(entries["final"]), Scored.from_dict(entries.get("baseline"))
             print(
                 f"test ({len(datasets.test.images)} images, used for nothing else): final mAP@0.5 "
-                f"{_fmt(entries['final']['map50'])}, baseline {_fmt(base)}"
+                f"{_fmt(final.map50)}, baseline {_fmt(base.map50 if base else None)}"
             )
             if "final" in usages:
                 print(f"final model's {usages['final'].line()}")
@@ -391,11 +391,10 @@ class TrainingRun:
         final = choose_final(self.summary, self.out)
         if final is None:
             return
-        self.summary["final"] = final
+        self.summary["final"] = final.to_dict()
         self._write_summary()
         if self.progress:
-            value = _fmt(final["map50"])
-            print(f"final: {final['phase']} (val mAP@0.5 {value}) -> {final['checkpoint']}: {final['reason']}")
+            print(f"final: {final.phase} (val mAP@0.5 {_fmt(final.map50)}) -> {final.checkpoint}: {final.reason}")
 
 
 def _test_entry(metrics: Metrics, checkpoint: str, results: Path) -> dict[str, Any]:

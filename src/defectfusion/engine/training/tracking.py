@@ -16,6 +16,7 @@ from typing import Any
 
 from ...config import Config
 from ...errors import ConfigError
+from ...structures import Scored
 
 RUN_ID_FILE = "mlflow_run_id.txt"
 PARENT_TAG = "mlflow.parentRunId"  # MLflow nests a run under the run this tag names
@@ -95,10 +96,11 @@ class Tracker:
     def finish(self, summary: Mapping[str, Any]) -> None:
         if self.mlflow is None:
             return
-        final = summary.get("final") or {}
-        values = {"final/val_map50": final.get("map50"), "final/val_map": final.get("map")}
-        test = (summary.get("test") or {}).get("final") or {}
-        values.update({"final/test_map50": test.get("map50"), "final/test_map": test.get("map")})
+        values = {}
+        for split, entry in (("val", summary.get("final")), ("test", (summary.get("test") or {}).get("final"))):
+            scored = Scored.from_dict(entry)
+            if scored is not None:
+                values.update({f"final/{split}_map50": scored.map50, f"final/{split}_map": scored.map})
         self.mlflow.log_metrics({k: v for k, v in values.items() if v is not None})
         for name in ("summary.json", "config.yaml"):
             if (self.folder / name).is_file():
