@@ -39,9 +39,10 @@ from ..engine.prediction.predictor import Predictor, detections_to_coco
 from ..engine.study.study_analysis import RunInfo, analyse_fraction
 from ..engine.study.study_stats import TEXT, RunScores
 from ..engine.study.verdict import rule_text
+from ..engine.training.run_record import read_run_record
 from ..engine.training.tracking import StudyTracker
 from ..errors import ConfigError, DataError
-from ..io import atomic_write_json, read_json
+from ..io import atomic_write_json
 from ..models.checkpoint import has_fusion_head
 from ..report.study import write_study_report
 from ..report.values import load_metrics
@@ -99,16 +100,20 @@ def _read_scored(metrics_path: Path, results_path: Path, index: CocoIndex):
 def _run_scores(run: StudyRun, index: CocoIndex, on_test: bool, progress: bool):
     folder = Path(run.folder)
     if on_test:
-        test = read_json(folder / "summary.json", "run summary")["test"]["final"]
-        return _read_scored(Path(test["results"]).with_name("final_metrics.json"), Path(test["results"]), index)
+        record = read_run_record(folder)
+        if record is None or record.test_results is None:
+            raise DataError(f"{folder}: the run scored no test split (summary.json has no test entry); train it again")
+        return _read_scored(record.test_metrics, record.test_results, index)
     return _score(folder / "final", index, folder, "study_val_", progress)
 
 
 def _run_info(run: StudyRun, map50: float | None) -> RunInfo:
-    summary = read_json(Path(run.folder) / "summary.json", "run summary")
-    final = summary.get("final") or {}
-    usage = ((summary.get("test") or {}).get("final") or {}).get("text_usage")
-    return RunInfo(run.key, run.arm, run.seed, run.folder, final.get("phase"), final.get("reason"), usage, map50)
+    record = read_run_record(run.folder)
+    if record is None:
+        raise DataError(f"{run.folder}: the run left no summary.json; run the study again with --resume")
+    return RunInfo(
+        run.key, run.arm, run.seed, run.folder, record.final_phase, record.final_reason, record.text_usage, map50
+    )
 
 
 def _check_identity(name: str, metrics: Metrics, identity: Resampled, where: Path) -> None:
@@ -187,14 +192,14 @@ def model_to_explain(runs: Sequence[dict[str, Any]]) -> tuple[Path, str] | None:
             )
     if not runs:
         return None
-    phases = read_json(Path(runs[0]["folder"]) / "summary.json", "run summary").get("phases") or {}
-    for name, outcome in reversed(list(phases.items())):
-        if has_fusion_head(outcome["best_dir"]):
+    record = read_run_record(runs[0]["folder"])
+    for name, best in reversed(list(record.phase_bests.items()) if record else []):
+        if has_fusion_head(best):
             why = (
                 f"seed {runs[0]['seed']}'s {name} best (every seed's final model is its baseline, which has no "
                 f"text; validation did not prefer this one to the baseline)"
             )
-            return Path(outcome["best_dir"]), why
+            return best, why
     return None
 
 

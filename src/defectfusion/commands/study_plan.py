@@ -37,6 +37,7 @@ import numpy as np
 from ..config import Config, PhaseConfig, apply_overrides, dump_config, load_config, validate_config
 from ..config.compare import SPEED_KEYS, config_differences
 from ..data.coco import load_coco
+from ..engine.training.run_record import read_run_record
 from ..engine.training.tracking import PARENT_TAG
 from ..errors import ConfigError
 from ..io import atomic_write_json, atomic_write_text, read_json
@@ -76,11 +77,8 @@ class StudyRun:
         return f"{self.arm}/{fraction_label(self.fraction)}/seed{self.seed}"
 
     def finished(self, needs_test: bool) -> bool:
-        summary = Path(self.folder) / "summary.json"
-        if not summary.is_file():
-            return False
-        data = read_json(summary, "run summary")
-        return bool(data.get("final")) and (not needs_test or bool((data.get("test") or {}).get("final")))
+        record = read_run_record(self.folder)
+        return record is not None and record.finished and (not needs_test or record.test_results is not None)
 
 
 @dataclass

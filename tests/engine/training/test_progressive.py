@@ -1,6 +1,7 @@
 """The progressive run end to end on a tiny model: invariants of the phases and the summary."""
 
 import json
+from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
@@ -299,6 +300,13 @@ def test_a_test_split_scores_the_final_choice_and_selects_nothing(tmp_path, synt
                                list(test_images.label_to_category_id))  # fmt: skip
     assert set(stored) <= {r.id for r in test_images.images} and stored
     assert {"final", "baseline"} <= set(test)
+    # what a study reads of the run, through its one reader
+    from defectfusion.engine.training.run_record import read_run_record
+    from defectfusion.report.values import load_metrics
+
+    record = read_run_record(tmp_path / "run")
+    assert record.test_results == Path(test["final"]["results"]) and record.test_metrics.name == "final_metrics.json"
+    assert load_metrics(record.test_metrics).map50 == test["final"]["map50"] and record.finished
     # the run's report compares on the test images and says so in its tables
     from defectfusion.commands.report_run import report_run
 

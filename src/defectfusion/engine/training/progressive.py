@@ -365,7 +365,8 @@ class TrainingRun:
                 atomic_write_json(results, detections_to_coco(kept, datasets.test), indent=None)
                 scored[key] = (metrics, results, probe.result())
             metrics, results, usage = scored[key]
-            entries[role] = _test_entry(metrics, str(checkpoint), results)
+            entries[role] = {**_metric_summary(metrics, str(checkpoint)), "results": str(results)}
+            entries[role]["metrics"] = str(results.with_name(f"{role}_metrics.json"))
             if usage is not None:
                 entries[role]["text_usage"] = usage.to_dict()
                 usages[role] = usage
@@ -395,10 +396,6 @@ class TrainingRun:
         self._write_summary()
         if self.progress:
             print(f"final: {final.phase} (val mAP@0.5 {_fmt(final.map50)}) -> {final.checkpoint}: {final.reason}")
-
-
-def _test_entry(metrics: Metrics, checkpoint: str, results: Path) -> dict[str, Any]:
-    return {**_metric_summary(metrics, checkpoint), "results": str(results)}
 
 
 def run_training(
