@@ -6,8 +6,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from defectfusion.config import GateConfig, load_config
-from defectfusion.engine.training.gates import GateDecision, apply_gate, override_gate
+from defectfusion.config import load_config
 from defectfusion.engine.training.progressive import run_training, select_phases
 from defectfusion.errors import ConfigError, DataError
 from defectfusion.models.groups import parameter_group
@@ -130,28 +129,6 @@ def test_the_final_choice_follows_the_recorded_metrics(tmp_path, synth_data, pha
     }
     run_._choose_final()
     assert run_.summary["final"]["phase"] == chosen and words in run_.summary["final"]["reason"]
-
-
-def test_gates_decide_with_reasons():
-    gate = GateConfig(min=0.80, max=0.82)
-    assert apply_gate(gate, "phase2", 0.79, None).proceed is False
-    stop = apply_gate(gate, "phase2", 0.83, None)
-    assert stop.proceed is False and "target reached" in stop.reason
-    assert apply_gate(gate, "phase2", 0.81, None).proceed is True
-    relative = GateConfig(min=0.0, relative_to_baseline=True)
-    assert apply_gate(relative, "phase1", 0.50, 0.51).proceed is False
-    assert apply_gate(GateConfig(min=0.8), "phase1", None, None).proceed is False
-
-
-def test_a_gate_decision_keeps_summary_json_s_schema_and_reads_back():
-    stop = apply_gate(GateConfig(min=0.80), "phase1", 0.79, None, epoch=3)
-    assert list(stop.to_dict()) == [
-        "after", "metric", "compared_value", "epoch", "value", "min", "max", "baseline", "compared", "proceed", "reason"
-    ]  # fmt: skip
-    gone_past = override_gate(stop)
-    saved = gone_past.to_dict()
-    assert saved["proceed"] is True and saved["overridden"]["gate_said"] == stop.reason and "go_on" not in saved
-    assert GateDecision.from_dict(saved) == gone_past and GateDecision.from_dict(stop.to_dict()) == stop
 
 
 def test_a_gate_stops_the_run_and_the_summary_says_why(tmp_path, synth_data):
@@ -353,40 +330,6 @@ def test_the_summary_says_whether_the_final_model_used_the_text(tmp_path, synth_
     assert usage["num_images"] == 4 and usage["num_selected"] > 0
     assert usage["text_share"] > 0 and 0 <= usage["flip_share"] <= 1
     assert {"mean_abs_base", "mean_abs_text", "text_share_centered", "num_flipped", "score_threshold"} <= set(usage)
-
-
-def test_a_run_logs_to_mlflow_when_train_mlflow_names_a_store(tmp_path, synth_data):
-    mlflow = pytest.importorskip("mlflow")
-    import torch
-
-    from defectfusion.config import ModelConfig
-    from defectfusion.data.coco import load_coco
-    from defectfusion.models.checkpoint import save_detector
-    from defectfusion.models.detector import build_detector
-
-    torch.manual_seed(0)
-    names = list(load_coco(synth_data / "train" / "annotations.json").class_names)
-    save_detector(build_detector(ModelConfig(preset="hgnetv2_micro", image_size=(96, 96)), names), tmp_path / "start")
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    cfg = write_train_config(
-        tmp_path / "cfg.yml",
-        synth_data,
-        order=["phase1"],
-        model={"checkpoint": str(tmp_path / "start")},
-        train={"mlflow": uri, "mlflow_experiment": "tiny", "mlflow_tags": {"arm": "text"}},
-    )
-    summary = run_training(load_config(cfg), tmp_path / "run", progress=False)
-    client = mlflow.tracking.MlflowClient(uri)
-    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
-    assert len(runs) == 1
-    run = runs[0]
-    assert run.data.tags["arm"] == "text" and run.data.params["model.preset"] == "hgnetv2_micro"
-    assert run.data.metrics["final/val_map50"] == summary["final"]["map50"]
-    history = client.get_metric_history(run.info.run_id, "phase1/val_map50")
-    assert len(history) == 2  # epoch 0 and epoch 1
-    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"summary.json", "config.yaml", "phase1"} <= artifacts
-    assert not (tmp_path / "mlruns").exists()  # artifacts beside the database, not in the working directory
 
 
 def test_records_carry_each_phase_configured_lr_not_its_decayed_value(run):
