@@ -41,6 +41,7 @@ from defectfusion.data.coco import load_coco
 from defectfusion.engine.evaluation.validation import evaluate_on_index
 from defectfusion.engine.prediction.predictor import Predictor
 from defectfusion.engine.prediction.tiling import TiledPredictor
+from defectfusion.structures import Metrics
 
 
 def parse_args() -> argparse.Namespace:
@@ -64,11 +65,11 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def pooled_recall(metrics: dict) -> float | None:
+def pooled_recall(metrics: Metrics) -> float | None:
     """Recall over all classes' boxes: each class's recall at its best-F1 point, weighted by its boxes."""
-    rows = [c for c in metrics["per_class"].values() if c["num_gt"] and c["recall"] is not None]
-    total = sum(c["num_gt"] for c in rows)
-    return sum(c["recall"] * c["num_gt"] for c in rows) / total if total else None
+    rows = [c for c in metrics.per_class.values() if c.num_gt and c.recall is not None]
+    total = sum(c.num_gt for c in rows)
+    return sum(c.recall * c.num_gt for c in rows) / total if total else None
 
 
 def train_on_tiles(args: argparse.Namespace, data: Path) -> Path:
@@ -128,11 +129,11 @@ def main() -> None:
         metrics, _ = evaluate_on_index(predictor, index, progress=False)
         seconds = (time.perf_counter() - started) / len(index)
         rows[name] = {
-            "map50": metrics["map50"],
+            "map50": metrics.map50,
             "recall": pooled_recall(metrics),
             "s_per_image": seconds,
-            "num_detections": metrics["num_detections"],
-            "num_ground_truth": metrics["num_ground_truth"],
+            "num_detections": metrics.num_detections,
+            "num_ground_truth": metrics.num_ground_truth,
         }
     print(f"\n{len(index)} held-out {args.size} px images, {rows['resized']['num_ground_truth']} boxes of 12-48 px")
     print(f"{'mode':<12} {'mAP@0.5':>8} {'recall':>7} {'s/img':>7} {'time ratio':>10}")
