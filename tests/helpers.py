@@ -541,3 +541,14 @@ def fake_metrics(
         },
         pr_curves=curves,
     )
+
+
+def outcome_entry(name: str, map50: float | None, best_dir, **fields) -> dict:
+    """A phase's entry in summary.json (its PhaseOutcome as a dict) that reached ``map50`` at its best."""
+    from dataclasses import asdict
+
+    from defectfusion.engine.training.phase_records import PhaseOutcome
+
+    values = {"best_epoch": 1, "best_map50": map50, "best_map": map50, "initial_map50": None, "initial_map": None}
+    values.update({"epochs_run": 1, "stop_reason": "completed 1 epochs", "best_dir": str(best_dir), "seconds": 1.0})
+    return asdict(PhaseOutcome(name=name, **{**values, **fields}))

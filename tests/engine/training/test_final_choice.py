@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from defectfusion.engine.training.final_choice import FinalChoice, candidates, choose_final
 from defectfusion.structures import Scored
+from tests.helpers import outcome_entry
 
 
 def _summary(baseline_source="checkpoints/phase1"):
@@ -11,8 +12,8 @@ def _summary(baseline_source="checkpoints/phase1"):
         "start": {"source": "random initialisation", "map50": 0.1, "map": 0.05},
         "baseline": {"source": baseline_source, "checkpoint": "runs/x/baseline/best", "map50": 0.6, "map": 0.4},
         "phases": {
-            "baseline": {"best_map50": 0.6, "best_map": 0.4, "best_dir": "runs/x/baseline/best"},
-            "phase1": {"best_map50": 0.6, "best_map": 0.41, "best_dir": "runs/x/phase1/best"},
+            "baseline": outcome_entry("baseline", 0.6, "runs/x/baseline/best"),
+            "phase1": outcome_entry("phase1", 0.6, "runs/x/phase1/best", best_map=0.41),
         },
     }
 
@@ -27,7 +28,7 @@ def test_the_reference_comes_first_is_not_listed_twice_and_wins_ties(tmp_path):
 
 def test_without_a_baseline_the_start_is_the_reference(tmp_path):
     summary = {**_summary(), "baseline": None}
-    summary["phases"] = {"phase1": {"best_map50": 0.2, "best_map": 0.1, "best_dir": "runs/x/phase1/best"}}
+    summary["phases"] = {"phase1": outcome_entry("phase1", 0.2, "runs/x/phase1/best", best_map=0.1)}
     final = choose_final(summary, tmp_path)
     assert isinstance(final, FinalChoice) and final.phase == "phase1" and "vs the start (0.1000)" in final.reason
     assert choose_final({"phases": {}}, tmp_path) is None

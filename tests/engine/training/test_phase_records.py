@@ -28,3 +28,11 @@ def test_the_run_folder_of_a_checkpoint(tmp_path):
     assert find_run_folder(run / "final") == run.resolve()
     assert find_run_folder(run / "phase1" / "best") == run.resolve()
     assert find_run_folder(tmp_path / "elsewhere") is None and find_run_folder(None) is None
+
+
+def test_an_entry_written_before_fields_were_added_still_reads():
+    entry = asdict(PhaseOutcome("phase1", 2, 0.61, 0.4, 0.55, 0.35, 3, "completed 3 epochs", "b", 12.5))
+    for newer in ("last_epoch", "last_map50", "last_map", "frozen_trunk"):
+        del entry[newer]
+    outcome = PhaseOutcome.from_dict({**entry, "a field of a later version": 1})
+    assert outcome.best_map50 == 0.61 and outcome.frozen_trunk == "" and outcome.last_map50 is None

@@ -10,7 +10,7 @@ from defectfusion.config import load_config
 from defectfusion.engine.training.progressive import run_training, select_phases
 from defectfusion.errors import ConfigError, DataError
 from defectfusion.models.groups import parameter_group
-from tests.helpers import write_train_config
+from tests.helpers import outcome_entry, write_train_config
 
 
 @pytest.fixture(scope="module")
@@ -123,9 +123,7 @@ def test_the_final_choice_follows_the_recorded_metrics(tmp_path, synth_data, pha
     run_.summary = {
         "baseline": {"map50": 0.60, "map": 0.3, "checkpoint": str(tmp_path / "none")},
         "gates": [],
-        "phases": {
-            name: {"best_map50": v, "best_map": v, "best_dir": str(tmp_path / name)} for name, v in phases.items()
-        },
+        "phases": {name: outcome_entry(name, v, tmp_path / name) for name, v in phases.items()},
     }
     run_._choose_final()
     assert run_.summary["final"]["phase"] == chosen and words in run_.summary["final"]["reason"]

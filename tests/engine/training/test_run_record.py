@@ -5,13 +5,17 @@ from __future__ import annotations
 import json
 
 from defectfusion.engine.training.run_record import read_run_record
+from tests.helpers import outcome_entry
 
 
 def _write(folder, test_final):
     folder.mkdir(parents=True, exist_ok=True)
     summary = {
         "final": {"phase": "phase2", "reason": "best on validation", "map50": 0.5},
-        "phases": {"phase1": {"best_dir": str(folder / "phase1" / "best")}, "phase2": {"best_dir": "p2"}},
+        "phases": {
+            "phase1": outcome_entry("phase1", 0.4, folder / "phase1" / "best"),
+            "phase2": outcome_entry("phase2", 0.5, "p2"),
+        },
         "test": {"final": test_final} if test_final else None,
     }
     (folder / "summary.json").write_text(json.dumps(summary))

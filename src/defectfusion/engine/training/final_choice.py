@@ -12,6 +12,7 @@ from typing import Any
 
 from ...models.checkpoint import load_detector, save_detector
 from ...structures import Scored
+from .phase_records import PhaseOutcome
 
 
 def fmt_metric(value: float | None) -> str:
@@ -53,9 +54,10 @@ def candidates(summary: dict[str, Any]) -> list[Candidate]:
     if reference is not None:
         found.append(Candidate(label, reference.map50, reference.map, reference.checkpoint or reference.source, True))
     baseline_phase = reference.source if reference is not None and label == "baseline" else None
-    for name, outcome in summary["phases"].items():
+    for name, entry in summary["phases"].items():
         if baseline_phase != f"phase {name}":
-            found.append(Candidate(name, outcome["best_map50"], outcome["best_map"], outcome["best_dir"]))
+            outcome = PhaseOutcome.from_dict(entry)
+            found.append(Candidate(name, outcome.best_map50, outcome.best_map, outcome.best_dir))
     return found
 
 

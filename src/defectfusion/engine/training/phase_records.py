@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -59,8 +59,14 @@ class PhaseOutcome:
     frozen_trunk: str = ""  # whether the phase reused its frozen trunk's output, and why (not)
 
     @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PhaseOutcome:
+        """The outcome ``asdict`` wrote (``result.json``, ``summary.json``'s ``phases``); fields added since are
+        left at their defaults."""
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+
+    @classmethod
     def read(cls, path: Path) -> PhaseOutcome:
-        return cls(**read_json(path, "phase result"))
+        return cls.from_dict(read_json(path, "phase result"))
 
 
 def build_phase_data(

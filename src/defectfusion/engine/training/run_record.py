@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ...io import read_json
+from .phase_records import PhaseOutcome
 
 
 @dataclass(frozen=True)
@@ -46,5 +47,5 @@ def read_run_record(folder: str | Path) -> RunRecord | None:
         Path(metrics) if metrics else None,
         results,
         test.get("text_usage"),
-        {name: Path(p["best_dir"]) for name, p in (summary.get("phases") or {}).items()},
+        {name: Path(PhaseOutcome.from_dict(p).best_dir) for name, p in (summary.get("phases") or {}).items()},
     )
