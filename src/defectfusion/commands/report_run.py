@@ -14,6 +14,7 @@ from ..data.coco import CocoIndex, load_coco
 from ..data.descriptions import resolve_pair
 from ..engine.evaluation.validation import evaluate_on_index
 from ..engine.prediction.predictor import Predictor
+from ..engine.training.run_record import entry_metrics_file
 from ..errors import ConfigError, DataError, DefectFusionError
 from ..io import read_json
 from ..report.compare import compare_metrics, confusion_pair
@@ -223,14 +224,8 @@ def report_run(
     test = summary.get("test") or {}
     where = "[val: selected on these, optimistic]"
     if test.get("final") and here(test["final"].get("results")) is not None:
-        test_final = here(test["final"]["results"]).with_name("final_metrics.json")
-        test_base = (
-            here(test["baseline"]["results"]).with_name(
-                Path(test["baseline"]["results"]).name.replace("_results", "_metrics")
-            )
-            if test.get("baseline")
-            else None
-        )
+        test_final = here(str(entry_metrics_file(test["final"])))
+        test_base = here(str(entry_metrics_file(test["baseline"]))) if test.get("baseline") else None
         if test_final.is_file():
             final_metrics = load_metrics(test_final)
             base_metrics = load_metrics(test_base) if test_base is not None and test_base.is_file() else None

@@ -242,6 +242,40 @@ def test_gate_decisions_say_what_they_compared(tmp_path, synth_data):
     assert gate["proceed"] is False and "phase2" not in summary["phases"]
 
 
+def test_a_final_model_that_is_the_baseline_shares_its_test_files_and_both_entries_name_them(tmp_path, synth_data):
+    """Phase 1 barely moves (lr 1e-12, gates at 0), so it ties the baseline, which is kept: the baseline is scored
+    on the test images once, and both test entries name the files written for it. Failed when the baseline's
+    entry named a 'baseline_metrics.json' that was never written."""
+    import torch
+
+    from defectfusion.config import ModelConfig
+    from defectfusion.data.coco import load_coco
+    from defectfusion.data.synthetic import generate_synthetic_dataset
+    from defectfusion.models.checkpoint import save_detector
+    from defectfusion.models.detector import build_detector
+    from defectfusion.report.values import load_metrics
+
+    torch.manual_seed(0)
+    names = list(load_coco(synth_data / "train" / "annotations.json").class_names)
+    save_detector(build_detector(ModelConfig(preset="hgnetv2_micro", image_size=(96, 96)), names), tmp_path / "start")
+    other = generate_synthetic_dataset(tmp_path / "other", train=1, val=6, size=96, seed=11).root
+    test_ann = str(other / "val" / "annotations.json")
+    cfg_path = write_train_config(
+        tmp_path / "cfg.yml",
+        synth_data,
+        order=["phase1"],
+        phases={"phase1": {"lr": 1e-12}},
+        model={"checkpoint": str(tmp_path / "start")},
+        data={"test": {"annotations": test_ann}},
+    )
+    summary = run_training(load_config(cfg_path), tmp_path / "run", progress=False)
+    assert summary["final"]["phase"] == "baseline"
+    test = summary["test"]
+    assert test["baseline"]["metrics"] == test["final"]["metrics"]
+    for role in ("final", "baseline"):
+        assert load_metrics(Path(test[role]["metrics"])).map50 == test[role]["map50"], role
+
+
 def test_a_test_split_scores_the_final_choice_and_selects_nothing(tmp_path, synth_data):
     import torch
 
@@ -282,6 +316,8 @@ def test_a_test_split_scores_the_final_choice_and_selects_nothing(tmp_path, synt
     record = read_run_record(tmp_path / "run")
     assert record.test_results == Path(test["final"]["results"]) and record.test_metrics.name == "final_metrics.json"
     assert load_metrics(record.test_metrics).map50 == test["final"]["map50"] and record.finished
+    for role in ("final", "baseline"):  # each entry names a metrics file that was written, with its scores
+        assert load_metrics(Path(test[role]["metrics"])).map50 == test[role]["map50"], role
     # the run's report compares on the test images and says so in its tables
     from defectfusion.commands.report_run import report_run
 

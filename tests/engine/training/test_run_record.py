@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from defectfusion.engine.training.run_record import read_run_record
+from defectfusion.engine.training.run_record import entry_metrics_file, read_run_record
 from tests.helpers import outcome_entry
 
 
@@ -31,6 +31,8 @@ def test_a_run_record_names_its_final_model_and_its_test_files(tmp_path):
     # a run written before its test entry named the metrics file: the file beside the results
     _write(tmp_path / "old", {"results": "t/final_results.json"})
     assert str(read_run_record(tmp_path / "old").test_metrics) == "t/final_metrics.json"
+    assert str(entry_metrics_file({"results": "t/baseline_results.json"})) == "t/baseline_metrics.json"
+    assert entry_metrics_file({}) is None
     _write(tmp_path / "no_test", None)
     no_test = read_run_record(tmp_path / "no_test")
     assert no_test.test_results is None and no_test.test_metrics is None and no_test.text_usage is None

@@ -332,7 +332,7 @@ class TrainingRun:
         baseline = self.summary.get("baseline") or {}
         folder = self.out / "test"
         entries: dict[str, Any] = {}
-        scored: dict[str, tuple[Metrics, Path, TextUsage | None]] = {}
+        scored: dict[str, tuple[Metrics, Path, Path, TextUsage | None]] = {}
         usages: dict[str, TextUsage] = {}
         roles = [("final", final.get("checkpoint"))]
         if self.cfg.train.test_baseline:
@@ -360,13 +360,14 @@ class TrainingRun:
                         progress=self.progress,
                         desc=f"test {role}",
                     )
-                results = folder / f"{role}_results.json"
-                write_metrics(metrics, folder / f"{role}_metrics.json")
+                results, metrics_file = folder / f"{role}_results.json", folder / f"{role}_metrics.json"
+                write_metrics(metrics, metrics_file)
                 atomic_write_json(results, detections_to_coco(kept, datasets.test), indent=None)
-                scored[key] = (metrics, results, probe.result())
-            metrics, results, usage = scored[key]
+                scored[key] = (metrics, results, metrics_file, probe.result())
+            # a baseline that is also the final model shares the final's files
+            metrics, results, metrics_file, usage = scored[key]
             entries[role] = {**_metric_summary(metrics, str(checkpoint)), "results": str(results)}
-            entries[role]["metrics"] = str(results.with_name(f"{role}_metrics.json"))
+            entries[role]["metrics"] = str(metrics_file)
             if usage is not None:
                 entries[role]["text_usage"] = usage.to_dict()
                 usages[role] = usage

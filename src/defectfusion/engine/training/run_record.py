@@ -30,6 +30,15 @@ class RunRecord:
         return self.final_phase is not None
 
 
+def entry_metrics_file(entry: Mapping[str, Any]) -> Path | None:
+    """The metrics file of a test split's entry (``final``, ``baseline``): the one it names, or, in runs written
+    before entries named it, the ``*_metrics.json`` beside its ``*_results.json``."""
+    if entry.get("metrics"):
+        return Path(entry["metrics"])
+    results = entry.get("results")
+    return Path(results).with_name(Path(results).name.replace("_results", "_metrics")) if results else None
+
+
 def read_run_record(folder: str | Path) -> RunRecord | None:
     """The :class:`RunRecord` of the run in ``folder`` (its ``summary.json``); ``None`` before it has one."""
     folder = Path(folder)
@@ -38,14 +47,12 @@ def read_run_record(folder: str | Path) -> RunRecord | None:
     summary = read_json(folder / "summary.json", "run summary")
     final = summary.get("final") or {}
     test = (summary.get("test") or {}).get("final") or {}
-    results = Path(test["results"]) if test.get("results") else None
-    metrics = test.get("metrics") or (results.with_name("final_metrics.json") if results else None)  # older runs
     return RunRecord(
         folder,
         final.get("phase"),
         final.get("reason"),
-        Path(metrics) if metrics else None,
-        results,
+        entry_metrics_file(test),
+        Path(test["results"]) if test.get("results") else None,
         test.get("text_usage"),
         {name: Path(PhaseOutcome.from_dict(p).best_dir) for name, p in (summary.get("phases") or {}).items()},
     )
